@@ -1,0 +1,18 @@
+# Sourced by scripts/demo and scripts/test: make .venv with the package and its extras.
+# Needs only python3 (3.10+) and the package index; no root, no system Redis.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PY="${PYTHON:-python3}"
+VENV="$ROOT/.venv"
+stamp="$VENV/.installed-$(cat "$ROOT/pyproject.toml" | cksum | cut -d' ' -f1)"
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "canhazgpu needs Python 3.10 or newer")'
+    "$PY" -m venv "$VENV"
+fi
+if [ ! -e "$stamp" ]; then
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
+    "$VENV/bin/python" -m pip install --quiet -e "$ROOT[test,embedded]"
+    rm -f "$VENV"/.installed-*
+    touch "$stamp"
+fi
+export PATH="$VENV/bin:$PATH"

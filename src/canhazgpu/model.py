@@ -1,0 +1,100 @@
+"""Domain values: small frozen dataclasses, validated once at the edge."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class GpuProcess:
+    """A process that has memory on a GPU, as a provider reports it."""
+
+    pid: int
+    name: str
+    user: str  # "unknown" when the owner cannot be read (containers, other PID namespaces)
+    used_memory_mb: int | None = None
+    cmdline: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GpuUsage:
+    """What one GPU is actually doing, from one scan."""
+
+    index: int
+    name: str = ""
+    uuid: str | None = None
+    memory_used_mb: int = 0
+    memory_total_mb: int = 0
+    processes: tuple[GpuProcess, ...] = ()
+    error: str | None = None  # set when the provider could not read this GPU
+
+    @property
+    def users(self) -> tuple[str, ...]:
+        """Distinct owners of the processes, in order of first appearance."""
+        return tuple(dict.fromkeys(p.user for p in self.processes))
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A live reservation of one GPU. Leases that are gone never become a Hold."""
+
+    gpu: int
+    rid: str  # reservation id, shared by all GPUs of one reservation
+    user: str
+    kind: str  # "run" or "manual"
+    start_ms: int
+    uid: int = -1
+    host: str = ""
+    pid: int = 0
+    pid_start: float = 0.0  # process start time, so a reused PID is not mistaken for the owner
+    heartbeat_ms: int = 0
+    expires_ms: int | None = None  # manual reservations: when the lease runs out
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class GpuState:
+    """One GPU as status shows it: its hold (if any), its release history and its usage."""
+
+    gpu: int
+    hold: Hold | None = None
+    last_released_ms: int | None = None
+    usage: GpuUsage | None = None
+    threshold_mb: int = 1024
+
+    @property
+    def in_use(self) -> bool:
+        """Used memory above the threshold: someone is computing on it."""
+        return self.usage is not None and self.usage.memory_used_mb > self.threshold_mb
+
+    @property
+    def unreserved(self) -> bool:
+        """In use without a live reservation: excluded from allocation."""
+        return self.hold is None and self.in_use
+
+    @property
+    def available(self) -> bool:
+        return self.hold is None and not self.in_use
+
+
+@dataclass(frozen=True)
+class PoolView:
+    """Everything status needs, read at one instant `now_ms`."""
+
+    now_ms: int
+    gpus: tuple[GpuState, ...]
+    provider: str = "fake"
+    scanned_ms: int | None = None  # when the usage was scanned (None: no usage known)
+    queue: tuple = field(default=())
+
+    @property
+    def available(self) -> tuple[GpuState, ...]:
+        return tuple(g for g in self.gpus if g.available)
+
+    @property
+    def reserved(self) -> tuple[GpuState, ...]:
+        return tuple(g for g in self.gpus if g.hold is not None)
+
+    @property
+    def unreserved(self) -> tuple[GpuState, ...]:
+        return tuple(g for g in self.gpus if g.unreserved)

@@ -1,0 +1,55 @@
+"""Durations: parsing what users type and formatting what they read."""
+
+from __future__ import annotations
+
+import re
+
+from .errors import InvalidRequest
+
+_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
+MAX_DURATION_S = 366 * 86400
+
+
+def parse_duration(text: str, *, what: str = "duration") -> float:
+    """Parse '30s', '30m', '2h', '1d', '0.5h' into seconds (> 0, at most a year)."""
+    match = _DURATION.match(str(text).lower())
+    if not match:
+        raise InvalidRequest(
+            f"invalid {what} {text!r}: use a number with a unit s, m, h or d, e.g. 30m, 2h, 1d, 0.5h"
+        )
+    seconds = float(match.group(1)) * _UNITS_S[match.group(2)]
+    if seconds <= 0:
+        raise InvalidRequest(f"invalid {what} {text!r}: it must be greater than zero, e.g. 30m")
+    if seconds > MAX_DURATION_S:
+        raise InvalidRequest(f"invalid {what} {text!r}: at most 366d")
+    return seconds
+
+
+def hms(seconds: float) -> str:
+    """The documents' long form: always hours, minutes and seconds, e.g. '0h 15m 30s'."""
+    total = max(0, int(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h {minutes}m {secs}s"
+
+
+def short(seconds: float) -> str:
+    """The table's compact form: leading zero units dropped, e.g. '5s', '45m 0s', '1h 2m 15s'."""
+    total = max(0, int(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes}m {secs}s"
+    if minutes:
+        return f"{minutes}m {secs}s"
+    return f"{secs}s"
+
+
+def coarse(seconds: float) -> str:
+    """A rough age for 'free for 2h': the largest whole unit."""
+    total = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if total >= size:
+            return f"{total // size}{unit}"
+    return f"{total}s"
