@@ -50,6 +50,7 @@ class Hold:
     heartbeat_ms: int = 0
     expires_ms: int | None = None  # manual reservations: when the lease runs out
     note: str = ""
+    waiting: bool = False  # granted to a queued request that still waits for the rest
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,35 @@
+"""`canhazgpu admin`: create or resize the pool."""
+
+from __future__ import annotations
+
+import asyncclick as click
+
+from . import output
+from .main import cli
+
+
+@cli.command(epilog="""\b
+Examples:
+  canhazgpu admin --gpus 8              # a pool of 8 GPUs
+  canhazgpu admin                       # as many GPUs as the provider finds
+  canhazgpu admin --gpus 4 --force      # shrink, ending live reservations
+""")
+@click.option("--gpus", "count", metavar="N", help="Pool size (default: GPUs the provider sees).")
+@click.option("--provider", type=click.Choice(["nvidia", "amd", "fake"]),
+              help="Where GPU usage is read from (default: auto-detect).")
+@click.option("--force", is_flag=True, help="Resize even when reservations are live (ends them).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_obj
+async def admin(state, count, provider, force, as_json):
+    """Initialise or resize the GPU pool of this host."""
+    from ..core import parse_count
+    if count is not None:
+        count = parse_count(count)
+    result = await state.core.setup_pool(count, provider, force)
+    if as_json:
+        output.emit_json(result)
+    elif result["changed"]:
+        output.emit(f"Initialized {result['new']} GPUs (0 to {result['new'] - 1}) "
+                    f"with provider {result['provider']}")
+    else:
+        output.emit(f"Pool unchanged: {result['new']} GPUs with provider {result['provider']}")

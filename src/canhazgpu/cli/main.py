@@ -1,0 +1,105 @@
+"""The `canhazgpu` command group, shared options, and the one place errors become exit codes."""
+
+from __future__ import annotations
+
+import sys
+
+import anyio
+import asyncclick as click
+
+from ..errors import CanHazGpuError
+from . import output
+
+EPILOG = """\b
+Examples:
+  canhazgpu admin --gpus 8                 # create the pool (once)
+  canhazgpu status                         # who holds what, and who uses GPUs unreserved
+  canhazgpu run --gpus 2 -- python train.py
+  canhazgpu reserve --gpus 1 --duration 4h
+  canhazgpu release
+"""
+
+
+class Context:
+    """Built lazily so `--help` and bad flags never touch Redis or the GPUs."""
+
+    def __init__(self, flags: dict) -> None:
+        self.flags = flags
+        self._config = None
+        self._core = None
+
+    @property
+    def config(self):
+        if self._config is None:
+            from ..config import load
+            self._config = load(self.flags)
+        return self._config
+
+    @property
+    def core(self):
+        if self._core is None:
+            from ..core import Core
+            self._core = Core(self.config)
+        return self._core
+
+    def caller(self, pid: int | None = None):
+        from ..identity import current
+        return current(self.config.admin_group, pid)
+
+    async def aclose(self) -> None:
+        if self._core is not None:
+            await self._core.aclose()
+
+
+@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"],
+                                               "max_content_width": 100})
+@click.option("--redis-url", metavar="URL", help="Redis to use (env CANHAZGPU_REDIS_URL).")
+@click.option("--host", metavar="NAME", help="Host name used in keys (env CANHAZGPU_HOST).")
+@click.option("--memory-threshold", metavar="MB", type=str,
+              help="Used memory above which a GPU is in use (default 1024).")
+@click.version_option(package_name="canhazgpu")
+@click.pass_context
+async def cli(ctx, redis_url, host, memory_threshold):
+    """canhazgpu: exclusive GPUs on a shared machine, given back when your job ends."""
+    state = Context({"redis_url": redis_url, "host": host,
+                     "memory_threshold": memory_threshold})
+    ctx.obj = state
+    ctx.call_on_close(_closer(state))
+
+
+def _closer(state: Context):
+    async def close():
+        await state.aclose()
+    return close
+
+
+def _register() -> None:
+    from . import admin, report, reserve, run, status  # noqa: F401  (commands attach to cli)
+
+
+async def _amain(args: list[str]) -> int:
+    try:
+        result = await cli.main(args=args, prog_name="canhazgpu", standalone_mode=False)
+    except CanHazGpuError as err:
+        output.error(str(err))
+        return err.exit_code
+    except click.UsageError as err:
+        hint = f" (see 'canhazgpu {err.ctx.command_path.split(' ', 1)[1]} --help')" \
+            if err.ctx and " " in err.ctx.command_path else " (see 'canhazgpu --help')"
+        output.error(f"{err.format_message()}{hint}")
+        return 2
+    except click.ClickException as err:
+        output.error(err.format_message())
+        return err.exit_code
+    except click.Abort:
+        return 130
+    return result if isinstance(result, int) else 0
+
+
+def main() -> None:
+    _register()
+    try:
+        code = anyio.run(_amain, sys.argv[1:])
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)

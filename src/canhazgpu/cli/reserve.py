@@ -1,0 +1,61 @@
+"""`canhazgpu reserve` and `canhazgpu release`: manual reservations."""
+
+from __future__ import annotations
+
+import asyncclick as click
+
+from . import output
+from .main import cli
+from .options import build_request, duration, gpu_selection
+
+
+@cli.command(epilog="""\b
+Examples:
+  canhazgpu reserve                          # 1 GPU for 30m
+  canhazgpu reserve --gpus 2 --duration 4h
+  canhazgpu reserve --gpu-ids 1,3 --note "debugging"
+  export CUDA_VISIBLE_DEVICES=$(canhazgpu reserve --short)
+""")
+@gpu_selection
+@click.option("--duration", "-d", "duration_text", metavar="D", help="How long: 30s, 30m, 2h, 1d, 0.5h (default 30m).")
+@click.option("--short", is_flag=True, help="Print only the GPU ids, comma-separated.")
+@click.option("--json", "as_json", is_flag=True, help="Print the reservation as JSON.")
+@click.pass_obj
+async def reserve(state, count, gpu_ids, note, duration_text, short, as_json):
+    """Reserve GPUs for interactive work until released or expired."""
+    seconds = duration(duration_text, "duration", state.config.default_duration)
+    req, _ = await build_request(state, count, gpu_ids, "manual", seconds, note)
+    res = await state.core.allocate(req, state.caller())
+    if as_json:
+        output.emit_json({"id": res.rid, "gpus": list(res.gpus), "user": res.user,
+                          "type": res.kind, "duration_s": seconds})
+    elif short:
+        output.emit(res.env_value())
+    else:
+        from ..timefmt import hms
+        output.emit(f"Reserved {len(res.gpus)} GPU(s): {res.env_value()} for {hms(seconds)}")
+        output.emit(f"export CUDA_VISIBLE_DEVICES={res.env_value()}")
+
+
+@cli.command(epilog="""\b
+Examples:
+  canhazgpu release                     # all your manual reservations
+  canhazgpu release --gpu-ids 1,3       # these GPUs (yours, run-type too)
+  sudo canhazgpu release --user bob --force
+""")
+@click.option("--gpu-ids", metavar="IDS", help="Only these GPUs, comma-separated.")
+@click.option("--user", metavar="NAME", help="Someone else's reservations (admin, with --force).")
+@click.option("--force", is_flag=True, help="Release reservations you do not own (admin only).")
+@click.option("--json", "as_json", is_flag=True, help="Print the released ids as JSON.")
+@click.pass_obj
+async def release(state, gpu_ids, user, force, as_json):
+    """Release your reservations."""
+    from ..core import parse_ids
+    ids = parse_ids(gpu_ids) if gpu_ids is not None else None
+    released = await state.core.release(state.caller(), ids=ids, user=user, force=force)
+    if as_json:
+        output.emit_json({"released": released})
+    elif released:
+        output.emit(f"Released {len(released)} GPU(s): {','.join(map(str, released))}")
+    else:
+        output.emit("No manual reservations to release")

@@ -1,0 +1,44 @@
+"""`canhazgpu run`: reserve, run a command with CUDA_VISIBLE_DEVICES, release at the end."""
+
+from __future__ import annotations
+
+import asyncclick as click
+
+from ..errors import InvalidRequest
+from . import output
+from .main import cli
+from .options import build_request, duration, gpu_selection
+
+
+@cli.command(context_settings={"ignore_unknown_options": True}, epilog="""\b
+Examples:
+  canhazgpu run --gpus 2 -- python train.py --epochs 10
+  canhazgpu run --gpu-ids 1,3 -- ./serve.sh
+  canhazgpu run --gpus 1 --timeout 2h -- python sweep.py
+Exit code: the command's own (128+N if killed by signal N); 127 when it cannot start.
+""")
+@gpu_selection
+@click.option("--timeout", "timeout_text", metavar="D",
+              help="Stop the command after D (SIGTERM, then SIGKILL after a grace period).")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.pass_obj
+async def run(state, count, gpu_ids, note, timeout_text, command):
+    """Run a command on GPUs nobody else will get, and release them when it ends."""
+    if not command:
+        raise InvalidRequest("run needs a command after --, e.g. canhazgpu run --gpus 1 -- "
+                             "python train.py")
+    timeout_s = duration(timeout_text, "timeout", "1s") if timeout_text is not None else None
+    req, _ = await build_request(state, count, gpu_ids, "run", 0, note)
+    caller = state.caller()
+    res = await state.core.allocate(req, caller)
+    return await supervise(state, res, caller, list(command), timeout_s)
+
+
+async def supervise(state, res, caller, command, timeout_s) -> int:
+    from ..supervisor import Supervisor
+    if output.is_tty(__import__("sys").stderr):
+        output.warn(f"running on GPU {res.env_value()} (CUDA_VISIBLE_DEVICES={res.env_value()})")
+    sup = Supervisor(state.core, res, caller, output.warn,
+                     heartbeat_s=state.config.seconds("heartbeat_interval"),
+                     timeout_s=timeout_s, kill_grace_s=state.config.seconds("kill_grace"))
+    return await sup.run(command)

@@ -1,0 +1,35 @@
+"""`canhazgpu status`: who holds what, and who uses GPUs without a reservation."""
+
+from __future__ import annotations
+
+import asyncclick as click
+
+from . import output
+from .main import cli
+
+
+@cli.command(epilog="""\b
+Examples:
+  canhazgpu status                      # table on a terminal, GPU lines in a pipe
+  canhazgpu status --format lines | grep "WITHOUT RESERVATION"
+  canhazgpu status --json | jq '.gpus[] | select(.status == "available") | .id'
+  canhazgpu status --summary
+""")
+@click.option("--format", "fmt", type=click.Choice(["table", "lines"]),
+              help="Force the table or the one-line-per-GPU format (default: table on a "
+                   "terminal, lines otherwise).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON document (docs/status.md).")
+@click.option("--summary", is_flag=True, help="Only the capacity lines.")
+@click.pass_obj
+async def status(state, fmt, as_json, summary):
+    """Show every GPU: available, reserved (by whom, how long) or in use unreserved."""
+    from .. import render
+    view = await state.core.view()
+    if as_json:
+        output.emit_json(render.render_json(view))
+    elif summary:
+        output.emit(render.render_summary(view))
+    elif (fmt or ("table" if output.is_tty() else "lines")) == "table":
+        output.emit(render.render_table(view, color=output.use_color()))
+    else:
+        output.emit(render.render_lines(view))

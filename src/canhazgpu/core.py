@@ -1,0 +1,372 @@
+"""The service API: allocate, release, heartbeat, sweep, pool set-up, views and reports.
+
+Every state change is one Lua script (see lua/); this module validates requests, gathers
+what the scripts need (the caller, a GPU usage scan) and decodes their replies. It never
+prints.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import asdict, dataclass
+
+from . import gpu
+from .config import Config
+from .errors import (CorruptState, GpusUnavailable, InvalidRequest, NotEnoughGpus, NotOwner,
+                     PoolBusy, PoolNotInitialized)
+from .identity import Caller
+from .model import GpuProcess, GpuState, GpuUsage, Hold, PoolView
+from .store import Store
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a caller asks for: a count or specific ids, of one kind, for a while."""
+
+    count: int | None = None
+    ids: tuple[int, ...] | None = None
+    kind: str = "manual"  # "run" or "manual"
+    duration_s: float = 1800.0  # manual: the reservation's length
+    note: str = ""
+
+    @property
+    def size(self) -> int:
+        return len(self.ids) if self.ids is not None else int(self.count or 0)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A granted reservation: what a supervisor needs to keep it alive and end it."""
+
+    rid: str
+    gpus: tuple[int, ...]
+    user: str
+    kind: str
+    ttl_s: float
+    record: dict  # the json the scripts store with each hold
+
+    def env_value(self) -> str:
+        return ",".join(str(i) for i in self.gpus)
+
+
+@dataclass(frozen=True)
+class Usage:
+    """One scan of every GPU, from this process or from the daemon's snapshot."""
+
+    scanned_ms: int
+    gpus: tuple[GpuUsage, ...]
+    source: str = "cli"
+
+    def busy(self, threshold_mb: int) -> list[int]:
+        return [g.index for g in self.gpus if g.memory_used_mb > threshold_mb]
+
+    def errors(self) -> list[int]:
+        return [g.index for g in self.gpus if g.error]
+
+    def to_json(self, threshold_mb: int) -> dict:
+        return {"scanned_ms": self.scanned_ms, "source": self.source,
+                "threshold_mb": threshold_mb, "busy": self.busy(threshold_mb) + self.errors(),
+                "gpus": [asdict(g) for g in self.gpus]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Usage:
+        gpus = []
+        for g in data.get("gpus", []):
+            procs = tuple(GpuProcess(**{**p, "cmdline": tuple(p.get("cmdline") or ())})
+                          for p in g.get("processes", []))
+            gpus.append(GpuUsage(**{**g, "processes": procs}))
+        return cls(int(data["scanned_ms"]), tuple(gpus), data.get("source", "cli"))
+
+
+def parse_count(text, pool_size: int | None = None) -> int:
+    """A GPU count from the user: a whole number from 1 to the pool size."""
+    try:
+        count = int(str(text).strip())
+    except ValueError:
+        count = 0
+    if count < 1 or str(text).strip().startswith("+"):
+        limit = f"1 to {pool_size}" if pool_size else "1 or more"
+        raise InvalidRequest(f"invalid GPU count {text!r}: use a whole number from {limit}")
+    if pool_size is not None and count > pool_size:
+        raise InvalidRequest(
+            f"invalid GPU count {count}: this pool has {pool_size} GPUs (use 1 to {pool_size})"
+        )
+    return count
+
+
+def parse_ids(text: str, pool_size: int | None = None) -> tuple[int, ...]:
+    """GPU ids from the user, e.g. '1,3': distinct whole numbers inside the pool."""
+    parts = [p.strip() for p in str(text).split(",")]
+    if not parts or any(not p.isdigit() for p in parts):
+        raise InvalidRequest(f"invalid GPU ids {text!r}: use comma-separated numbers, e.g. 1,3")
+    ids = tuple(int(p) for p in parts)
+    if len(set(ids)) != len(ids):
+        raise InvalidRequest(f"invalid GPU ids {text!r}: each GPU may appear only once")
+    if pool_size is not None:
+        outside = [i for i in ids if i >= pool_size]
+        if outside:
+            raise InvalidRequest(
+                f"invalid GPU id {outside[0]}: this pool has GPUs 0 to {pool_size - 1}"
+            )
+    return ids
+
+
+def _hold(gpu_id: int, raw: dict) -> Hold:
+    try:
+        return Hold(gpu=gpu_id, rid=raw["rid"], user=raw["user"], kind=raw["kind"],
+                    start_ms=int(raw["start_ms"]), uid=int(raw.get("uid", -1)),
+                    host=raw.get("host", ""), pid=int(raw.get("pid", 0)),
+                    pid_start=float(raw.get("pid_start", 0.0)),
+                    heartbeat_ms=int(raw.get("heartbeat_ms", 0)),
+                    expires_ms=int(raw["expires_ms"]) if raw.get("expires_ms") else None,
+                    note=raw.get("note", "") or "", waiting=bool(raw.get("waiting")))
+    except (KeyError, TypeError, ValueError):
+        raise CorruptState(f"corrupt reservation for GPU {gpu_id}: {raw!r}") from None
+
+
+class Core:
+    """The async service API for the pool of one host."""
+
+    def __init__(self, config: Config, store: Store | None = None) -> None:
+        self.config = config
+        self.store = store or Store(config.url, config.host_name)
+        self._provider = None
+
+    async def aclose(self) -> None:
+        await self.store.close()
+
+    # ------------------------------------------------------------------ pool
+    async def pool(self) -> dict:
+        """The pool's settings (count, provider); PoolNotInitialized when there is none."""
+        pool = await self.store.guard(self.store.redis.hgetall(self.store.key("pool")))
+        if not pool or int(pool.get("count", 0) or 0) < 1:
+            raise PoolNotInitialized(
+                "no GPU pool on this host yet: run 'canhazgpu admin --gpus N' first"
+            )
+        return pool
+
+    async def pool_size(self) -> int:
+        return int((await self.pool())["count"])
+
+    async def setup_pool(self, count: int | None, provider: str | None, force: bool) -> dict:
+        """Create or resize the pool; the count comes from the provider when not given."""
+        name = provider or self.config.provider or None
+        prov = self.provider_named(name)
+        if count is None:
+            count = await prov.count()
+        count = parse_count(count)
+        current = await self.store.guard(self.store.redis.hget(self.store.key("pool"), "count"))
+        span = max(count, int(current or 0))
+        status, data = await self.store.run("pool", span, [count, prov.name, int(force)])
+        if status == "STALE":
+            return await self.setup_pool(count, provider, force)
+        if status == "BUSY":
+            held = json.loads(data)
+            who = ", ".join(f"GPU {h['gpu']} ({h['user']}, {h['kind']})" for h in held)
+            raise PoolBusy(f"{len(held)} GPUs are reserved: {who} - wait for them, "
+                           "or pass --force to end those reservations")
+        if status == "UNCHANGED":
+            return {"old": count, "new": count, "provider": prov.name, "changed": False}
+        return {**json.loads(data), "provider": prov.name, "changed": True}
+
+    # ------------------------------------------------------------------ GPUs
+    def provider_named(self, name: str | None):
+        return gpu.get_provider(name or None, fake_path=self.config.fake_gpus or None)
+
+    async def provider(self):
+        if self._provider is None:
+            name = self.config.provider
+            if not name:
+                pool = await self.store.guard(self.store.redis.hgetall(self.store.key("pool")))
+                name = pool.get("provider") or None
+            self._provider = self.provider_named(name)
+        return self._provider
+
+    async def usage(self) -> Usage:
+        """Current GPU usage: the daemon's snapshot when fresh, else a scan of our own."""
+        snap = await self.store.read_usage()
+        max_age_ms = self.config.seconds("snapshot_max_age") * 1000
+        if snap and snap.get("source") == "daemon" and \
+                time.time() * 1000 - int(snap.get("scanned_ms", 0)) <= max_age_ms:
+            return Usage.from_json(snap)
+        return await self.scan(write=True)
+
+    async def scan(self, *, write: bool, source: str = "cli") -> Usage:
+        provider = await self.provider()
+        usage = Usage(int(time.time() * 1000), tuple(await provider.scan()), source)
+        if write:
+            await self.store.write_usage(usage.to_json(self.config.memory_threshold))
+        return usage
+
+    # ------------------------------------------------------------------ views
+    async def view(self, usage: Usage | None = None) -> PoolView:
+        """Holds, releases and usage of every GPU, as status shows them."""
+        state = await self.store.read_state()
+        count = int(state["pool"].get("count", 0) or 0)
+        if count < 1:
+            await self.pool()  # raises PoolNotInitialized
+        usage = usage or await self.usage()
+        by_index = {g.index: g for g in usage.gpus}
+        gpus = []
+        for i in range(count):
+            raw = state["holds"].get(i)
+            live = raw is not None and state["leases"].get(i) == raw.get("rid")
+            released = state["released"].get(str(i))
+            gpus.append(GpuState(
+                gpu=i,
+                hold=_hold(i, raw) if live else None,
+                last_released_ms=int(released.split("|")[0]) if released else None,
+                usage=by_index.get(i),
+                threshold_mb=self.config.memory_threshold,
+            ))
+        queue = tuple(state["waiters"][w] for w in state["queue"] if w in state["waiters"])
+        return PoolView(now_ms=state["now_ms"], gpus=tuple(gpus),
+                        provider=state["pool"].get("provider", ""),
+                        scanned_ms=usage.scanned_ms, queue=queue)
+
+    # ------------------------------------------------------------------ changes
+    def record(self, caller: Caller, req: Request, rid: str | None = None) -> dict:
+        return {"rid": rid or secrets.token_hex(8), "user": caller.user, "uid": caller.uid,
+                "host": self.config.host_name, "pid": caller.pid,
+                "pid_start": caller.pid_start, "kind": req.kind, "note": req.note}
+
+    def ttl_s(self, req: Request) -> float:
+        return req.duration_s if req.kind == "manual" else self.config.seconds("run_lease")
+
+    async def validate(self, req: Request) -> int:
+        """Check a request against the pool; returns the pool size."""
+        size = await self.pool_size()
+        if req.ids is not None:
+            parse_ids(",".join(map(str, req.ids)), size)
+        else:
+            parse_count(req.count, size)
+        return size
+
+    async def allocate(self, req: Request, caller: Caller) -> Reservation:
+        """Reserve GPUs now, or raise NotEnoughGpus / GpusUnavailable. Never waits."""
+        size = await self.validate(req)
+        usage = await self.usage()
+        record = self.record(caller, req)
+        ttl = self.ttl_s(req)
+        threshold = self.config.memory_threshold
+        mode, want = ("ids", ",".join(map(str, req.ids))) if req.ids is not None \
+            else ("count", req.count)
+        while True:
+            status, data = await self.store.run("allocate", size, [
+                mode, want, ",".join(map(str, usage.busy(threshold))),
+                ",".join(map(str, usage.errors())), json.dumps(record), int(ttl * 1000),
+                self.config.strategy])
+            if status != "STALE":
+                break
+            size = await self.validate(req)
+        if status == "OK":
+            return Reservation(record["rid"], tuple(json.loads(data)), caller.user, req.kind,
+                               ttl, record)
+        if status == "SHORT":
+            available, unreserved = (int(x) for x in data.split(",")) if "," in data \
+                else (int(data), 0)
+            raise NotEnoughGpus(req.size, available, unreserved)
+        if status == "UNAVAILABLE":
+            reasons = "; ".join(f"GPU {r['gpu']} is {r['reason']}" for r in json.loads(data))
+            raise GpusUnavailable(f"{reasons} - run 'canhazgpu status' for details")
+        return self._pool_error(status)
+
+    def _pool_error(self, status: str):
+        if status == "NOPOOL":
+            raise PoolNotInitialized(
+                "no GPU pool on this host yet: run 'canhazgpu admin --gpus N' first")
+        raise CorruptState(f"unexpected reply {status!r} from Redis")
+
+    async def _release(self, mode: str, arg: str, caller: Caller, force: bool,
+                       reason: str = "released") -> list[int]:
+        size = await self.pool_size()
+        status, data = await self.store.run(
+            "release", size, [mode, arg, caller.user, int(force), reason])
+        if status == "STALE":
+            return await self._release(mode, arg, caller, force, reason)
+        if status == "OK":
+            return json.loads(data)
+        if status == "NOTHELD":
+            ids = ", ".join(map(str, json.loads(data)))
+            raise InvalidRequest(f"GPU {ids} is not reserved: nothing to release "
+                                 "(see 'canhazgpu status')")
+        if status == "NOTOWNER":
+            who = "; ".join(f"GPU {r['gpu']} is reserved by {r['user']}"
+                            for r in json.loads(data))
+            raise NotOwner(f"{who}: only its owner can release it "
+                           "(an admin can use 'release --user NAME --force')")
+        return self._pool_error(status)
+
+    async def release(self, caller: Caller, ids: tuple[int, ...] | None = None,
+                      user: str | None = None, force: bool = False) -> list[int]:
+        """Release the caller's manual reservations, the listed GPUs, or (admin) a user's."""
+        if force and not caller.is_admin:
+            raise NotOwner("--force is for root or the admin group only")
+        if user is not None:
+            if not force:
+                raise InvalidRequest("release --user NAME needs --force (root or admin group)")
+            if ids is not None:
+                return await self._release("ids", ",".join(map(str, ids)), caller, True)
+            return await self._release("user", user, caller, True)
+        if ids is not None:
+            parse_ids(",".join(map(str, ids)), await self.pool_size())
+            return await self._release("ids", ",".join(map(str, ids)), caller, force)
+        return await self._release("mine", "", caller, False)
+
+    async def end(self, rid: str, caller: Caller, reason: str = "released") -> list[int]:
+        """End one reservation by id (a run supervisor finishing, or a reclaim)."""
+        return await self._release("rid", rid, caller, True, reason)
+
+    async def heartbeat(self, res: Reservation, ttl_s: float | None = None) -> list[int]:
+        """Refresh a reservation's leases (re-establishing lapsed ones); returns lost GPUs."""
+        size = await self.pool_size()
+        status, data = await self.store.run("heartbeat", size, [
+            res.rid, res.env_value(), json.dumps(res.record), int((ttl_s or res.ttl_s) * 1000)])
+        if status == "STALE":
+            return await self.heartbeat(res, ttl_s)
+        if status == "OK":
+            return json.loads(data)
+        return self._pool_error(status)
+
+    async def sweep(self) -> list[int]:
+        """Finalize every reservation whose lease is gone; returns the GPUs finalized."""
+        size = await self.pool_size()
+        status, data = await self.store.run("sweep", size, [])
+        if status == "OK":
+            return json.loads(data)
+        if status == "STALE":
+            return await self.sweep()
+        return self._pool_error(status)
+
+    # ------------------------------------------------------------------ report
+    async def report(self, days: float) -> dict:
+        """GPU hours per user over the last `days`, in-progress reservations up to now."""
+        view_state = await self.store.read_state()
+        now = view_state["now_ms"]
+        since = now - int(days * 86400 * 1000)
+        rows = await self.store.history(since)
+        for i, raw in view_state["holds"].items():
+            if view_state["leases"].get(i) == raw.get("rid"):
+                rows.append({**raw, "end_ms": now, "in_progress": True})
+        users: dict[str, dict] = {}
+        runs: dict[str, set] = {}
+        for row in rows:
+            start = max(int(row["start_ms"]), since)
+            hours = max(0, int(row["end_ms"]) - start) / 3_600_000
+            entry = users.setdefault(row["user"], {"user": row["user"], "gpu_hours": 0.0,
+                                                   "run": 0, "manual": 0})
+            entry["gpu_hours"] += hours
+            key = (row["rid"], row.get("start_ms"))
+            if key not in runs.setdefault(row["user"], set()):
+                runs[row["user"]].add(key)
+                if row.get("kind") in ("run", "manual"):
+                    entry[row["kind"]] += 1
+        total = sum(u["gpu_hours"] for u in users.values())
+        for u in users.values():
+            u["percent"] = round(100 * u["gpu_hours"] / total, 1) if total else 0.0
+            u["gpu_hours"] = round(u["gpu_hours"], 3)
+        ordered = sorted(users.values(), key=lambda u: (-u["gpu_hours"], u["user"]))
+        return {"days": days, "since_ms": since, "now_ms": now,
+                "total_gpu_hours": round(total, 3), "users": ordered}

@@ -1,0 +1,48 @@
+"""Who is asking: the OS account of the calling uid (never $USER), and the process."""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+from dataclasses import dataclass
+
+import psutil
+
+
+@dataclass(frozen=True)
+class Caller:
+    user: str
+    uid: int
+    pid: int
+    pid_start: float
+    is_admin: bool
+
+
+def user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def process_start(pid: int) -> float:
+    """The process's start time, to tell it from a later process that reuses its PID."""
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.Error, OSError):
+        return 0.0
+
+
+def current(admin_group: str = "", pid: int | None = None) -> Caller:
+    uid = os.getuid()
+    name = user_name(uid)
+    admin = uid == 0
+    if not admin and admin_group:
+        try:
+            group = grp.getgrnam(admin_group)
+            admin = group.gr_gid in os.getgroups() or name in group.gr_mem
+        except KeyError:
+            admin = False
+    pid = os.getpid() if pid is None else pid
+    return Caller(user=name, uid=uid, pid=pid, pid_start=process_start(pid), is_admin=admin)
