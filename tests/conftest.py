@@ -101,6 +101,7 @@ class Cli:
 
     def __init__(self, env):
         self.env = env
+        self.children: list[subprocess.Popen] = []
 
     def __call__(self, *args, input=None, timeout=60, extra_env=None, check=None):
         proc = subprocess.run(
@@ -113,13 +114,23 @@ class Cli:
         return proc
 
     def popen(self, *args, extra_env=None, **kwargs):
-        return subprocess.Popen([sys.executable, "-m", "canhazgpu", *map(str, args)],
+        proc = subprocess.Popen([sys.executable, "-m", "canhazgpu", *map(str, args)],
                                 env={**self.env, **(extra_env or {})}, **kwargs)
+        self.children.append(proc)
+        return proc
+
+    def kill_all(self):
+        for proc in self.children:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 @pytest.fixture
 def cli(env):
-    return Cli(env)
+    runner = Cli(env)
+    yield runner
+    runner.kill_all()
 
 
 def redis_client(url: str) -> redis.Redis:

@@ -80,6 +80,23 @@ class Usage:
         return cls(int(data["scanned_ms"]), tuple(gpus), data.get("source", "cli"))
 
 
+@dataclass(frozen=True)
+class QueueStatus:
+    """Where a waiter stands: 1-based position (0 once out of the queue), GPUs so far."""
+
+    position: int
+    gpus: tuple[int, ...]
+    done: bool
+    queued: int
+
+    @classmethod
+    def decode(cls, data: str) -> QueueStatus:
+        doc = json.loads(data)
+        gpus = doc.get("gpus") or []
+        return cls(int(doc["position"]), tuple(gpus if isinstance(gpus, list) else ()),
+                   bool(doc["done"]), int(doc.get("queued", 0)))
+
+
 def parse_count(text, pool_size: int | None = None) -> int:
     """A GPU count from the user: a whole number from 1 to the pool size."""
     try:
@@ -133,6 +150,7 @@ class Core:
         self.config = config
         self.store = store or Store(config.url, config.host_name)
         self._provider = None
+        self._size: int | None = None  # cached; every script says STALE if it changed
 
     async def aclose(self) -> None:
         await self.store.close()
@@ -148,7 +166,29 @@ class Core:
         return pool
 
     async def pool_size(self) -> int:
-        return int((await self.pool())["count"])
+        if self._size is None:
+            self._size = int((await self.pool())["count"])
+        return self._size
+
+    async def _script(self, name: str, args: list, check=None) -> tuple[str, str]:
+        """Run a state-change script at the cached pool size, re-reading it when stale.
+
+        `check(size)` validates the request against the pool size before each attempt.
+        """
+        while True:
+            size = await self.pool_size()
+            if check is not None:
+                check(size)
+            status, data = await self.store.run(name, size, args)
+            if status == "STALE":
+                self._size = int(data) if data else None
+                continue
+            if status == "NOPOOL":
+                self._size = None
+                await self.pool()  # raises PoolNotInitialized
+            if status in ("OK", "SHORT", "UNAVAILABLE", "NOTHELD", "NOTOWNER", "GONE"):
+                return status, data
+            raise CorruptState(f"unexpected reply {status!r} from Redis script {name}")
 
     async def setup_pool(self, count: int | None, provider: str | None, force: bool) -> dict:
         """Create or resize the pool; the count comes from the provider when not given."""
@@ -167,6 +207,7 @@ class Core:
             who = ", ".join(f"GPU {h['gpu']} ({h['user']}, {h['kind']})" for h in held)
             raise PoolBusy(f"{len(held)} GPUs are reserved: {who} - wait for them, "
                            "or pass --force to end those reservations")
+        self._size = None
         if status == "UNCHANGED":
             return {"old": count, "new": count, "provider": prov.name, "changed": False}
         return {**json.loads(data), "provider": prov.name, "changed": True}
@@ -191,7 +232,7 @@ class Core:
         if snap and snap.get("source") == "daemon" and \
                 time.time() * 1000 - int(snap.get("scanned_ms", 0)) <= max_age_ms:
             return Usage.from_json(snap)
-        return await self.scan(write=True)
+        return await self.scan(write=False)
 
     async def scan(self, *, write: bool, source: str = "cli") -> Usage:
         provider = await self.provider()
@@ -199,6 +240,12 @@ class Core:
         if write:
             await self.store.write_usage(usage.to_json(self.config.memory_threshold))
         return usage
+
+    async def publish_usage(self, usage: Usage, events: list[dict]) -> int:
+        """Store a scan as the host's snapshot and publish the events derived from it."""
+        _, data = await self._script("usage", [
+            json.dumps(usage.to_json(self.config.memory_threshold)), json.dumps(events)])
+        return int(data)
 
     # ------------------------------------------------------------------ views
     async def view(self, usage: Usage | None = None) -> PoolView:
@@ -235,69 +282,57 @@ class Core:
     def ttl_s(self, req: Request) -> float:
         return req.duration_s if req.kind == "manual" else self.config.seconds("run_lease")
 
+    def check(self, req: Request):
+        """A validator of req against a pool size, for _script."""
+        def check(size: int) -> None:
+            if req.ids is not None:
+                parse_ids(",".join(map(str, req.ids)), size)
+            else:
+                parse_count(req.count, size)
+        return check
+
     async def validate(self, req: Request) -> int:
         """Check a request against the pool; returns the pool size."""
         size = await self.pool_size()
-        if req.ids is not None:
-            parse_ids(",".join(map(str, req.ids)), size)
-        else:
-            parse_count(req.count, size)
+        self.check(req)(size)
         return size
 
     async def allocate(self, req: Request, caller: Caller) -> Reservation:
         """Reserve GPUs now, or raise NotEnoughGpus / GpusUnavailable. Never waits."""
-        size = await self.validate(req)
+        await self.validate(req)
         usage = await self.usage()
         record = self.record(caller, req)
         ttl = self.ttl_s(req)
         threshold = self.config.memory_threshold
         mode, want = ("ids", ",".join(map(str, req.ids))) if req.ids is not None \
             else ("count", req.count)
-        while True:
-            status, data = await self.store.run("allocate", size, [
-                mode, want, ",".join(map(str, usage.busy(threshold))),
-                ",".join(map(str, usage.errors())), json.dumps(record), int(ttl * 1000),
-                self.config.strategy])
-            if status != "STALE":
-                break
-            size = await self.validate(req)
+        snapshot = json.dumps(usage.to_json(threshold)) if usage.source != "daemon" else ""
+        status, data = await self._script("allocate", [
+            mode, want, ",".join(map(str, usage.busy(threshold))),
+            ",".join(map(str, usage.errors())), json.dumps(record), int(ttl * 1000),
+            self.config.strategy, snapshot], check=self.check(req))
         if status == "OK":
             return Reservation(record["rid"], tuple(json.loads(data)), caller.user, req.kind,
                                ttl, record)
         if status == "SHORT":
-            available, unreserved = (int(x) for x in data.split(",")) if "," in data \
-                else (int(data), 0)
+            available, unreserved = (int(x) for x in data.split(","))
             raise NotEnoughGpus(req.size, available, unreserved)
-        if status == "UNAVAILABLE":
-            reasons = "; ".join(f"GPU {r['gpu']} is {r['reason']}" for r in json.loads(data))
-            raise GpusUnavailable(f"{reasons} - run 'canhazgpu status' for details")
-        return self._pool_error(status)
-
-    def _pool_error(self, status: str):
-        if status == "NOPOOL":
-            raise PoolNotInitialized(
-                "no GPU pool on this host yet: run 'canhazgpu admin --gpus N' first")
-        raise CorruptState(f"unexpected reply {status!r} from Redis")
+        reasons = "; ".join(f"GPU {r['gpu']} is {r['reason']}" for r in json.loads(data))
+        raise GpusUnavailable(f"{reasons} - run 'canhazgpu status' for details")
 
     async def _release(self, mode: str, arg: str, caller: Caller, force: bool,
                        reason: str = "released") -> list[int]:
-        size = await self.pool_size()
-        status, data = await self.store.run(
-            "release", size, [mode, arg, caller.user, int(force), reason])
-        if status == "STALE":
-            return await self._release(mode, arg, caller, force, reason)
+        status, data = await self._script(
+            "release", [mode, arg, caller.user, int(force), reason])
         if status == "OK":
             return json.loads(data)
         if status == "NOTHELD":
             ids = ", ".join(map(str, json.loads(data)))
             raise InvalidRequest(f"GPU {ids} is not reserved: nothing to release "
                                  "(see 'canhazgpu status')")
-        if status == "NOTOWNER":
-            who = "; ".join(f"GPU {r['gpu']} is reserved by {r['user']}"
-                            for r in json.loads(data))
-            raise NotOwner(f"{who}: only its owner can release it "
-                           "(an admin can use 'release --user NAME --force')")
-        return self._pool_error(status)
+        who = "; ".join(f"GPU {r['gpu']} is reserved by {r['user']}" for r in json.loads(data))
+        raise NotOwner(f"{who}: only its owner can release it "
+                       "(an admin can use 'release --user NAME --force')")
 
     async def release(self, caller: Caller, ids: tuple[int, ...] | None = None,
                       user: str | None = None, force: bool = False) -> list[int]:
@@ -321,24 +356,40 @@ class Core:
 
     async def heartbeat(self, res: Reservation, ttl_s: float | None = None) -> list[int]:
         """Refresh a reservation's leases (re-establishing lapsed ones); returns lost GPUs."""
-        size = await self.pool_size()
-        status, data = await self.store.run("heartbeat", size, [
+        _, data = await self._script("heartbeat", [
             res.rid, res.env_value(), json.dumps(res.record), int((ttl_s or res.ttl_s) * 1000)])
-        if status == "STALE":
-            return await self.heartbeat(res, ttl_s)
-        if status == "OK":
-            return json.loads(data)
-        return self._pool_error(status)
+        return json.loads(data)
 
     async def sweep(self) -> list[int]:
         """Finalize every reservation whose lease is gone; returns the GPUs finalized."""
-        size = await self.pool_size()
-        status, data = await self.store.run("sweep", size, [])
-        if status == "OK":
-            return json.loads(data)
-        if status == "STALE":
-            return await self.sweep()
-        return self._pool_error(status)
+        _, data = await self._script("sweep", [])
+        return json.loads(data)
+
+    # ------------------------------------------------------------------ queue
+    async def enqueue(self, req: Request, caller: Caller) -> tuple[Reservation, QueueStatus]:
+        """Join the FIFO queue (granted at once if the GPUs are free)."""
+        record = self.record(caller, req)
+        waiter = {"wid": record["rid"], "user": caller.user, "uid": caller.uid,
+                  "host": record["host"], "pid": caller.pid, "note": req.note,
+                  "kind": req.kind, "base": record,
+                  **({"mode": "ids", "ids": list(req.ids)} if req.ids is not None
+                     else {"mode": "count", "count": req.count})}
+        _, data = await self._script("enqueue", [
+            json.dumps(waiter), int(self.config.seconds("queue_lease") * 1000)],
+            check=self.check(req))
+        res = Reservation(record["rid"], (), caller.user, req.kind, self.ttl_s(req), record)
+        return res, QueueStatus.decode(data)
+
+    async def queue_heartbeat(self, wid: str) -> QueueStatus | None:
+        """Keep a waiter's place; None when it is no longer in the queue nor granted."""
+        status, data = await self._script("queue_heartbeat", [
+            wid, int(self.config.seconds("queue_lease") * 1000)])
+        return None if status == "GONE" else QueueStatus.decode(data)
+
+    async def leave(self, wid: str, reason: str) -> list[int]:
+        """Leave the queue, giving back whatever was granted so far."""
+        _, data = await self._script("leave", [wid, reason])
+        return json.loads(data)
 
     # ------------------------------------------------------------------ report
     async def report(self, days: float) -> dict:

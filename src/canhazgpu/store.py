@@ -12,7 +12,7 @@ from redis import exceptions as rexc
 from .errors import BackendUnavailable, CorruptState, InvalidRequest
 
 SCRIPTS = ("allocate", "release", "heartbeat", "sweep", "pool", "enqueue", "queue_heartbeat",
-           "leave")
+           "leave", "usage")
 _URL_SCHEMES = ("redis", "rediss", "unix")
 
 

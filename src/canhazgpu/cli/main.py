@@ -74,7 +74,7 @@ def _closer(state: Context):
 
 
 def _register() -> None:
-    from . import admin, report, reserve, run, status  # noqa: F401  (commands attach to cli)
+    from . import admin, report, reserve, run, status, wait  # noqa: F401  (commands attach)
 
 
 async def _amain(args: list[str]) -> int:

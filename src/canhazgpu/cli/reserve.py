@@ -7,6 +7,7 @@ import asyncclick as click
 from . import output
 from .main import cli
 from .options import build_request, duration, gpu_selection
+from .wait import acquire, parse_wait, wait_option
 
 
 @cli.command(epilog="""\b
@@ -15,17 +16,20 @@ Examples:
   canhazgpu reserve --gpus 2 --duration 4h
   canhazgpu reserve --gpu-ids 1,3 --note "debugging"
   export CUDA_VISIBLE_DEVICES=$(canhazgpu reserve --short)
+  canhazgpu reserve --gpus 2 --wait 15m      # queue up to 15m if GPUs are short
 """)
 @gpu_selection
 @click.option("--duration", "-d", "duration_text", metavar="D", help="How long: 30s, 30m, 2h, 1d, 0.5h (default 30m).")
 @click.option("--short", is_flag=True, help="Print only the GPU ids, comma-separated.")
 @click.option("--json", "as_json", is_flag=True, help="Print the reservation as JSON.")
+@wait_option
 @click.pass_obj
-async def reserve(state, count, gpu_ids, note, duration_text, short, as_json):
+async def reserve(state, count, gpu_ids, note, duration_text, short, as_json, wait_text):
     """Reserve GPUs for interactive work until released or expired."""
     seconds = duration(duration_text, "duration", state.config.default_duration)
+    wait_s = parse_wait(wait_text)
     req, _ = await build_request(state, count, gpu_ids, "manual", seconds, note)
-    res = await state.core.allocate(req, state.caller())
+    res = await acquire(state, req, state.caller(), wait_s)
     if as_json:
         output.emit_json({"id": res.rid, "gpus": list(res.gpus), "user": res.user,
                           "type": res.kind, "duration_s": seconds})

@@ -8,6 +8,7 @@ from ..errors import InvalidRequest
 from . import output
 from .main import cli
 from .options import build_request, duration, gpu_selection
+from .wait import acquire, parse_wait, wait_option
 
 
 @cli.command(context_settings={"ignore_unknown_options": True}, epilog="""\b
@@ -15,22 +16,25 @@ Examples:
   canhazgpu run --gpus 2 -- python train.py --epochs 10
   canhazgpu run --gpu-ids 1,3 -- ./serve.sh
   canhazgpu run --gpus 1 --timeout 2h -- python sweep.py
+  canhazgpu run --gpus 4 --wait 30m -- python big.py   # queue up to 30m if GPUs are short
 Exit code: the command's own (128+N if killed by signal N); 127 when it cannot start.
 """)
 @gpu_selection
 @click.option("--timeout", "timeout_text", metavar="D",
               help="Stop the command after D (SIGTERM, then SIGKILL after a grace period).")
+@wait_option
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj
-async def run(state, count, gpu_ids, note, timeout_text, command):
+async def run(state, count, gpu_ids, note, timeout_text, wait_text, command):
     """Run a command on GPUs nobody else will get, and release them when it ends."""
     if not command:
         raise InvalidRequest("run needs a command after --, e.g. canhazgpu run --gpus 1 -- "
                              "python train.py")
     timeout_s = duration(timeout_text, "timeout", "1s") if timeout_text is not None else None
+    wait_s = parse_wait(wait_text)
     req, _ = await build_request(state, count, gpu_ids, "run", 0, note)
     caller = state.caller()
-    res = await state.core.allocate(req, caller)
+    res = await acquire(state, req, caller, wait_s)
     return await supervise(state, res, caller, list(command), timeout_s)
 
 

@@ -21,7 +21,7 @@ end
 local function check_pool()
   local n = pool_count()
   if n == 0 then return nil, {'NOPOOL', ''} end
-  if #KEYS - LEASE0 + 1 < n then return nil, {'STALE', tostring(n)} end
+  if #KEYS - LEASE0 + 1 ~= n then return nil, {'STALE', tostring(n)} end
   return n, nil
 end
 

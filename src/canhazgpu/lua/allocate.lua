@@ -2,11 +2,13 @@
 -- or by ids (all or nothing). GPUs in unreserved use or in error are never handed out.
 -- ARGV: 3 mode ('count'|'ids'), 4 count or ids csv, 5 unreserved ids csv, 6 error ids csv,
 --       7 reservation json (rid, user, uid, host, pid, pid_start, kind, note), 8 ttl ms,
---       9 strategy ('lru'|'mru')
+--       9 strategy ('lru'|'mru'), 10 the caller's own scan as a usage snapshot ('' when
+--       the daemon's was used), kept so the queue knows which GPUs are busy
 -- Returns {'OK', ids} | {'SHORT', available, unreserved} | {'UNAVAILABLE', reasons} |
 --         {'NOPOOL'|'STALE', ...}
 local n, bad = check_pool()
 if bad then return bad end
+if ARGV[10] ~= '' then redis.call('SET', KEYS[K_USAGE], ARGV[10]) end
 sweep(n)
 grant_queue(n)
 

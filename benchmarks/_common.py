@@ -1,0 +1,55 @@
+"""Shared set-up for benchmarks: a private Redis, a fake GPU file, an environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from canhazgpu.embedded import RedisServer
+
+
+@contextmanager
+def bench_env(gpus: int = 8, processes: list | None = None):
+    """Start a private redis-server and yield the CANHAZGPU_* environment for it."""
+    with tempfile.TemporaryDirectory(prefix="canhazgpu-bench-") as tmp:
+        fake = Path(tmp) / "gpus.json"
+        fake.write_text(json.dumps({"count": gpus, "gpus": processes or []}))
+        (Path(tmp) / "config.toml").write_text("")
+        with RedisServer(Path(tmp) / "redis") as server:
+            env = {
+                "CANHAZGPU_REDIS_URL": server.url, "CANHAZGPU_HOST": "bench",
+                "CANHAZGPU_PROVIDER": "fake", "CANHAZGPU_FAKE_GPUS": str(fake),
+                "CANHAZGPU_CONFIG": str(Path(tmp) / "config.toml"),
+                "CANHAZGPU_STATE_DIR": str(Path(tmp) / "state"),
+            }
+            old = {k: os.environ.get(k) for k in env}
+            os.environ.update(env)
+            try:
+                yield env, server
+            finally:
+                for k, v in old.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"

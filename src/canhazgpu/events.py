@@ -1,0 +1,162 @@
+"""Events: their types, decoding, and the one pub/sub subscription per process.
+
+Every state-change script PUBLISHes its event on the host's channel, so an event is never
+lost or reordered relative to the state it describes. Pub/sub is fire-and-forget: a
+subscriber that reconnects may have missed events, so the hub tells its receivers
+(`Resync`) and they re-read the state.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import anyio
+from anyio.abc import ObjectReceiveStream
+from redis import exceptions as rexc
+
+VERSION = 1
+TYPES = (
+    # reservations (published by the Lua scripts)
+    "reserved", "released", "expired", "reclaimed", "forced", "pool_changed",
+    # the queue
+    "queued", "granted", "left",
+    # GPU truth (published by the daemon's scanner)
+    "unreserved_detected", "unreserved_cleared", "usage_changed", "gpu_error", "gpu_recovered",
+)
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str
+    seq: int
+    time_ms: int
+    host: str
+    gpus: tuple[int, ...] = ()
+    rid: str | None = None
+    user: str | None = None
+    data: dict = field(default_factory=dict)  # the whole decoded document
+
+    @classmethod
+    def decode(cls, raw: str | bytes) -> Event | None:
+        """Parse one published message; None for anything that is not a valid event."""
+        try:
+            doc = json.loads(raw)
+            gpus = doc.get("gpus") or []
+            return cls(type=str(doc["type"]), seq=int(doc["seq"]), time_ms=int(doc["time_ms"]),
+                       host=str(doc.get("host", "")),
+                       gpus=tuple(int(g) for g in (gpus if isinstance(gpus, list) else [])),
+                       rid=doc.get("rid"), user=doc.get("user"), data=doc)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return None
+
+
+@dataclass(frozen=True)
+class Resync:
+    """The subscription was (re)established: events may have been missed; re-read state."""
+
+    reconnected: bool
+
+
+@dataclass(frozen=True)
+class Disconnected:
+    """The subscription is down; the hub keeps trying."""
+
+    error: str
+
+
+@dataclass(frozen=True)
+class Message:
+    """A message on an extra channel (e.g. keyspace notifications)."""
+
+    channel: str
+    data: str
+
+
+class EventHub:
+    """One pub/sub connection, fanned out to any number of in-process receivers."""
+
+    def __init__(self, store, extra_channels: tuple[str, ...] = ()) -> None:
+        self.store = store
+        self.channels = (store.channel, *extra_channels)
+        self._receivers: set = set()
+        self.connected = anyio.Event()
+
+    @asynccontextmanager
+    async def running(self):
+        async with anyio.create_task_group() as tg:
+            await tg.start(self._pump)
+            try:
+                yield self
+            finally:
+                tg.cancel_scope.cancel()
+
+    @asynccontextmanager
+    async def listen(self, buffer: float = 1000):
+        """A stream of Event | Resync | Disconnected | Message, from now on."""
+        send, receive = anyio.create_memory_object_stream(buffer)
+        self._receivers.add(send)
+        if self.connected.is_set():
+            send.send_nowait(Resync(reconnected=False))
+        try:
+            async with receive:
+                yield receive
+        finally:
+            self._receivers.discard(send)
+            send.close()
+
+    def _fan_out(self, item) -> None:
+        for send in list(self._receivers):
+            try:
+                send.send_nowait(item)
+            except anyio.WouldBlock:
+                pass  # a receiver that stopped reading must not stall the others
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                self._receivers.discard(send)
+
+    async def _pump(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
+        delay, started, reconnected = 0.05, False, False
+        while True:
+            pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(*self.channels)
+                self.connected.set()
+                self._fan_out(Resync(reconnected=reconnected))
+                if not started:
+                    task_status.started()
+                    started = True
+                delay = 0.05
+                async for msg in pubsub.listen():
+                    if msg.get("type") != "message":
+                        continue
+                    channel, data = msg["channel"], msg["data"]
+                    if channel == self.store.channel:
+                        event = Event.decode(data)
+                        if event is not None:
+                            self._fan_out(event)
+                    else:
+                        self._fan_out(Message(channel, data))
+            except (rexc.ConnectionError, rexc.TimeoutError, OSError) as err:
+                self.connected = anyio.Event()
+                self._fan_out(Disconnected(self.store.unreachable(err)))
+                if not started:
+                    task_status.started()
+                    started = True
+                reconnected = True
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await pubsub.aclose()
+                    except Exception:  # a dead connection may fail to close; it is gone anyway
+                        pass
+
+
+async def next_matching(stream: ObjectReceiveStream, predicate) -> object:
+    """Receive until an item satisfies predicate (used by waiters and tests)."""
+    async for item in stream:
+        if predicate(item):
+            return item
+    raise anyio.EndOfStream

@@ -1,0 +1,294 @@
+"""The FIFO queue: order, partial grants, fairness, leaving, and a randomized run."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import sys
+import time
+from dataclasses import replace
+
+import anyio
+import pytest
+
+from canhazgpu.core import Core, Request
+from canhazgpu.errors import InvalidRequest
+from canhazgpu.events import Event, EventHub
+from canhazgpu.waitqueue import LostPlace, Waiter, WaitTimedOut
+
+pytestmark = pytest.mark.anyio
+
+
+def person(me, name):
+    return replace(me, user=name)
+
+
+async def fill(pool, me, n=8):
+    """Hold every GPU with one-GPU manual reservations; returns their reservations by GPU."""
+    out = {}
+    for _ in range(n):
+        res = await pool.allocate(Request(count=1), me)
+        out[res.gpus[0]] = res
+    return out
+
+
+async def held_by(pool):
+    return {g.gpu: g.hold.rid for g in (await pool.view()).gpus if g.hold}
+
+
+class Waiters:
+    """Waiters running as tasks; `granted` lists (name, gpus) in the order they were served."""
+
+    def __init__(self, tg, pool, me):
+        self.tg, self.pool, self.me = tg, pool, me
+        self.granted: list[tuple[str, tuple]] = []
+        self.changed = anyio.Event()
+        self.errors: dict[str, BaseException] = {}
+
+    def start(self, name, req, timeout_s=None):
+        async def run():
+            try:
+                res = await Waiter(self.pool, req, person(self.me, name)).wait(timeout_s)
+                self.granted.append((name, res.gpus))
+            except Exception as err:  # recorded for the test to assert on
+                self.errors[name] = err
+            self.changed.set()
+            self.changed = anyio.Event()
+        self.tg.start_soon(run)
+
+    async def until(self, predicate, timeout=10):
+        with anyio.fail_after(timeout):
+            while not predicate():
+                await self.changed.wait()
+
+
+async def queue_len(pool):
+    return len((await pool.store.read_state())["queue"])
+
+
+async def wait_queue(pool, n, timeout=10):
+    """Wait until n waiters are queued, woken by the queue events."""
+    hub = EventHub(pool.store)
+    async with hub.running(), hub.listen() as stream:
+        with anyio.fail_after(timeout):
+            while await queue_len(pool) < n:
+                await stream.receive()
+
+
+async def test_fifo_order_with_mixed_sizes_and_partial_grants(pool, me):
+    holds = await fill(pool, me)
+    async with anyio.create_task_group() as tg:
+        w = Waiters(tg, pool, me)
+        for name, count in (("a", 3), ("b", 1), ("c", 2)):
+            w.start(name, Request(count=count, kind="run"))
+            await wait_queue(pool, len(w.granted) + {"a": 1, "b": 2, "c": 3}[name])
+        await pool.release(me, ids=(5,))
+        # the head holds what it can while it waits for the rest; nobody else gets it
+        state = await pool.store.read_state()
+        a_wid = state["queue"][0]
+        assert (await held_by(pool))[5] == a_wid
+        await pool.release(me, ids=(6,))
+        await pool.release(me, ids=(7,))
+        await w.until(lambda: len(w.granted) == 1)
+        assert w.granted == [("a", (5, 6, 7))]
+        await pool.release(me, ids=(0,))
+        await w.until(lambda: len(w.granted) == 2)
+        await pool.release(me, ids=(1,))
+        await pool.release(me, ids=(2,))
+        await w.until(lambda: len(w.granted) == 3)
+        assert [n for n, _ in w.granted] == ["a", "b", "c"]
+        assert w.granted[2][1] == (1, 2)
+    assert holds  # the fill reservations are what we released
+
+
+async def test_a_large_request_is_not_starved_by_small_ones(pool, me):
+    await fill(pool, me)
+    async with anyio.create_task_group() as tg:
+        w = Waiters(tg, pool, me)
+        w.start("big", Request(count=4, kind="run"))
+        await wait_queue(pool, 1)
+        for k in range(4):
+            w.start(f"small{k}", Request(count=1, kind="run"))
+            await wait_queue(pool, 2 + k)
+        for gpu in range(4):
+            await pool.release(me, ids=(gpu,))
+        await w.until(lambda: len(w.granted) == 1)
+        assert w.granted == [("big", (0, 1, 2, 3))]
+        for gpu in range(4, 8):
+            await pool.release(me, ids=(gpu,))
+        await w.until(lambda: len(w.granted) == 5)
+        assert [n for n, _ in w.granted] == ["big", "small0", "small1", "small2", "small3"]
+
+
+async def test_id_requests_wait_for_their_ids_and_others_pass_them(pool, me):
+    holds = await fill(pool, me)
+    async with anyio.create_task_group() as tg:
+        w = Waiters(tg, pool, me)
+        w.start("wants3", Request(ids=(3,), kind="run"))
+        await wait_queue(pool, 1)
+        w.start("any", Request(count=1, kind="run"))
+        await wait_queue(pool, 2)
+        await pool.release(me, ids=(6,))  # GPU 6 is no use to the head: the next one takes it
+        await w.until(lambda: len(w.granted) == 1)
+        assert w.granted == [("any", (6,))]
+        await pool.release(me, ids=(3,))
+        await w.until(lambda: len(w.granted) == 2)
+        assert w.granted[1] == ("wants3", (3,))
+    assert holds
+
+
+async def test_direct_allocations_do_not_jump_the_queue(pool, me):
+    await fill(pool, me)
+    async with anyio.create_task_group() as tg:
+        w = Waiters(tg, pool, me)
+        w.start("head", Request(count=2, kind="run"))
+        await wait_queue(pool, 1)
+        await pool.release(me, ids=(4,))
+        from canhazgpu.errors import NotEnoughGpus
+        with pytest.raises(NotEnoughGpus):
+            await pool.allocate(Request(count=1), person(me, "pushy"))
+        await pool.release(me, ids=(5,))
+        await w.until(lambda: len(w.granted) == 1)
+        assert w.granted == [("head", (4, 5))]
+
+
+async def test_timeout_leaves_the_queue_and_returns_partial_gpus(pool, me):
+    await fill(pool, me)
+    await pool.release(me, ids=(2,))
+    start = time.monotonic()
+    with pytest.raises(WaitTimedOut):
+        await Waiter(pool, Request(count=3, kind="run"), me).wait(timeout_s=0.5)
+    assert time.monotonic() - start < 5
+    assert 2 not in await held_by(pool)
+    assert await queue_len(pool) == 0
+
+
+async def test_requests_that_can_never_be_met_are_refused(pool, me):
+    with pytest.raises(InvalidRequest, match="9"):
+        await pool.enqueue(Request(count=9), me)
+    with pytest.raises(InvalidRequest, match="8"):
+        await pool.enqueue(Request(ids=(8,)), me)
+
+
+async def test_a_waiter_that_lost_its_place_says_so(pool, me, rclient):
+    await fill(pool, me)
+    async with anyio.create_task_group() as tg:
+        w = Waiters(tg, pool, me)
+        w.start("a", Request(count=1, kind="run"))
+        await wait_queue(pool, 1)
+        rclient.delete(pool.store.key("queue"), pool.store.key("waiters"))
+        # the next heartbeat (a third of the queue lease) finds the entry gone
+        await w.until(lambda: "a" in w.errors, timeout=15)
+    assert isinstance(w.errors["a"], LostPlace)
+
+
+async def test_randomized_200_waiters_are_each_served_once_in_order(pool, me, env):
+    """200 queued requests of random sizes; releases in random order; strict FIFO service."""
+    rng = random.Random(5)
+    holds = await fill(pool, me)
+    core = Core(replace(pool.config, queue_lease="10m"))  # no heartbeats needed here
+    sizes = [rng.choice((1, 1, 2, 3, 8)) for _ in range(200)]
+    order = []
+    for k, size in enumerate(sizes):
+        res, _ = await core.enqueue(Request(count=size, kind="run"), person(me, f"u{k}"))
+        order.append(res.rid)
+    served: list[str] = []
+    held: dict[int, str] = {}
+    live: list[tuple[str, tuple]] = list((r.rid, r.gpus) for r in holds.values())
+    hub = EventHub(pool.store)
+    async with hub.running(), hub.listen() as stream:
+        while live:
+            rid, gpus = live.pop(rng.randrange(len(live)))
+            await core.end(rid, me)
+            # drain what that release caused: every event its script published
+            last = int(await pool.store.redis.get(pool.store.key("seq")))
+            seen = 0
+            with anyio.fail_after(10):
+                while seen < last:
+                    item = await stream.receive()
+                    if not isinstance(item, Event):
+                        continue
+                    seen = item.seq
+                    if item.type == "granted":
+                        for gpu in item.gpus:
+                            assert held.get(gpu) in (None, item.rid), f"GPU {gpu} granted twice"
+                            held[gpu] = item.rid
+                        if item.data["complete"]:
+                            assert item.rid not in served
+                            served.append(item.rid)
+                            live.append((item.rid, item.gpus))
+                    elif item.type in ("released", "expired"):
+                        for gpu in item.gpus:
+                            held.pop(gpu, None)
+    assert served == order
+    assert await queue_len(pool) == 0
+    await core.aclose()
+
+
+def test_cli_wait_runs_the_command_when_gpus_free_up(cli, tmp_path):
+    cli("admin", "--gpus", 2, check=0)
+    cli("reserve", "--gpus", 2, check=0)
+    out = tmp_path / "out"
+    proc = cli.popen("wait", "--gpus", 2, "--", sys.executable, "-c",
+                     f"import os, pathlib; pathlib.Path({str(out)!r}).write_text("
+                     f"os.environ['CUDA_VISIBLE_DEVICES'])", stderr=__import__("subprocess").PIPE,
+                     text=True)
+    _until(lambda: json.loads(cli("queue", "--json").stdout))
+    assert json.loads(cli("queue", "--json").stdout)[0]["requested"] == 2
+    cli("release", check=0)
+    assert proc.wait(timeout=20) == 0
+    assert out.read_text() == "0,1"
+    assert "position 1 of 1" in proc.stderr.read()
+
+
+def test_cli_sigkilled_waiter_returns_its_gpus(cli):
+    cli("admin", "--gpus", 2, check=0)
+    cli("reserve", "--gpu-ids", 0, check=0)
+    env = {"CANHAZGPU_QUEUE_LEASE": "1s"}
+    proc = cli.popen("wait", "--gpus", 2, "--quiet", "--", "true", extra_env=env)
+    _until(lambda: _held(cli) == {0, 1})  # holds GPU 1 while it waits for the other
+    proc.kill()
+    proc.wait()
+    _until(lambda: _held(cli) == {0}, timeout=10)
+    assert json.loads(cli("queue", "--json").stdout) == []
+
+
+def test_cli_reserve_wait_times_out_cleanly(cli):
+    cli("admin", "--gpus", 1, check=0)
+    cli("reserve", check=0)
+    proc = cli("reserve", "--wait", "0.5s", "--quiet")
+    assert proc.returncode == 1 and "left the queue" in proc.stderr
+    assert json.loads(cli("queue", "--json").stdout) == []
+
+
+def test_cli_wait_without_command_reserves_for_the_duration(cli):
+    cli("admin", "--gpus", 2, check=0)
+    proc = cli("wait", "--gpus", 2, "--duration", "1h", "--short", "--quiet", check=0)
+    assert proc.stdout == "0,1\n"
+    data = json.loads(cli("status", "--json").stdout)
+    res = data["gpus"][0]["reservation"]
+    assert res["type"] == "manual" and 3590 < res["expires_in_s"] <= 3600
+
+
+def test_cli_wait_sigint_leaves_the_queue(cli):
+    cli("admin", "--gpus", 1, check=0)
+    cli("reserve", check=0)
+    proc = cli.popen("wait", "--quiet", "--", "true")
+    _until(lambda: json.loads(cli("queue", "--json").stdout))
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=20) == 130
+    assert json.loads(cli("queue", "--json").stdout) == []
+
+
+def _until(predicate, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+def _held(cli):
+    data = json.loads(cli("status", "--json").stdout)
+    return {g["id"] for g in data["gpus"] if g["reservation"]}
