@@ -166,9 +166,9 @@ async def test_timeout_leaves_the_queue_and_returns_partial_gpus(pool, me):
 
 async def test_requests_that_can_never_be_met_are_refused(pool, me):
     with pytest.raises(InvalidRequest, match="9"):
-        await pool.enqueue(Request(count=9), me)
+        await pool.enqueue(pool.new_reservation(Request(count=9), me), Request(count=9))
     with pytest.raises(InvalidRequest, match="8"):
-        await pool.enqueue(Request(ids=(8,)), me)
+        await pool.enqueue(pool.new_reservation(Request(ids=(8,)), me), Request(ids=(8,)))
 
 
 async def test_a_waiter_that_lost_its_place_says_so(pool, me, rclient):
@@ -191,7 +191,9 @@ async def test_randomized_200_waiters_are_each_served_once_in_order(pool, me, en
     sizes = [rng.choice((1, 1, 2, 3, 8)) for _ in range(200)]
     order = []
     for k, size in enumerate(sizes):
-        res, _ = await core.enqueue(Request(count=size, kind="run"), person(me, f"u{k}"))
+        req = Request(count=size, kind="run")
+        res = core.new_reservation(req, person(me, f"u{k}"))
+        await core.enqueue(res, req)
         order.append(res.rid)
     served: list[str] = []
     held: dict[int, str] = {}

@@ -366,19 +366,23 @@ class Core:
         return json.loads(data)
 
     # ------------------------------------------------------------------ queue
-    async def enqueue(self, req: Request, caller: Caller) -> tuple[Reservation, QueueStatus]:
-        """Join the FIFO queue (granted at once if the GPUs are free)."""
+    def new_reservation(self, req: Request, caller: Caller) -> Reservation:
+        """A reservation not granted yet (no GPUs): what a waiter queues with."""
         record = self.record(caller, req)
-        waiter = {"wid": record["rid"], "user": caller.user, "uid": caller.uid,
-                  "host": record["host"], "pid": caller.pid, "note": req.note,
+        return Reservation(record["rid"], (), caller.user, req.kind, self.ttl_s(req), record)
+
+    async def enqueue(self, res: Reservation, req: Request) -> QueueStatus:
+        """Join the FIFO queue with res (granted at once if the GPUs are free)."""
+        record = res.record
+        waiter = {"wid": record["rid"], "user": record["user"], "uid": record["uid"],
+                  "host": record["host"], "pid": record["pid"], "note": req.note,
                   "kind": req.kind, "base": record,
                   **({"mode": "ids", "ids": list(req.ids)} if req.ids is not None
                      else {"mode": "count", "count": req.count})}
         _, data = await self._script("enqueue", [
             json.dumps(waiter), int(self.config.seconds("queue_lease") * 1000)],
             check=self.check(req))
-        res = Reservation(record["rid"], (), caller.user, req.kind, self.ttl_s(req), record)
-        return res, QueueStatus.decode(data)
+        return QueueStatus.decode(data)
 
     async def queue_heartbeat(self, wid: str) -> QueueStatus | None:
         """Keep a waiter's place; None when it is no longer in the queue nor granted."""

@@ -77,9 +77,10 @@ class Message:
 class EventHub:
     """One pub/sub connection, fanned out to any number of in-process receivers."""
 
-    def __init__(self, store, extra_channels: tuple[str, ...] = ()) -> None:
+    def __init__(self, store, extra_channels: tuple[str, ...] = (), *,
+                 host_events: bool = True) -> None:
         self.store = store
-        self.channels = (store.channel, *extra_channels)
+        self.channels = ((store.channel,) if host_events else ()) + tuple(extra_channels)
         self._receivers: set = set()
         self.connected = anyio.Event()
 
@@ -131,7 +132,7 @@ class EventHub:
                     if msg.get("type") != "message":
                         continue
                     channel, data = msg["channel"], msg["data"]
-                    if channel == self.store.channel:
+                    if channel.startswith(self.store.channel):  # the host's, or a waiter's
                         event = Event.decode(data)
                         if event is not None:
                             self._fan_out(event)

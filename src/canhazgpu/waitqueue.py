@@ -60,9 +60,13 @@ class Waiter:
         """Queue for the request; return the granted reservation (leases on the queue TTL)."""
         store = self.core.store
         db = store.redis.connection_pool.connection_kwargs.get("db", 0)
-        hub = EventHub(store, extra_channels=(f"__keyevent@{db}__:expired",))
+        res = self.core.new_reservation(self.req, self.caller)
+        # A quiet waiter listens only to its own channel (its grant) and to lease expiry:
+        # a hundred waiters must not all wake up for every change on the host.
+        hub = EventHub(store, (f"{store.channel}:{res.rid}", f"__keyevent@{db}__:expired"),
+                       host_events=self.progress is not None)
         async with hub.running(), hub.listen() as stream:
-            res, status = await self.core.enqueue(self.req, self.caller)
+            status = await self.core.enqueue(res, self.req)
             self.wid, self.outcome = res.rid, None
             try:
                 with anyio.move_on_after(timeout_s) as deadline:

@@ -38,12 +38,15 @@ local function set_of(list)
   return s
 end
 
-local function publish(ev)
+-- Publish on the host's channel; also on `also` (a waiter's own channel), if given.
+local function publish(ev, also)
   ev.v = 1
   ev.host = HOST
   ev.time_ms = NOW
   ev.seq = redis.call('INCR', KEYS[K_SEQ])
-  redis.call('PUBLISH', CHANNEL, cjson.encode(ev))
+  local doc = cjson.encode(ev)
+  redis.call('PUBLISH', CHANNEL, doc)
+  if also then redis.call('PUBLISH', CHANNEL .. ':' .. also, doc) end
 end
 
 local function get_hold(i)
@@ -257,7 +260,7 @@ local function grant_queue(n)
         end
         redis.call('LREM', KEYS[K_QUEUE], 0, wid)
         redis.call('HDEL', KEYS[K_WAITERS], wid)
-        publish({type = 'granted', rid = wid, user = w.user, gpus = mine, complete = true})
+        publish({type = 'granted', rid = wid, user = w.user, gpus = mine, complete = true}, wid)
       else
         if #new > 0 then
           publish({type = 'granted', rid = wid, user = w.user, gpus = waiter_gpus(n, wid),
