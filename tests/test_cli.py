@@ -251,3 +251,25 @@ def test_report(admin):
     data = json.loads(admin("report", "--json").stdout)
     (me,) = data["users"]
     assert me["run"] == 1 and me["manual"] == 1 and me["percent"] == 100.0
+
+
+def test_password_protected_redis(cli, tmp_path):
+    from canhazgpu.embedded import RedisServer
+    with RedisServer(tmp_path / "auth", password="s3cret") as server:
+        good = f"unix://:s3cret@{server.socket}"
+        cli("admin", "--gpus", 2, extra_env={"CANHAZGPU_REDIS_URL": good}, check=0)
+        bad = cli("status", extra_env={"CANHAZGPU_REDIS_URL": f"unix://:wrong@{server.socket}"})
+        assert bad.returncode == 1 and "s3cret" not in bad.stderr and "wrong" not in bad.stderr
+        assert "password" in bad.stderr and bad.stderr.count("\n") == 1
+        none = cli("status", extra_env={"CANHAZGPU_REDIS_URL": server.url})
+        assert none.returncode == 1 and "password" in none.stderr
+
+
+def test_mru_strategy_prefers_my_recent_gpus(admin):
+    env = {"CANHAZGPU_STRATEGY": "mru"}
+    admin("reserve", "--gpu-ids", 6, extra_env=env, check=0)
+    admin("release", extra_env=env, check=0)
+    assert admin("reserve", "--short", extra_env=env, check=0).stdout == "6\n"
+    admin("release", check=0)
+    # LRU (the default) hands out the least recently released instead
+    assert admin("reserve", "--short", check=0).stdout == "0\n"

@@ -37,10 +37,12 @@ def redis_server_binary() -> str:
 class RedisServer:
     """A redis-server on a unix socket in `directory`, with expiry notifications on."""
 
-    def __init__(self, directory: str | os.PathLike, *, persist: bool = False) -> None:
+    def __init__(self, directory: str | os.PathLike, *, persist: bool = False,
+                 password: str | None = None) -> None:
         self.dir = Path(directory)
         self.socket = self.dir / "redis.sock"
         self.persist = persist
+        self.password = password
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -55,6 +57,8 @@ class RedisServer:
             "--notify-keyspace-events", "Ex", "--save", "", "--daemonize", "no",
             "--appendonly", "yes" if self.persist else "no", "--loglevel", "warning",
         ]
+        if self.password:
+            args += ["--requirepass", self.password]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, start_new_session=True)
         self.wait_ready(timeout)
@@ -62,7 +66,7 @@ class RedisServer:
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        client = redis.Redis(unix_socket_path=str(self.socket))
+        client = redis.Redis(unix_socket_path=str(self.socket), password=self.password)
         try:
             while True:
                 if self.proc is not None and self.proc.poll() is not None:
