@@ -54,7 +54,7 @@ async def clients(n: int) -> dict:
     elapsed = time.perf_counter() - start
     for core in cores:
         await core.aclose()
-    return {"clients": n, "pairs_per_s": pairs / elapsed, "p50_ms": percentile(latencies, 50) * 1e3,
+    return {"clients": n, "pairs_per_s": pairs / elapsed, "refused_per_s": short / elapsed, "p50_ms": percentile(latencies, 50) * 1e3,
             "p99_ms": percentile(latencies, 99) * 1e3, "short": short}
 
 
@@ -71,11 +71,12 @@ def wall(args: list[str], runs: int = 20) -> float:
 def main() -> None:
     with bench_env():
         print(f"machine: {machine()}")
-        print("| clients | pairs/s | p50 ms | p99 ms |")
-        print("|---:|---:|---:|---:|")
+        print("| clients | pairs/s | p50 ms | p99 ms | refused allocations/s |")
+        print("|---:|---:|---:|---:|---:|")
         for n in (1, 16, 64):
             r = anyio.run(clients, n)
-            print(f"| {n} | {r['pairs_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |")
+            print(f"| {n} | {r['pairs_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                  f"{r['refused_per_s']:.0f} |")
         print()
         print(f"canhazgpu --help: median {wall(['--help']):.0f} ms wall (20 runs)")
         for fmt in ("lines", "table"):
