@@ -54,3 +54,7 @@ class BackendUnavailable(CanHazGpuError):
 
 class CorruptState(CanHazGpuError):
     """A key in Redis holds something we cannot read; the message names the key."""
+
+
+class ProviderUnavailable(CanHazGpuError):
+    """The GPU provider cannot be read (no NVIDIA driver, amd-smi failing); names the fix."""

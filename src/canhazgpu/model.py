@@ -69,13 +69,27 @@ class GpuState:
         return self.usage is not None and self.usage.memory_used_mb > self.threshold_mb
 
     @property
+    def errored(self) -> bool:
+        """Not held and unreadable by the provider: never handed out, like unreserved use."""
+        return self.hold is None and self.usage is not None and self.usage.error is not None
+
+    @property
     def unreserved(self) -> bool:
         """In use without a live reservation: excluded from allocation."""
-        return self.hold is None and self.in_use
+        return self.hold is None and self.in_use and not self.errored
 
     @property
     def available(self) -> bool:
-        return self.hold is None and not self.in_use
+        return self.hold is None and not self.in_use and not self.errored
+
+    @property
+    def status(self) -> str:
+        """'reserved', 'error', 'unreserved' or 'available': exactly one per GPU."""
+        if self.hold is not None:
+            return "reserved"
+        if self.errored:
+            return "error"
+        return "unreserved" if self.in_use else "available"
 
 
 @dataclass(frozen=True)
@@ -99,3 +113,7 @@ class PoolView:
     @property
     def unreserved(self) -> tuple[GpuState, ...]:
         return tuple(g for g in self.gpus if g.unreserved)
+
+    @property
+    def errored(self) -> tuple[GpuState, ...]:
+        return tuple(g for g in self.gpus if g.errored)

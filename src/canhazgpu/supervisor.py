@@ -36,6 +36,7 @@ class Supervisor:
     heartbeat_s: float = 5.0
     timeout_s: float | None = None
     kill_grace_s: float = 10.0
+    renew_at_start: bool = False  # a queue grant holds GPUs on the short queue lease
 
     async def run(self, argv: list[str]) -> int:
         """Run argv to completion; returns its exit code (128+N when killed by signal N)."""
@@ -65,8 +66,11 @@ class Supervisor:
     async def _keep_alive(self) -> None:
         """Heartbeat; through a Redis outage keep trying, and re-establish the lease after."""
         lost_contact = False
+        first = True
         while True:
-            await anyio.sleep(self.heartbeat_s if not lost_contact else 1.0)
+            if not (first and self.renew_at_start):
+                await anyio.sleep(self.heartbeat_s if not lost_contact else 1.0)
+            first = False
             try:
                 lost = await self.core.heartbeat(self.res)
             except BackendUnavailable as err:

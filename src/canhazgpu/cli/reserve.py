@@ -24,12 +24,13 @@ Examples:
 @click.option("--json", "as_json", is_flag=True, help="Print the reservation as JSON.")
 @wait_option
 @click.pass_obj
-async def reserve(state, count, gpu_ids, note, duration_text, short, as_json, wait_text):
+async def reserve(state, count, gpu_ids, note, duration_text, short, as_json, wait_text,
+                  quiet):
     """Reserve GPUs for interactive work until released or expired."""
     seconds = duration(duration_text, "duration", state.config.default_duration)
     wait_s = parse_wait(wait_text)
     req, _ = await build_request(state, count, gpu_ids, "manual", seconds, note)
-    res = await acquire(state, req, state.caller(), wait_s)
+    res = await acquire(state, req, state.caller(), wait_s, quiet)
     if as_json:
         output.emit_json({"id": res.rid, "gpus": list(res.gpus), "user": res.user,
                           "type": res.kind, "duration_s": seconds})

@@ -25,7 +25,7 @@ Exit code: the command's own (128+N if killed by signal N); 127 when it cannot s
 @wait_option
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj
-async def run(state, count, gpu_ids, note, timeout_text, wait_text, command):
+async def run(state, count, gpu_ids, note, timeout_text, wait_text, quiet, command):
     """Run a command on GPUs nobody else will get, and release them when it ends."""
     if not command:
         raise InvalidRequest("run needs a command after --, e.g. canhazgpu run --gpus 1 -- "
@@ -34,15 +34,17 @@ async def run(state, count, gpu_ids, note, timeout_text, wait_text, command):
     wait_s = parse_wait(wait_text)
     req, _ = await build_request(state, count, gpu_ids, "run", 0, note)
     caller = state.caller()
-    res = await acquire(state, req, caller, wait_s)
-    return await supervise(state, res, caller, list(command), timeout_s)
+    res = await acquire(state, req, caller, wait_s, quiet)
+    return await supervise(state, res, caller, list(command), timeout_s,
+                           queued=wait_s is not None)
 
 
-async def supervise(state, res, caller, command, timeout_s) -> int:
+async def supervise(state, res, caller, command, timeout_s, queued=False) -> int:
     from ..supervisor import Supervisor
     if output.is_tty(__import__("sys").stderr):
         output.warn(f"running on GPU {res.env_value()} (CUDA_VISIBLE_DEVICES={res.env_value()})")
     sup = Supervisor(state.core, res, caller, output.warn,
                      heartbeat_s=state.config.seconds("heartbeat_interval"),
-                     timeout_s=timeout_s, kill_grace_s=state.config.seconds("kill_grace"))
+                     timeout_s=timeout_s, kill_grace_s=state.config.seconds("kill_grace"),
+                     renew_at_start=queued)
     return await sup.run(command)

@@ -66,6 +66,9 @@ async def acquire(state, req, caller, wait_s: float | None, quiet: bool = False)
 
 
 def wait_option(func):
+    """--wait D and --quiet, for run and reserve."""
+    func = click.option("--quiet", "-q", is_flag=True,
+                        help="With --wait: no queue progress on stderr.")(func)
     return click.option("--wait", "wait_text", metavar="D",
                         help="If GPUs are short, queue for at most D (e.g. 10m) instead of "
                              "failing at once.")(func)
@@ -100,7 +103,7 @@ async def wait(state, count, gpu_ids, note, timeout_text, duration_text, short, 
     caller = state.caller()
     res = await acquire(state, req, caller, timeout_s or float("inf"), quiet)
     if command:
-        return await supervise(state, res, caller, list(command), None)
+        return await supervise(state, res, caller, list(command), None, queued=True)
     output.emit(res.env_value() if short else
                 f"Reserved {len(res.gpus)} GPU(s): {res.env_value()}")
 

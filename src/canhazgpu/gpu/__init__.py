@@ -1,30 +1,57 @@
-# TEMPORARY shim by the lead so core tests can run; helper-1 replaces this file.
-import json
-from ..model import GpuUsage, GpuProcess
+"""GPU providers: where usage comes from (NVML, amd-smi, or a fake file), and model detection.
+
+    provider = get_provider(None)          # auto-detect
+    usages = await provider.scan()         # one GpuUsage per GPU, in index order
+
+Providers import their vendor libraries lazily, so importing this package is cheap.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import InvalidRequest
+from .base import Provider
+
+FAKE_ENV = "CANHAZGPU_FAKE_GPUS"
+NAMES = ("nvidia", "amd", "fake")
+
+__all__ = ["FAKE_ENV", "NAMES", "Provider", "get_provider"]
 
 
-class _Fake:
-    name = "fake"
+def get_provider(name: str | None, *, fake_path: str | None = None) -> Provider:
+    """The provider called `name` ("nvidia", "amd", "fake"), or the one this machine has.
 
-    def __init__(self, path):
-        self.path = path
+    Auto-detection (name None): the fake provider when a fake GPU file is given (argument
+    or CANHAZGPU_FAKE_GPUS), else NVIDIA when NVML initialises, else AMD when amd-smi is
+    on PATH.
+    """
+    fake_path = fake_path or os.environ.get(FAKE_ENV) or None
+    if name is None:
+        name = _detect(fake_path)
+    if name == "fake":
+        if not fake_path:
+            raise InvalidRequest(f"the fake provider needs a GPU file: set {FAKE_ENV}=PATH "
+                                 "(format in docs/status.md)")
+        from .fake import FakeProvider
+        return FakeProvider(fake_path)
+    if name == "nvidia":
+        from .nvidia import NvidiaProvider
+        return NvidiaProvider()
+    if name == "amd":
+        from .amd import AmdProvider
+        return AmdProvider()
+    raise InvalidRequest(f"unknown provider {name!r}: use nvidia, amd or fake")
 
-    def _doc(self):
-        return json.load(open(self.path))
 
-    async def count(self):
-        return int(self._doc().get("count", 8))
-
-    async def scan(self):
-        doc = self._doc()
-        listed = {g["index"]: g for g in doc.get("gpus", [])}
-        out = []
-        for i in range(int(doc.get("count", 8))):
-            g = listed.get(i, {})
-            out.append(GpuUsage(index=i, memory_used_mb=g.get("memory_used_mb", 0),
-                                processes=tuple(GpuProcess(p["pid"], p.get("name", ""), p.get("user", "unknown")) for p in g.get("processes", []))))
-        return tuple(out)
-
-
-def get_provider(name, *, fake_path=None):
-    return _Fake(fake_path)
+def _detect(fake_path: str | None) -> str:
+    if fake_path:
+        return "fake"
+    from . import amd, nvidia
+    if nvidia.available():
+        return "nvidia"
+    if amd.available():
+        return "amd"
+    raise InvalidRequest(
+        "no GPU provider found: NVML does not initialise and amd-smi is not on PATH; "
+        f"set CANHAZGPU_PROVIDER=nvidia|amd, or {FAKE_ENV}=FILE to stage fake GPUs")

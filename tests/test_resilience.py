@@ -1,0 +1,53 @@
+"""Redis going away under a running `run`: the command keeps going, the lease comes back."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+from canhazgpu.embedded import RedisServer
+
+
+def _until(predicate, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+def test_run_survives_a_redis_restart_and_renews_its_lease(cli, tmp_path):
+    server = RedisServer(tmp_path / "redis", persist=True).start()
+    env = {"CANHAZGPU_REDIS_URL": server.url, "CANHAZGPU_RUN_LEASE": "2s",
+           "CANHAZGPU_HEARTBEAT_INTERVAL": "0.3s"}
+    ready, go, alive = tmp_path / "ready", tmp_path / "go", tmp_path / "alive"
+    child = (f"import pathlib, time\n"
+             f"pathlib.Path({str(ready)!r}).write_text('x')\n"
+             f"n = 0\n"
+             f"while not pathlib.Path({str(go)!r}).exists():\n"
+             f"    n += 1; pathlib.Path({str(alive)!r}).write_text(str(n)); time.sleep(0.02)\n")
+    try:
+        cli("admin", "--gpus", 2, extra_env=env, check=0)
+        proc = cli.popen("run", "--gpus", 1, "--", sys.executable, "-c", child,
+                         extra_env=env, stderr=subprocess.PIPE, text=True)
+        _until(ready.exists)
+        server.stop()  # a clean shutdown writes the AOF: the reservation survives on disk
+        beat = alive.read_text()
+        _until(lambda: alive.read_text() != beat)  # the command keeps running without Redis
+        server = RedisServer(tmp_path / "redis", persist=True).start()
+
+        def held():
+            out = cli("status", "--json", extra_env=env)
+            return out.returncode == 0 and \
+                json.loads(out.stdout)["gpus"][0]["reservation"] is not None
+        _until(held)  # the lease is live again (renewed, or re-established if it lapsed)
+        go.write_text("x")
+        assert proc.wait(timeout=20) == 0
+        err = proc.stderr.read()
+        assert "cannot reach Redis" in err and "reachable again" in err
+        out = json.loads(cli("status", "--json", extra_env=env, check=0).stdout)
+        assert all(g["reservation"] is None for g in out["gpus"])
+    finally:
+        server.stop()
