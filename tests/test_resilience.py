@@ -34,19 +34,21 @@ def test_run_survives_a_redis_restart_and_renews_its_lease(cli, tmp_path):
                          extra_env=env, stderr=subprocess.PIPE, text=True)
         _until(ready.exists)
         server.stop()  # a clean shutdown writes the AOF: the reservation survives on disk
+        warning = proc.stderr.readline()  # the next heartbeat fails and says so, once
+        assert "cannot reach Redis" in warning and "keeps running" in warning
         beat = alive.read_text()
         _until(lambda: alive.read_text() != beat)  # the command keeps running without Redis
         server = RedisServer(tmp_path / "redis", persist=True).start()
+        restarted_ms = time.time() * 1000
 
-        def held():
+        def renewed():
             out = cli("status", "--json", extra_env=env)
-            return out.returncode == 0 and \
-                json.loads(out.stdout)["gpus"][0]["reservation"] is not None
-        _until(held)  # the lease is live again (renewed, or re-established if it lapsed)
+            res = out.returncode == 0 and json.loads(out.stdout)["gpus"][0]["reservation"]
+            return bool(res) and res["heartbeat_ms"] >= restarted_ms
+        _until(renewed)  # the supervisor renewed the lease after the restart
+        assert "reachable again" in proc.stderr.readline()
         go.write_text("x")
         assert proc.wait(timeout=20) == 0
-        err = proc.stderr.read()
-        assert "cannot reach Redis" in err and "reachable again" in err
         out = json.loads(cli("status", "--json", extra_env=env, check=0).stdout)
         assert all(g["reservation"] is None for g in out["gpus"])
     finally:
