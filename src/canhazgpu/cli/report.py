@@ -29,7 +29,8 @@ async def report(state, days, as_json):
     if as_json:
         output.emit_json(data)
         return
-    output.emit(f"GPU usage over the last {days} days: {data['total_gpu_hours']:.2f} GPU hours")
+    span = f"{n_days:g} day" + ("" if n_days == 1 else "s")
+    output.emit(f"GPU usage over the last {span}: {data['total_gpu_hours']:.2f} GPU hours")
     if not data["users"]:
         output.emit("No reservations in this period.")
         return
