@@ -15,4 +15,7 @@ if [ ! -e "$stamp" ]; then
     rm -f "$VENV"/.installed-*
     touch "$stamp"
 fi
+# Byte-compile our sources even where PYTHONDONTWRITEBYTECODE is set: start-up time matters
+# for every command (status, --help).
+"$VENV/bin/python" -m compileall -q "$ROOT/src" >/dev/null 2>&1 || true
 export PATH="$VENV/bin:$PATH"

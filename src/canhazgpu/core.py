@@ -165,6 +165,11 @@ class Core:
             )
         return pool
 
+    def forget_pool(self) -> None:
+        """Drop what is cached about the pool (size, provider): someone changed it."""
+        self._size = None
+        self._provider = None
+
     async def pool_size(self) -> int:
         if self._size is None:
             self._size = int((await self.pool())["count"])

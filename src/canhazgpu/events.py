@@ -17,6 +17,7 @@ from anyio.abc import ObjectReceiveStream
 from redis import exceptions as rexc
 
 VERSION = 1
+KEEPALIVE_S = 15.0  # ping an idle subscription this often; twice that silent = reconnect
 TYPES = (
     # reservations (published by the Lua scripts)
     "reserved", "released", "expired", "reclaimed", "forced", "pool_changed",
@@ -82,6 +83,7 @@ class EventHub:
         self.store = store
         self.channels = ((store.channel,) if host_events else ()) + tuple(extra_channels)
         self._receivers: set = set()
+        self._lagging: set = set()
         self.connected = anyio.Event()
 
     @asynccontextmanager
@@ -105,46 +107,67 @@ class EventHub:
                 yield receive
         finally:
             self._receivers.discard(send)
+            self._lagging.discard(send)
             send.close()
 
     def _fan_out(self, item) -> None:
         for send in list(self._receivers):
+            if send in self._lagging:
+                # It missed items while its buffer was full: tell it to re-read first.
+                try:
+                    send.send_nowait(Resync(reconnected=True))
+                except anyio.WouldBlock:
+                    continue
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    self._receivers.discard(send)
+                    continue
+                self._lagging.discard(send)
             try:
                 send.send_nowait(item)
             except anyio.WouldBlock:
-                pass  # a receiver that stopped reading must not stall the others
+                self._lagging.add(send)  # a slow receiver must not stall the others
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 self._receivers.discard(send)
 
     async def _pump(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
-        delay, started, reconnected = 0.05, False, False
+        delay, started, subscribed_before = 0.05, False, False
+        channels = tuple(dict.fromkeys(self.channels))
         while True:
-            pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = self.store.redis.pubsub()
             try:
-                await pubsub.subscribe(*self.channels)
-                self.connected.set()
-                self._fan_out(Resync(reconnected=reconnected))
-                if not started:
-                    task_status.started()
-                    started = True
-                delay = 0.05
-                async for msg in pubsub.listen():
-                    if msg.get("type") != "message":
+                await pubsub.subscribe(*channels)
+                last_heard = anyio.current_time()
+                while True:
+                    msg = await pubsub.get_message(timeout=KEEPALIVE_S)
+                    now = anyio.current_time()
+                    if msg is None:
+                        if now - last_heard >= 2 * KEEPALIVE_S:
+                            raise rexc.ConnectionError(
+                                f"no reply from Redis for {2 * KEEPALIVE_S:g}s")
+                        if now - last_heard >= KEEPALIVE_S:
+                            await pubsub.ping()  # a dead link otherwise blocks us forever
                         continue
-                    channel, data = msg["channel"], msg["data"]
-                    if channel.startswith(self.store.channel):  # the host's, or a waiter's
-                        event = Event.decode(data)
-                        if event is not None:
-                            self._fan_out(event)
-                    else:
-                        self._fan_out(Message(channel, data))
+                    last_heard = now
+                    kind = msg.get("type")
+                    if kind == "subscribe":
+                        # redis-py re-subscribes by itself after a short drop; either way,
+                        # the subscription is live only once Redis confirms every channel,
+                        # and whatever was published before that is lost to us.
+                        if int(msg["data"]) == len(channels):
+                            self.connected.set()
+                            self._fan_out(Resync(reconnected=subscribed_before))
+                            subscribed_before, delay = True, 0.05
+                            if not started:
+                                task_status.started()
+                                started = True
+                    elif kind == "message":
+                        self._dispatch(msg["channel"], msg["data"])
             except (rexc.ConnectionError, rexc.TimeoutError, OSError) as err:
                 self.connected = anyio.Event()
                 self._fan_out(Disconnected(self.store.unreachable(err)))
                 if not started:
                     task_status.started()
                     started = True
-                reconnected = True
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 2.0)
             finally:
@@ -154,6 +177,14 @@ class EventHub:
                     except Exception:  # a dead connection may fail to close; it is gone anyway
                         pass
 
+    def _dispatch(self, channel: str, data: str) -> None:
+        if channel.startswith(self.store.channel):  # the host's, or a waiter's
+            event = Event.decode(data)
+            if event is not None:
+                self._fan_out(event)
+        else:
+            self._fan_out(Message(channel, data))
+
 
 async def next_matching(stream: ObjectReceiveStream, predicate) -> object:
     """Receive until an item satisfies predicate (used by waiters and tests)."""
@@ -161,3 +192,62 @@ async def next_matching(stream: ObjectReceiveStream, predicate) -> object:
         if predicate(item):
             return item
     raise anyio.EndOfStream
+
+
+def _ids(gpus) -> str:
+    return ",".join(map(str, gpus)) if gpus else "-"
+
+
+def _owner(doc: dict) -> str:
+    kind = f", {doc['kind']}" if doc.get("kind") else ""
+    return f"{doc.get('user') or '?'}{kind}"
+
+
+def _procs(doc: dict) -> str:
+    procs = doc.get("processes") or []
+    return ", ".join(f"PID {p.get('pid')} ({p.get('name') or 'unknown'}, {p.get('user') or '?'})"
+                     for p in procs) or "no processes"
+
+
+_DESCRIBE = {
+    "reserved": lambda d: f"GPU {_ids(d.get('gpus'))} reserved by {d.get('user')} "
+                          f"({d.get('kind')}{', re-acquired' if d.get('reacquired') else ''})",
+    "released": lambda d: f"GPU {_ids(d.get('gpus'))} released ({_owner(d)})",
+    "expired": lambda d: f"GPU {_ids(d.get('gpus'))} expired ({_owner(d)})",
+    "reclaimed": lambda d: f"GPU {_ids(d.get('gpus'))} reclaimed ({_owner(d)}): owner died",
+    "forced": lambda d: f"GPU {_ids(d.get('gpus'))} ended by a pool resize ({_owner(d)})",
+    "pool_changed": lambda d: f"pool is {d.get('count')} GPUs (was {d.get('old_count')}), "
+                              f"provider {d.get('provider') or '?'}",
+    "queued": lambda d: f"{d.get('user')} queued for "
+                        + (f"GPU {_ids(d.get('ids'))}" if d.get("ids") else
+                           f"{d.get('count')} GPU(s)") + f" at position {d.get('position')}",
+    "granted": lambda d: f"GPU {_ids(d.get('gpus'))} granted to {d.get('user')}"
+                         + ("" if d.get("complete") else " (partial, waiting for more)"),
+    "left": lambda d: f"{d.get('user')} left the queue ({d.get('reason')})"
+                      + (f", gave back GPU {_ids(d.get('gpus'))}" if d.get("gpus") else ""),
+    "unreserved_detected": lambda d: f"GPU {_ids(d.get('gpus'))} IN USE WITHOUT RESERVATION by "
+                                     f"{', '.join(d.get('users') or []) or 'unknown'} "
+                                     f"({d.get('memory_used_mb')}MB)",
+    "unreserved_cleared": lambda d: f"GPU {_ids(d.get('gpus'))} no longer in use without "
+                                    f"reservation (now {d.get('status')})",
+    "usage_changed": lambda d: f"GPU {_ids(d.get('gpus'))} {d.get('memory_used_mb')}MB used"
+                               f"{' (in use)' if d.get('in_use') else ''}: {_procs(d)}",
+    "gpu_error": lambda d: f"GPU {_ids(d.get('gpus'))} error: {d.get('error')}",
+    "gpu_recovered": lambda d: f"GPU {_ids(d.get('gpus'))} readable again",
+}
+
+
+def line(event: Event) -> str:
+    """'#42 reserved: GPU 1,3 reserved by alice (run)': the journal's and `events`' format."""
+    return f"#{event.seq} {event.type}: {describe(event)}"
+
+
+def describe(event: Event) -> str:
+    """One human line for an event (its fields, without time and sequence number)."""
+    doc = {**event.data, "gpus": list(event.gpus)}
+    try:
+        return _DESCRIBE[event.type](doc)
+    except KeyError:
+        extra = {k: v for k, v in event.data.items()
+                 if k not in ("v", "seq", "host", "time_ms", "type")}
+        return json.dumps(extra, sort_keys=True)

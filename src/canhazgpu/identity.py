@@ -7,8 +7,6 @@ import os
 import pwd
 from dataclasses import dataclass
 
-import psutil
-
 
 @dataclass(frozen=True)
 class Caller:
@@ -28,6 +26,7 @@ def user_name(uid: int) -> str:
 
 def process_start(pid: int) -> float:
     """The process's start time, to tell it from a later process that reuses its PID."""
+    import psutil  # imported here: most commands never need it
     try:
         return psutil.Process(pid).create_time()
     except (psutil.Error, OSError):

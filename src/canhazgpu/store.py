@@ -8,6 +8,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
+from redis.exceptions import LockError
 
 from .errors import BackendUnavailable, CorruptState, InvalidRequest
 
@@ -67,6 +68,12 @@ class Store:
 
     def keys_for(self, count: int) -> list[str]:
         return self.base_keys() + [self.lease_key(i) for i in range(count)]
+
+    @property
+    def expired_channel(self) -> str:
+        """Where Redis announces expired keys of our database (keyspace notifications)."""
+        db = self.redis.connection_pool.connection_kwargs.get("db", 0)
+        return f"__keyevent@{db}__:expired"
 
     def gpu_of_lease_key(self, key: str) -> int | None:
         """The GPU a lease key belongs to, or None for any other key."""
@@ -163,5 +170,62 @@ class Store:
         raw = await self.guard(self.redis.get(self.key("usage")))
         return self.decode(self.key("usage"), raw) if raw else None
 
+    # ---------------------------------------------------------------- daemon
+    def host_lock(self, token: str, ttl_s: float) -> HostLock:
+        return HostLock(self, token, ttl_s)
+
+    async def enable_expiry_notifications(self) -> str | None:
+        """Make Redis announce expired keys, keeping the flags already set.
+
+        Returns None when notifications are on, else why they cannot be (CONFIG refused).
+        """
+        try:
+            current = (await self.guard(self.redis.config_get("notify-keyspace-events"))
+                       ).get("notify-keyspace-events", "")
+            wanted = current + ("E" if "E" not in current else "") + \
+                ("x" if "x" not in current and "A" not in current else "")
+            if wanted != current:
+                await self.guard(self.redis.config_set("notify-keyspace-events", wanted))
+        except rexc.ResponseError as err:
+            return str(err)
+        return None
+
     async def close(self) -> None:
         await self.redis.aclose()
+
+
+class HostLock:
+    """The host's one-daemon lock: a key holding its owner's token, with a TTL that the owner
+    keeps renewing (so a daemon that dies frees it by itself)."""
+
+    def __init__(self, store: Store, token: str, ttl_s: float) -> None:
+        self.store = store
+        self.token = token
+        self._lock = store.redis.lock(store.key("daemon"), timeout=ttl_s, blocking=False)
+
+    async def acquire(self) -> bool:
+        return bool(await self.store.guard(self._lock.acquire(token=self.token)))
+
+    async def renew(self) -> bool:
+        """Reset the TTL; False when the key is no longer ours."""
+        try:
+            await self.store.guard(self._lock.reacquire())
+        except LockError:
+            return False
+        return True
+
+    async def holder(self) -> str | None:
+        return await self.store.guard(self.store.redis.get(self.store.key("daemon")))
+
+    async def break_stale(self, holder: str) -> None:
+        """Delete the key if it still holds `holder` (a dead daemon's token)."""
+        try:
+            await self.store.guard(self._lock.do_release(holder))
+        except LockError:
+            pass
+
+    async def release(self) -> None:
+        try:
+            await self.store.guard(self._lock.release())
+        except LockError:
+            pass

@@ -1,0 +1,293 @@
+"""`canhazgpu serve`: the daemon of one host, an accelerator and never a dependency.
+
+Sibling tasks in one task group, all on one pub/sub subscription (events.EventHub):
+- the scanner (scanner.py): GPU truth every interval, as a snapshot plus change events;
+- the expiry listener: finalizes a lease the moment Redis reports it expired;
+- the owner watcher (watch.py): reclaims a `run` reservation when its supervisor dies;
+- the journal: one log line per state change on the host, whoever made it;
+- the lock keeper: one daemon per host, through a Redis key with a TTL.
+Everything the daemon does is a core call; with no daemon running every command still works.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import socket
+import time
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import anyio
+import redis
+
+from . import identity
+from .config import Config
+from .core import Core
+from .embedded import RedisServer
+from .errors import BackendUnavailable, CanHazGpuError, PoolNotInitialized
+from .events import Disconnected, Event, EventHub, Message, Resync, line
+from .scanner import Scanner
+from .store import redacted
+from .watch import Owner, OwnerWatcher, same_process
+
+log = logging.getLogger("canhazgpu.serve")
+
+LOCK_TTL_S = 5.0  # a killed daemon's lock frees itself after this
+LOCK_RENEW_S = 1.0
+
+
+class DaemonRunning(CanHazGpuError):
+    """Another daemon already serves this host (or this state directory)."""
+
+
+class Daemon:
+    """The scanner, expiry listener, owner watcher, journal and lock keeper of one host."""
+
+    def __init__(self, config: Config, core: Core | None = None) -> None:
+        self.config = config
+        self.core = core or Core(config)
+        self.caller = identity.current(config.admin_group)
+        self.scanner = Scanner(self.core, config.seconds("scan_interval"), self.trouble)
+        self.watcher = OwnerWatcher(self.core, self.caller, self.trouble)
+        self.notifications = True  # False: CONFIG refused, expiry found by periodic sweeps
+        self.outcome: CanHazGpuError | None = None
+        self._problems: dict[str, str] = {}
+        self.lock = self.core.store.host_lock(json.dumps({
+            "machine": socket.gethostname(), "pid": os.getpid(),
+            "pid_start": self.caller.pid_start, "since_ms": int(time.time() * 1000)}),
+            LOCK_TTL_S)
+
+    def trouble(self, where: str, err: BaseException | None) -> None:
+        """Log a problem when it starts and when it ends, not on every retry."""
+        text = str(err) if err is not None else None
+        if self._problems.get(where) == text:
+            return
+        if text is None:
+            log.info("%s: working again", where)
+            del self._problems[where]
+        else:
+            log.warning("%s: %s", where, text)
+            self._problems[where] = text
+
+    # ------------------------------------------------------------------ run
+    async def run(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled; raises DaemonRunning / BackendUnavailable at start."""
+        store = self.core.store
+        await self._take_lock()
+        try:
+            hub = EventHub(store, (store.expired_channel,))
+            async with hub.running():
+                # Errors are kept in self.outcome and raised out here: from inside a task
+                # group they would come out wrapped in an ExceptionGroup.
+                if await self._prepare(hub):
+                    async with anyio.create_task_group() as tg:
+                        self.tg = tg
+                        await tg.start(self._listening, hub, self._journal)
+                        await tg.start(self._listening, hub, self._expiry_listener)
+                        await tg.start(self._listening, hub, self.watcher.run)
+                        await tg.start(self.scanner.run)
+                        tg.start_soon(self._keep_lock)
+                        log.info("serving host %s: Redis %s, scanning every %gs",
+                                 self.config.host_name, redacted(store.url),
+                                 self.scanner.interval_s)
+                        task_status.started()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._drop_lock()
+        if self.outcome is not None:
+            raise self.outcome
+
+    async def _prepare(self, hub: EventHub) -> bool:
+        """Subscribed, notifications on, leases that ran out meanwhile finalized."""
+        try:
+            if not hub.connected.is_set():
+                raise BackendUnavailable(self.core.store.unreachable(
+                    ConnectionError("the subscription failed")))
+            await self._enable_notifications()
+        except CanHazGpuError as err:
+            self.outcome = err
+            return False
+        await self._sweep()
+        return True
+
+    def _stop(self, outcome: CanHazGpuError) -> None:
+        self.outcome = outcome
+        self.tg.cancel_scope.cancel()
+
+    async def _listening(self, hub: EventHub, consumer, *,
+                         task_status=anyio.TASK_STATUS_IGNORED) -> None:
+        async with hub.listen() as stream:
+            await consumer(stream, task_status=task_status)
+
+    # ------------------------------------------------------------------ the lock
+    async def _take_lock(self) -> None:
+        if await self.lock.acquire():
+            return
+        holder = await self.lock.holder()
+        if holder is not None and await anyio.to_thread.run_sync(self._dead_here, holder):
+            await self.lock.break_stale(holder)
+            if await self.lock.acquire():
+                log.info("took over from a daemon that died without unlocking (%s)", holder)
+                return
+        raise DaemonRunning(f"another canhazgpu daemon is already serving host "
+                            f"{self.config.host_name} ({_who(holder)}): stop it first")
+
+    @staticmethod
+    def _dead_here(holder: str) -> bool:
+        """Whether the lock's owner was a daemon on this machine that no longer runs."""
+        try:
+            doc = json.loads(holder)
+            if doc["machine"] != socket.gethostname():
+                return False
+            return not same_process(Owner(int(doc["pid"]), float(doc["pid_start"])))
+        except (ValueError, KeyError, TypeError):
+            return False
+
+    async def _keep_lock(self) -> None:
+        while True:
+            await anyio.sleep(LOCK_RENEW_S)
+            try:
+                if await self.lock.renew() or await self.lock.acquire():
+                    continue  # renewed, or re-taken after Redis lost it
+                holder = await self.lock.holder()
+            except BackendUnavailable:
+                continue  # the journal reports the outage
+            self._stop(DaemonRunning(f"another daemon took over host {self.config.host_name} "
+                                     f"({_who(holder)}); stopping"))
+
+    async def _drop_lock(self) -> None:
+        with anyio.move_on_after(5):
+            try:
+                await self.lock.release()
+            except CanHazGpuError:
+                pass  # Redis away: the lock frees itself after LOCK_TTL_S
+
+    # ------------------------------------------------------------------ expiry
+    async def _enable_notifications(self) -> None:
+        refused = await self.core.store.enable_expiry_notifications()
+        if refused is None:
+            self.notifications = True
+        elif self.notifications:
+            self.notifications = False
+            log.warning("Redis refused to enable keyspace notifications (%s): expired leases "
+                        "are finalized by a sweep every %gs instead", refused,
+                        self.scanner.interval_s)
+
+    async def _sweep(self) -> None:
+        try:
+            await self.core.sweep()
+            self.trouble("expiry", None)
+        except PoolNotInitialized:
+            pass  # no pool, no leases
+        except CanHazGpuError as err:
+            self.trouble("expiry", err)
+
+    async def _expiry_listener(self, stream, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        store = self.core.store
+        while True:
+            item = None
+            with anyio.move_on_after(None if self.notifications else self.scanner.interval_s):
+                item = await stream.receive()
+            if item is None:
+                await self._sweep()  # no notifications: sweep on a clock
+            elif isinstance(item, Message) and store.gpu_of_lease_key(item.data) is not None:
+                await self._sweep()
+            elif isinstance(item, Resync) and item.reconnected:
+                # A restarted Redis may have lost its CONFIG; leases may have run out meanwhile.
+                try:
+                    await self._enable_notifications()
+                except CanHazGpuError as err:
+                    self.trouble("expiry", err)
+                await self._sweep()
+
+    # ------------------------------------------------------------------ journal
+    async def _journal(self, stream, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        async for item in stream:
+            if isinstance(item, Event):
+                log.info("%s", line(item))
+                if item.type == "pool_changed":
+                    self.core.forget_pool()
+            elif isinstance(item, Disconnected):
+                self.trouble("redis", item.error)
+            elif isinstance(item, Resync) and item.reconnected:
+                self.trouble("redis", None)
+
+
+def _who(holder: str | None) -> str:
+    try:
+        doc = json.loads(holder or "")
+        return f"PID {doc['pid']} on {doc['machine']}"
+    except (ValueError, KeyError, TypeError):
+        return "owner unknown"
+
+
+# ---------------------------------------------------------------------- embedded Redis
+@asynccontextmanager
+async def embedded_redis(state_dir: Path):
+    """A private redis-server (AOF on) in state_dir, announced in state_dir/redis.url."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    lock_fd = os.open(state_dir / "serve.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DaemonRunning(f"another 'canhazgpu serve --embedded-redis' is using "
+                                f"{state_dir}: stop it first") from None
+        server = RedisServer(state_dir, persist=True)
+        if await anyio.to_thread.run_sync(_answers, server.socket):
+            raise DaemonRunning(f"a redis-server already listens on {server.socket} (left by a "
+                                f"killed daemon?): stop it with 'redis-cli -s {server.socket} "
+                                "shutdown'")
+        await anyio.to_thread.run_sync(server.start)
+        url_file = state_dir / "redis.url"
+        tmp = state_dir / "redis.url.tmp"
+        tmp.write_text(server.url + "\n")
+        tmp.chmod(0o644)
+        tmp.replace(url_file)  # clients never read half a URL
+        log.info("private redis-server at %s (AOF in %s)", server.url, state_dir)
+        try:
+            yield server.url
+        finally:
+            with anyio.CancelScope(shield=True):
+                url_file.unlink(missing_ok=True)
+                await anyio.to_thread.run_sync(server.stop)
+                log.info("private redis-server stopped")
+    finally:
+        os.close(lock_fd)
+
+
+def _answers(path: Path) -> bool:
+    if not path.exists():
+        return False
+    client = redis.Redis(unix_socket_path=str(path), socket_connect_timeout=1)
+    try:
+        client.ping()
+        return True
+    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        return False
+    except redis.ResponseError:  # NOAUTH and the like: someone is there
+        return True
+    finally:
+        client.close()
+
+
+# ---------------------------------------------------------------------- the process
+async def serve(config: Config, embedded: bool = False, *,
+                task_status=anyio.TASK_STATUS_IGNORED) -> None:
+    """The `serve` command: a daemon (and its private Redis) until cancelled."""
+    async with AsyncExitStack() as stack:
+        if embedded:
+            url = await stack.enter_async_context(embedded_redis(config.state_path))
+            config = replace(config, redis_url=url)
+        daemon = Daemon(config)
+        stack.push_async_callback(daemon.core.aclose)
+        try:
+            await daemon.run(task_status=task_status)
+        finally:
+            log.info("stopped")

@@ -1,0 +1,140 @@
+"""The daemon's scanner: GPU truth every interval, published as events only when it changes.
+
+Each scan is stored as the host's usage snapshot (what `status` reads while it is fresh) by
+core.publish_usage, together with the events derived from it, so the snapshot and its events
+share one script and one sequence. What counts as a change is decided on a few facts per GPU
+(`Facts`), never on raw memory figures, so an idle pool publishes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import anyio
+
+from .core import Core, Usage
+from .errors import CanHazGpuError
+from .model import GpuState, PoolView
+
+log = logging.getLogger("canhazgpu.serve")
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What events are about, for one GPU: a change in any of these is an event."""
+
+    error: str | None
+    in_use: bool  # used memory above the threshold
+    pids: tuple[int, ...]
+    unreserved: bool
+
+    @classmethod
+    def of(cls, g: GpuState) -> Facts:
+        usage = g.usage
+        return cls(error=usage.error if usage else None, in_use=g.in_use,
+                   pids=tuple(sorted(p.pid for p in usage.processes)) if usage else (),
+                   unreserved=g.unreserved)
+
+
+def facts_of(view: PoolView) -> dict[int, Facts]:
+    return {g.gpu: Facts.of(g) for g in view.gpus}
+
+
+def _processes(g: GpuState) -> list[dict]:
+    return [{"pid": p.pid, "name": p.name, "user": p.user, "used_memory_mb": p.used_memory_mb}
+            for p in (g.usage.processes if g.usage else ())]
+
+
+def _usage_event(g: GpuState, old: Facts, new: Facts) -> dict:
+    ev = {"type": "usage_changed", "gpus": [g.gpu], "in_use": new.in_use,
+          "memory_used_mb": g.usage.memory_used_mb if g.usage else 0,
+          "memory_total_mb": g.usage.memory_total_mb if g.usage else 0}
+    # Lua's cjson writes an empty list as {}: lists are left out when empty.
+    lists = {"processes": _processes(g),
+             "started": sorted(set(new.pids) - set(old.pids)),
+             "ended": sorted(set(old.pids) - set(new.pids))}
+    ev.update({k: v for k, v in lists.items() if v})
+    return ev
+
+
+def _unreserved_event(g: GpuState) -> dict:
+    users = list(g.usage.users) if g.usage else []
+    ev = {"type": "unreserved_detected", "gpus": [g.gpu], "user": users[0] if users else None,
+          "memory_used_mb": g.usage.memory_used_mb if g.usage else 0}
+    if users:
+        ev["users"] = users
+    if _processes(g):
+        ev["processes"] = _processes(g)
+    return ev
+
+
+def diff(before: dict[int, Facts], view: PoolView) -> list[dict]:
+    """The events that take `before` to `view`, per GPU in id order: error, usage, unreserved.
+
+    GPUs without a `before` (first scan, pool grown) are a baseline: no events.
+    """
+    events: list[dict] = []
+    for g in view.gpus:
+        old, new = before.get(g.gpu), Facts.of(g)
+        if old is None or old == new:
+            continue
+        if new.error != old.error:
+            events.append({"type": "gpu_error", "gpus": [g.gpu], "error": new.error}
+                          if new.error else {"type": "gpu_recovered", "gpus": [g.gpu]})
+        if (new.in_use, new.pids) != (old.in_use, old.pids):
+            events.append(_usage_event(g, old, new))
+        if new.unreserved and not old.unreserved:
+            events.append(_unreserved_event(g))
+        elif old.unreserved and not new.unreserved:
+            events.append({"type": "unreserved_cleared", "gpus": [g.gpu], "status": g.status})
+    return events
+
+
+class Scanner:
+    """Scan, compare with what was last published, store the snapshot and publish changes."""
+
+    def __init__(self, core: Core, interval_s: float, trouble) -> None:
+        self.core = core
+        self.interval_s = interval_s
+        self.trouble = trouble  # trouble(where, error | None): the daemon logs each once
+        self.published: dict[int, Facts] | None = None  # None: no baseline yet
+
+    async def baseline(self) -> None:
+        """Start from the stored snapshot, so a daemon restart neither repeats nor misses."""
+        try:
+            snap = await self.core.store.read_usage()
+            if snap:
+                self.published = facts_of(await self.core.view(Usage.from_json(snap)))
+        except (CanHazGpuError, KeyError, TypeError, ValueError) as err:
+            log.warning("ignoring the stored usage snapshot: %s", err)
+
+    async def run(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
+        await self.baseline()
+        started = False
+        while True:
+            due = anyio.current_time() + self.interval_s
+            await self.scan_once()
+            if not started:
+                task_status.started()
+                started = True
+            await anyio.sleep_until(due)
+
+    async def scan_once(self) -> list[dict]:
+        """One scan; returns the events published (none when the scan or Redis failed)."""
+        try:
+            usage = await self.core.scan(write=False, source="daemon")
+        except CanHazGpuError as err:
+            self.trouble("scan", err)
+            return []
+        self.trouble("scan", None)
+        try:
+            view = await self.core.view(usage)
+            events = diff(self.published, view) if self.published is not None else []
+            await self.core.publish_usage(usage, events)
+        except CanHazGpuError as err:
+            self.trouble("snapshot", err)  # nothing published: the same changes next time
+            return []
+        self.trouble("snapshot", None)
+        self.published = facts_of(view)
+        return events

@@ -1,0 +1,157 @@
+"""The owner watcher: a `run` reservation ends within a second of its supervisor dying.
+
+A run's lease only runs out after `run_lease` (20 s) without heartbeats; the daemon does
+better for supervisors on its own host. It keeps a pidfd per supervisor (psutil polling where
+pidfds do not exist) and reclaims the reservation as soon as the process is gone, SIGKILL
+included. A PID is trusted only while the process behind it started when the reservation
+says (`pid_start`), so a PID reused by another process never keeps a dead reservation alive.
+
+Which reservations to watch is learnt from events, and re-read in full after every
+(re)subscription: pub/sub may have dropped some.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+import anyio
+import psutil
+
+from .core import Core
+from .errors import CanHazGpuError
+from .events import Event, Resync
+from .identity import Caller
+
+log = logging.getLogger("canhazgpu.serve")
+
+# Events after which the set of reservations may differ.
+CHANGES = ("reserved", "granted", "released", "expired", "reclaimed", "forced", "left",
+           "pool_changed")
+START_TOLERANCE_S = 0.5  # create times are read in clock ticks and stored as JSON floats
+POLL_S = 0.25  # without pidfds
+
+
+@dataclass(frozen=True)
+class Owner:
+    pid: int
+    pid_start: float  # 0: unknown, only liveness is checked
+
+
+@dataclass
+class Watch:
+    owner: Owner
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    verified: anyio.Event = field(default_factory=anyio.Event)  # same process seen alive
+
+
+def same_process(owner: Owner) -> bool:
+    """Whether owner.pid is still the process that made the reservation (blocking)."""
+    try:
+        proc = psutil.Process(owner.pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        started = proc.create_time()
+    except (psutil.Error, OSError):
+        return False
+    return not owner.pid_start or abs(started - owner.pid_start) <= START_TOLERANCE_S
+
+
+async def wait_gone(owner: Owner, alive: anyio.Event) -> str:
+    """Return once owner's process is gone (a reason for the log); sets `alive` when seen."""
+    try:
+        fd = os.pidfd_open(owner.pid)
+    except ProcessLookupError:
+        return f"supervisor PID {owner.pid} no longer exists"
+    except (AttributeError, OSError):  # not Linux >= 5.3: poll
+        fd = None
+    try:
+        # Opened first, checked second: if the check passes, the pidfd is that process.
+        if not await anyio.to_thread.run_sync(same_process, owner):
+            return f"PID {owner.pid} is no longer the supervisor (exited or reused)"
+        alive.set()
+        if fd is not None:
+            await anyio.wait_readable(fd)
+        else:
+            while await anyio.to_thread.run_sync(same_process, owner):
+                await anyio.sleep(POLL_S)
+        return f"supervisor PID {owner.pid} exited"
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+class OwnerWatcher:
+    """Watches the supervisors of this host's `run` reservations; reclaims when one dies."""
+
+    def __init__(self, core: Core, caller: Caller, trouble) -> None:
+        self.core = core
+        self.caller = caller
+        self.trouble = trouble
+        self.watched: dict[str, Watch] = {}
+        self._dirty = anyio.Event()
+
+    async def run(self, stream, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
+        async with anyio.create_task_group() as tg:
+            self.tg = tg
+            await self.reconcile()
+            tg.start_soon(self._reconciler)
+            task_status.started()
+            async for item in stream:
+                if isinstance(item, Resync) or \
+                        (isinstance(item, Event) and item.type in CHANGES):
+                    self._dirty.set()  # a burst of events is one re-read
+
+    async def _reconciler(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty = anyio.Event()
+            await self.reconcile()
+
+    def wanted(self, state: dict) -> dict[str, Owner]:
+        """The live, complete `run` reservations of this host, by reservation id."""
+        host = self.core.config.host_name
+        out: dict[str, Owner] = {}
+        for gpu, hold in state["holds"].items():
+            live = state["leases"].get(gpu) == hold.get("rid")
+            try:
+                if live and hold.get("kind") == "run" and hold.get("host") == host \
+                        and not hold.get("waiting") and int(hold.get("pid", 0)) > 0:
+                    out[hold["rid"]] = Owner(int(hold["pid"]),
+                                             float(hold.get("pid_start") or 0.0))
+            except (KeyError, TypeError, ValueError):
+                log.warning("corrupt reservation for GPU %s in %s: %.80r", gpu,
+                            self.core.store.key("holds"), hold)
+        return out
+
+    async def reconcile(self) -> None:
+        """Watch exactly the reservations that need it, from a fresh read of the state."""
+        try:
+            state = await self.core.store.read_state()
+        except CanHazGpuError as err:
+            self.trouble("owner watcher", err)
+            return  # the next Resync reads again
+        self.trouble("owner watcher", None)
+        wanted = self.wanted(state)
+        for rid in [r for r, w in self.watched.items() if wanted.get(r) != w.owner]:
+            self.watched.pop(rid).scope.cancel()
+        for rid, owner in wanted.items():
+            if rid not in self.watched:
+                self.watched[rid] = Watch(owner)
+                self.tg.start_soon(self._watch, rid, self.watched[rid])
+
+    async def _watch(self, rid: str, watch: Watch) -> None:
+        with watch.scope:
+            reason = await wait_gone(watch.owner, watch.verified)
+            while True:
+                try:
+                    ended = await self.core.end(rid, self.caller, reason="reclaimed")
+                    break
+                except CanHazGpuError as err:  # Redis away: keep trying, it is still dead
+                    self.trouble("reclaim", err)
+                    await anyio.sleep(1)
+            if ended:
+                log.debug("reclaimed %s (GPU %s): %s", rid, ",".join(map(str, ended)), reason)
+        if self.watched.get(rid) is watch:
+            del self.watched[rid]
