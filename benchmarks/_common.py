@@ -6,7 +6,10 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -53,3 +56,14 @@ def median(values: list[float]) -> float:
 
 def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def wall(args: list[str], runs: int = 20) -> float:
+    """Median wall time in ms of `canhazgpu ARGS` as a fresh process."""
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "canhazgpu", *args], check=True,
+                       capture_output=True)
+        times.append(time.perf_counter() - t0)
+    return median(times) * 1e3

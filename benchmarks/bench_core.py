@@ -13,7 +13,7 @@ import time
 
 import anyio
 
-from _common import bench_env, machine, median, percentile
+from _common import bench_env, machine, median, percentile, wall
 from canhazgpu.config import load
 from canhazgpu.core import Core, Request
 from canhazgpu.errors import NotEnoughGpus
@@ -56,16 +56,6 @@ async def clients(n: int) -> dict:
         await core.aclose()
     return {"clients": n, "pairs_per_s": pairs / elapsed, "refused_per_s": short / elapsed, "p50_ms": percentile(latencies, 50) * 1e3,
             "p99_ms": percentile(latencies, 99) * 1e3, "short": short}
-
-
-def wall(args: list[str], runs: int = 20) -> float:
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "canhazgpu", *args], check=True,
-                       capture_output=True)
-        times.append(time.perf_counter() - t0)
-    return median(times) * 1e3
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ import time
 
 import anyio
 
-from _common import bench_env, machine, median, percentile
+from _common import bench_env, machine, median, percentile, wall
 from canhazgpu.gpu import get_provider, nvidia
 
 
@@ -53,16 +53,6 @@ def time_sync(fn, n: int) -> list[float]:
         fn()
         times.append(time.perf_counter() - t0)
     return times
-
-
-def wall(args: list[str], runs: int = 20) -> float:
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "canhazgpu", *args], check=True,
-                       capture_output=True)
-        times.append(time.perf_counter() - t0)
-    return median(times) * 1e3
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,19 @@ def rclient(redis_url):
 
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_until(predicate, timeout: float = 15.0) -> None:
+    """Wait for a condition another process brings about, with a deadline (no fixed sleep:
+    a plain process has no event to wait on, so the condition is re-checked every 20 ms)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
+
+
+def held_gpus(cli) -> set[int]:
+    """GPU ids with a live reservation, from `canhazgpu status --json`."""
+    data = json.loads(cli("status", "--json", check=0).stdout)
+    return {g["id"] for g in data["gpus"] if g["reservation"]}

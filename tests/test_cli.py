@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from conftest import held_gpus, wait_until
+
 
 @pytest.fixture
 def admin(cli):
@@ -153,30 +155,16 @@ def test_run_command_not_found_releases(admin):
     assert all(g["reservation"] is None for g in data["gpus"])
 
 
-def _wait_for(predicate, timeout=10.0):
-    """Wait for a condition that another process brings about (bounded, no fixed sleep)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
-
-
-def _held(cli):
-    data = json.loads(cli("status", "--json").stdout)
-    return {g["id"] for g in data["gpus"] if g["reservation"]}
-
-
 def test_run_forwards_sigterm_and_releases(admin, tmp_path):
     ready = tmp_path / "ready"
     child = (f"import signal, sys, pathlib; "
              f"signal.signal(signal.SIGTERM, lambda *a: sys.exit(42)); "
              f"pathlib.Path({str(ready)!r}).write_text('x'); signal.pause()")
     proc = admin.popen("run", "--gpus", 1, "--", sys.executable, "-c", child)
-    _wait_for(ready.exists)
+    wait_until(ready.exists)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 42
-    assert _held(admin) == set()
+    assert held_gpus(admin) == set()
 
 
 def test_run_forwards_sigint_when_not_from_a_terminal(admin, tmp_path):
@@ -185,7 +173,7 @@ def test_run_forwards_sigint_when_not_from_a_terminal(admin, tmp_path):
              f"pathlib.Path({str(ready)!r}).write_text('x')\n"
              f"try:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    raise SystemExit(3)\n")
     proc = admin.popen("run", "--", sys.executable, "-c", child)
-    _wait_for(ready.exists)
+    wait_until(ready.exists)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=20) == 3
 
@@ -197,13 +185,13 @@ def test_run_survives_sighup_and_still_releases(admin, tmp_path):
              f"pathlib.Path({str(ready)!r}).write_text('x')\n"
              f"while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.01)\n")
     proc = admin.popen("run", "--gpus", 1, "--", sys.executable, "-c", child)
-    _wait_for(ready.exists)
+    wait_until(ready.exists)
     proc.send_signal(signal.SIGHUP)
     # the supervisor is still there, holding the GPU for the command that ignored the hang-up
-    assert _held(admin) == {0} and proc.poll() is None
+    assert held_gpus(admin) == {0} and proc.poll() is None
     go.write_text("x")
     assert proc.wait(timeout=20) == 0
-    assert _held(admin) == set()
+    assert held_gpus(admin) == set()
 
 
 def test_run_timeout_terms_then_kills(admin):
@@ -213,7 +201,7 @@ def test_run_timeout_terms_then_kills(admin):
                  "time.sleep(60)", extra_env={"CANHAZGPU_KILL_GRACE": "1s"})
     assert proc.returncode == 128 + signal.SIGKILL
     assert time.monotonic() - start < 20
-    assert _held(admin) == set()
+    assert held_gpus(admin) == set()
 
 
 def test_sigkilled_supervisor_gives_gpus_back_within_the_lease(admin, tmp_path):
@@ -222,12 +210,12 @@ def test_sigkilled_supervisor_gives_gpus_back_within_the_lease(admin, tmp_path):
     proc = admin.popen("run", "--gpus", 2, "--", sys.executable, "-c",
                        f"import pathlib, time; pathlib.Path({str(ready)!r}).write_text('x'); "
                        f"time.sleep(30)", extra_env=env, start_new_session=True)
-    _wait_for(ready.exists)
-    assert _held(admin) == {0, 1}
+    wait_until(ready.exists)
+    assert held_gpus(admin) == {0, 1}
     killed = time.monotonic()
     proc.kill()
     proc.wait()
-    _wait_for(lambda: _held(admin) == set(), timeout=10)
+    wait_until(lambda: held_gpus(admin) == set(), timeout=10)
     assert time.monotonic() - killed <= 3.0
     os.killpg(proc.pid, signal.SIGKILL)  # the orphaned command
 
@@ -240,7 +228,7 @@ def test_release_someone_elses_gpu_is_refused(admin, rclient):
     rclient.hset(key, "3", json.dumps(hold))
     proc = admin("release", "--gpu-ids", 3)
     assert proc.returncode == 1 and "reserved by bob" in proc.stderr
-    assert _held(admin) == {3}
+    assert held_gpus(admin) == {3}
 
 
 def test_report(admin):

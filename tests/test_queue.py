@@ -12,6 +12,8 @@ from dataclasses import replace
 import anyio
 import pytest
 
+from conftest import held_gpus, wait_until
+
 from canhazgpu.core import Core, Request
 from canhazgpu.errors import InvalidRequest
 from canhazgpu.events import Event, EventHub
@@ -236,7 +238,7 @@ def test_cli_wait_runs_the_command_when_gpus_free_up(cli, tmp_path):
                      f"import os, pathlib; pathlib.Path({str(out)!r}).write_text("
                      f"os.environ['CUDA_VISIBLE_DEVICES'])", stderr=__import__("subprocess").PIPE,
                      text=True)
-    _until(lambda: json.loads(cli("queue", "--json").stdout))
+    wait_until(lambda: json.loads(cli("queue", "--json").stdout))
     assert json.loads(cli("queue", "--json").stdout)[0]["requested"] == 2
     cli("release", check=0)
     assert proc.wait(timeout=20) == 0
@@ -249,10 +251,10 @@ def test_cli_sigkilled_waiter_returns_its_gpus(cli):
     cli("reserve", "--gpu-ids", 0, check=0)
     env = {"CANHAZGPU_QUEUE_LEASE": "1s"}
     proc = cli.popen("wait", "--gpus", 2, "--quiet", "--", "true", extra_env=env)
-    _until(lambda: _held(cli) == {0, 1})  # holds GPU 1 while it waits for the other
+    wait_until(lambda: held_gpus(cli) == {0, 1})  # holds GPU 1 while it waits for the other
     proc.kill()
     proc.wait()
-    _until(lambda: _held(cli) == {0}, timeout=10)
+    wait_until(lambda: held_gpus(cli) == {0}, timeout=10)
     assert json.loads(cli("queue", "--json").stdout) == []
 
 
@@ -277,20 +279,7 @@ def test_cli_wait_sigint_leaves_the_queue(cli):
     cli("admin", "--gpus", 1, check=0)
     cli("reserve", check=0)
     proc = cli.popen("wait", "--quiet", "--", "true")
-    _until(lambda: json.loads(cli("queue", "--json").stdout))
+    wait_until(lambda: json.loads(cli("queue", "--json").stdout))
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=20) == 130
     assert json.loads(cli("queue", "--json").stdout) == []
-
-
-def _until(predicate, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
-
-
-def _held(cli):
-    data = json.loads(cli("status", "--json").stdout)
-    return {g["id"] for g in data["gpus"] if g["reservation"]}

@@ -8,14 +8,7 @@ import sys
 import time
 
 from canhazgpu.embedded import RedisServer
-
-
-def _until(predicate, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
+from conftest import wait_until
 
 
 def test_run_survives_a_redis_restart_and_renews_its_lease(cli, tmp_path):
@@ -32,12 +25,12 @@ def test_run_survives_a_redis_restart_and_renews_its_lease(cli, tmp_path):
         cli("admin", "--gpus", 2, extra_env=env, check=0)
         proc = cli.popen("run", "--gpus", 1, "--", sys.executable, "-c", child,
                          extra_env=env, stderr=subprocess.PIPE, text=True)
-        _until(ready.exists)
+        wait_until(ready.exists)
         server.stop()  # a clean shutdown writes the AOF: the reservation survives on disk
         warning = proc.stderr.readline()  # the next heartbeat fails and says so, once
         assert "cannot reach Redis" in warning and "keeps running" in warning
         beat = alive.read_text()
-        _until(lambda: alive.read_text() != beat)  # the command keeps running without Redis
+        wait_until(lambda: alive.read_text() != beat)  # the command keeps running without Redis
         server = RedisServer(tmp_path / "redis", persist=True).start()
         restarted_ms = time.time() * 1000
 
@@ -45,7 +38,7 @@ def test_run_survives_a_redis_restart_and_renews_its_lease(cli, tmp_path):
             out = cli("status", "--json", extra_env=env)
             res = out.returncode == 0 and json.loads(out.stdout)["gpus"][0]["reservation"]
             return bool(res) and res["heartbeat_ms"] >= restarted_ms
-        _until(renewed)  # the supervisor renewed the lease after the restart
+        wait_until(renewed)  # the supervisor renewed the lease after the restart
         assert "reachable again" in proc.stderr.readline()
         go.write_text("x")
         assert proc.wait(timeout=20) == 0
