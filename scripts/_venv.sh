@@ -11,7 +11,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 if [ ! -e "$stamp" ]; then
     "$VENV/bin/python" -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
-    "$VENV/bin/python" -m pip install --quiet -e "$ROOT[test,embedded]"
+    "$VENV/bin/python" -m pip install -qq -e "$ROOT[test,embedded]"
     rm -f "$VENV"/.installed-*
     touch "$stamp"
 fi
