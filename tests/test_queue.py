@@ -283,3 +283,18 @@ def test_cli_wait_sigint_leaves_the_queue(cli):
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=20) == 130
     assert json.loads(cli("queue", "--json").stdout) == []
+
+
+async def test_estimate_comes_from_manual_expiry_times(pool, me):
+    from canhazgpu.core import QueueStatus
+    from canhazgpu.waitqueue import estimate
+    await pool.allocate(Request(count=6, duration_s=7200), me)
+    await pool.allocate(Request(count=2, duration_s=3600), me)
+    # the head needs 2 more GPUs: the 1h reservations free them first
+    progress = await estimate(pool, QueueStatus(1, (), False, 1), 2)
+    assert 3590 < progress.eta_s <= 3600
+    progress = await estimate(pool, QueueStatus(1, (), False, 1), 3)
+    assert 7190 < progress.eta_s <= 7200
+    # run reservations have no known end: no estimate beyond what manual ones free
+    behind = await estimate(pool, QueueStatus(2, (), False, 2), 1)
+    assert behind.eta_s is None
