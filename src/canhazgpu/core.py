@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import socket
 import time
 from dataclasses import asdict, dataclass
 
@@ -280,9 +281,12 @@ class Core:
 
     # ------------------------------------------------------------------ changes
     def record(self, caller: Caller, req: Request, rid: str | None = None) -> dict:
+        # machine: the real one, so a daemon never judges PIDs of another machine that
+        # shares this host name
         return {"rid": rid or secrets.token_hex(8), "user": caller.user, "uid": caller.uid,
-                "host": self.config.host_name, "pid": caller.pid,
-                "pid_start": caller.pid_start, "kind": req.kind, "note": req.note}
+                "host": self.config.host_name, "machine": socket.gethostname(),
+                "pid": caller.pid, "pid_start": caller.pid_start, "kind": req.kind,
+                "note": req.note}
 
     def ttl_s(self, req: Request) -> float:
         return req.duration_s if req.kind == "manual" else self.config.seconds("run_lease")

@@ -31,7 +31,7 @@ from .embedded import RedisServer
 from .errors import BackendUnavailable, CanHazGpuError, PoolNotInitialized
 from .events import Disconnected, Event, EventHub, Message, Resync, line
 from .scanner import Scanner
-from .store import redacted
+from .store import HostLock, redacted
 from .watch import Owner, OwnerWatcher, same_process
 
 log = logging.getLogger("canhazgpu.serve")
@@ -50,33 +50,34 @@ class Daemon:
     def __init__(self, config: Config, core: Core | None = None) -> None:
         self.config = config
         self.core = core or Core(config)
-        self.caller = identity.current(config.admin_group)
         self.scanner = Scanner(self.core, config.seconds("scan_interval"), self.trouble)
-        self.watcher = OwnerWatcher(self.core, self.caller, self.trouble)
+        self.watcher: OwnerWatcher | None = None  # needs our identity: made in run()
+        self.lock: HostLock | None = None
         self.notifications = True  # False: CONFIG refused, expiry found by periodic sweeps
         self.outcome: CanHazGpuError | None = None
-        self._problems: dict[str, str] = {}
-        self.lock = self.core.store.host_lock(json.dumps({
-            "machine": socket.gethostname(), "pid": os.getpid(),
-            "pid_start": self.caller.pid_start, "since_ms": int(time.time() * 1000)}),
-            LOCK_TTL_S)
+        self.tg: anyio.abc.TaskGroup | None = None  # set while serving
+        self._problems: set[str] = set()  # where something is failing now
 
-    def trouble(self, where: str, err: BaseException | None) -> None:
+    def trouble(self, where: str, err: BaseException | str | None) -> None:
         """Log a problem when it starts and when it ends, not on every retry."""
-        text = str(err) if err is not None else None
-        if self._problems.get(where) == text:
+        if (where in self._problems) == (err is not None):
             return
-        if text is None:
+        if err is None:
             log.info("%s: working again", where)
-            del self._problems[where]
+            self._problems.discard(where)
         else:
-            log.warning("%s: %s", where, text)
-            self._problems[where] = text
+            log.warning("%s: %s", where, err)
+            self._problems.add(where)
 
     # ------------------------------------------------------------------ run
     async def run(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled; raises DaemonRunning / BackendUnavailable at start."""
         store = self.core.store
+        caller = await anyio.to_thread.run_sync(identity.current, self.config.admin_group)
+        self.watcher = OwnerWatcher(self.core, caller, self.trouble)
+        self.lock = store.host_lock(json.dumps({
+            "machine": socket.gethostname(), "pid": caller.pid, "pid_start": caller.pid_start,
+            "since_ms": int(time.time() * 1000)}), LOCK_TTL_S)
         await self._take_lock()
         try:
             hub = EventHub(store, (store.expired_channel,))
@@ -98,6 +99,8 @@ class Daemon:
         finally:
             with anyio.CancelScope(shield=True):
                 await self._drop_lock()
+            if self.tg is not None:
+                log.info("stopped")
         if self.outcome is not None:
             raise self.outcome
 
@@ -230,7 +233,8 @@ def _who(holder: str | None) -> str:
 # ---------------------------------------------------------------------- embedded Redis
 @asynccontextmanager
 async def embedded_redis(state_dir: Path):
-    """A private redis-server (AOF on) in state_dir, announced in state_dir/redis.url."""
+    """A private redis-server (AOF on) in state_dir, announced in state_dir/redis.url, and
+    started again if it dies while we serve."""
     state_dir.mkdir(parents=True, exist_ok=True)
     lock_fd = os.open(state_dir / "serve.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -252,7 +256,10 @@ async def embedded_redis(state_dir: Path):
         tmp.replace(url_file)  # clients never read half a URL
         log.info("private redis-server at %s (AOF in %s)", server.url, state_dir)
         try:
-            yield server.url
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_keep_running, server)
+                yield server.url
+                tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
                 url_file.unlink(missing_ok=True)
@@ -260,6 +267,40 @@ async def embedded_redis(state_dir: Path):
                 log.info("private redis-server stopped")
     finally:
         os.close(lock_fd)
+
+
+async def _keep_running(server: RedisServer) -> None:
+    """Start the private redis-server again (from its AOF) whenever it dies."""
+    while True:
+        await _exited(server.proc)
+        log.warning("private redis-server exited (status %s): starting it again",
+                    server.proc.returncode)
+        while True:
+            try:
+                await anyio.to_thread.run_sync(server.start)
+                log.info("private redis-server running again")
+                break
+            except CanHazGpuError as err:
+                log.warning("private redis-server: %s; trying again in 5s", err)
+                await anyio.sleep(5)
+
+
+async def _exited(proc) -> None:
+    """Return once our child `proc` has exited (and reap it)."""
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except ProcessLookupError:
+        fd = None
+    except (AttributeError, OSError):  # no pidfds: poll
+        while proc.poll() is None:
+            await anyio.sleep(1)
+        return
+    if fd is not None:
+        try:
+            await anyio.wait_readable(fd)
+        finally:
+            os.close(fd)
+    proc.wait()  # it has exited: this only reaps it
 
 
 def _answers(path: Path) -> bool:
@@ -281,6 +322,7 @@ def _answers(path: Path) -> bool:
 async def serve(config: Config, embedded: bool = False, *,
                 task_status=anyio.TASK_STATUS_IGNORED) -> None:
     """The `serve` command: a daemon (and its private Redis) until cancelled."""
+    outcome: CanHazGpuError | None = None
     async with AsyncExitStack() as stack:
         if embedded:
             url = await stack.enter_async_context(embedded_redis(config.state_path))
@@ -289,5 +331,7 @@ async def serve(config: Config, embedded: bool = False, *,
         stack.push_async_callback(daemon.core.aclose)
         try:
             await daemon.run(task_status=task_status)
-        finally:
-            log.info("stopped")
+        except CanHazGpuError as err:
+            outcome = err  # raised out here: embedded_redis's task group would wrap it
+    if outcome is not None:
+        raise outcome

@@ -3,7 +3,8 @@
 Every state-change script PUBLISHes its event on the host's channel, so an event is never
 lost or reordered relative to the state it describes. Pub/sub is fire-and-forget: a
 subscriber that reconnects may have missed events, so the hub tells its receivers
-(`Resync`) and they re-read the state.
+(`Resync`) and they re-read the state: once Redis has confirmed every channel of a
+(re)subscription, and when a receiver's buffer overflowed.
 """
 
 from __future__ import annotations
@@ -112,22 +113,22 @@ class EventHub:
 
     def _fan_out(self, item) -> None:
         for send in list(self._receivers):
-            if send in self._lagging:
-                # It missed items while its buffer was full: tell it to re-read first.
-                try:
-                    send.send_nowait(Resync(reconnected=True))
-                except anyio.WouldBlock:
-                    continue
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    self._receivers.discard(send)
-                    continue
-                self._lagging.discard(send)
             try:
-                send.send_nowait(item)
+                if send in self._lagging:
+                    # It missed items while its buffer was full: it must re-read first.
+                    send.send_nowait(Resync(reconnected=True))
+                    self._lagging.discard(send)
+                    try:
+                        send.send_nowait(item)
+                    except anyio.WouldBlock:
+                        pass  # the Resync queued just ahead of it covers it
+                else:
+                    send.send_nowait(item)
             except anyio.WouldBlock:
                 self._lagging.add(send)  # a slow receiver must not stall the others
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 self._receivers.discard(send)
+                self._lagging.discard(send)
 
     async def _pump(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
         delay, started, subscribed_before = 0.05, False, False

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import anyio
 
 from .core import Core, Usage
-from .errors import CanHazGpuError
+from .errors import CanHazGpuError, PoolNotInitialized
 from .model import GpuState, PoolView
 
 log = logging.getLogger("canhazgpu.serve")
@@ -106,8 +106,11 @@ class Scanner:
             snap = await self.core.store.read_usage()
             if snap:
                 self.published = facts_of(await self.core.view(Usage.from_json(snap)))
+        except PoolNotInitialized:
+            pass  # nothing to compare with: the first scan is the baseline
         except (CanHazGpuError, KeyError, TypeError, ValueError) as err:
-            log.warning("ignoring the stored usage snapshot: %s", err)
+            log.warning("ignoring the stored usage snapshot (%s): %s",
+                        self.core.store.key("usage"), err)
 
     async def run(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
         await self.baseline()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from dataclasses import dataclass, field
 
 import anyio
@@ -90,6 +91,7 @@ class OwnerWatcher:
         self.caller = caller
         self.trouble = trouble
         self.watched: dict[str, Watch] = {}
+        self.reconciled = anyio.Event()  # set (and replaced) after every re-read
         self._dirty = anyio.Event()
 
     async def run(self, stream, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
@@ -110,14 +112,15 @@ class OwnerWatcher:
             await self.reconcile()
 
     def wanted(self, state: dict) -> dict[str, Owner]:
-        """The live, complete `run` reservations of this host, by reservation id."""
-        host = self.core.config.host_name
+        """The live, complete `run` reservations made on this machine, by reservation id."""
+        host, machine = self.core.config.host_name, socket.gethostname()
         out: dict[str, Owner] = {}
         for gpu, hold in state["holds"].items():
             live = state["leases"].get(gpu) == hold.get("rid")
+            here = hold.get("host") == host and hold.get("machine", machine) == machine
             try:
-                if live and hold.get("kind") == "run" and hold.get("host") == host \
-                        and not hold.get("waiting") and int(hold.get("pid", 0)) > 0:
+                if live and here and hold.get("kind") == "run" and not hold.get("waiting") \
+                        and int(hold.get("pid", 0)) > 0:
                     out[hold["rid"]] = Owner(int(hold["pid"]),
                                              float(hold.get("pid_start") or 0.0))
             except (KeyError, TypeError, ValueError):
@@ -140,6 +143,8 @@ class OwnerWatcher:
             if rid not in self.watched:
                 self.watched[rid] = Watch(owner)
                 self.tg.start_soon(self._watch, rid, self.watched[rid])
+        done, self.reconciled = self.reconciled, anyio.Event()
+        done.set()
 
     async def _watch(self, rid: str, watch: Watch) -> None:
         with watch.scope:
@@ -147,6 +152,7 @@ class OwnerWatcher:
             while True:
                 try:
                     ended = await self.core.end(rid, self.caller, reason="reclaimed")
+                    self.trouble("reclaim", None)
                     break
                 except CanHazGpuError as err:  # Redis away: keep trying, it is still dead
                     self.trouble("reclaim", err)

@@ -74,7 +74,8 @@ def _closer(state: Context):
 
 
 def _register() -> None:
-    from . import admin, report, reserve, run, status, wait  # noqa: F401  (commands attach)
+    from . import (admin, events, report, reserve, run, serve, status,  # noqa: F401
+                   wait)  # (commands attach)
 
 
 async def _amain(args: list[str]) -> int:

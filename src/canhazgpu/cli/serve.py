@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import sys
-
 import asyncclick as click
 
 from .main import cli
@@ -28,6 +25,9 @@ already serves this host.
 @click.pass_obj
 async def serve(state, embedded_redis, scan_interval, verbose):
     """Run the daemon: GPU scans, instant expiry, crash reclaim, events (one per host)."""
+    import logging
+    import sys
+
     from ..config import load
     from ..daemon import serve as run_daemon
     from .lifetime import until_signalled

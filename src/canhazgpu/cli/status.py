@@ -14,16 +14,23 @@ Examples:
   canhazgpu status --format lines | grep "WITHOUT RESERVATION"
   canhazgpu status --json | jq '.gpus[] | select(.status == "available") | .id'
   canhazgpu status --summary
+  canhazgpu status --follow             # redrawn on every change (JSON Lines in a pipe)
 """)
 @click.option("--format", "fmt", type=click.Choice(["table", "lines"]),
               help="Force the table or the one-line-per-GPU format (default: table on a "
                    "terminal, lines otherwise).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON document (docs/status.md).")
 @click.option("--summary", is_flag=True, help="Only the capacity lines.")
+@click.option("--follow", "-f", is_flag=True,
+              help="Keep going: redraw on every change (a terminal), or write one JSON "
+                   "document per change (--json, or not a terminal). Ctrl+C stops.")
 @click.pass_obj
-async def status(state, fmt, as_json, summary):
+async def status(state, fmt, as_json, summary, follow):
     """Show every GPU: available, reserved (by whom, how long) or in use unreserved."""
     from .. import render
+    if follow:
+        from .stream import follow_status
+        return await follow_status(state, fmt, as_json, summary)
     view = await state.core.view()
     if as_json:
         output.emit_json(render.render_json(view))

@@ -1,0 +1,189 @@
+"""The host's event stream in a terminal or a pipe: `canhazgpu events` and `status --follow`.
+
+Both subscribe first and read second, are woken by events only (no polling), say on stderr
+when Redis goes away and when it is back, and end cleanly on Ctrl+C or SIGTERM. Imported
+only by those commands, so other commands do not pay for it at start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+import time
+
+import anyio
+
+from .. import render
+from ..errors import BackendUnavailable, CanHazGpuError
+from ..events import Disconnected, Event, EventHub, Resync, line
+from . import output
+from .lifetime import ReaderGone, until_signalled, write_line
+
+CLOCK_REFRESH_S = 30.0  # a terminal's durations tick on; state changes come as events
+_ANSI = re.compile(r"\033\[[0-9;]*[A-Za-z]")
+
+
+class Consumer:
+    """Subscribed to the host's events; subclasses say what to do with each."""
+
+    idle_s: float | None = None  # call tick() after this long without an event
+
+    def __init__(self, state) -> None:
+        self.state = state
+        self.down = False
+
+    async def run(self) -> None:
+        hub = EventHub(self.state.core.store)
+        outcome: CanHazGpuError | None = None
+        async with hub.running(), hub.listen() as items:
+            try:
+                await self.start()
+                await self._loop(items)
+            except CanHazGpuError as err:
+                outcome = err  # raised out here, not wrapped by the hub's task group
+            except ReaderGone:
+                pass
+        if outcome is not None:
+            raise outcome
+
+    async def _loop(self, items) -> None:
+        while True:
+            item = None
+            with anyio.move_on_after(self.idle_s):
+                item = await items.receive()
+            if item is None:
+                await self.tick()
+            elif isinstance(item, Event):
+                if await self.on_event(item):
+                    return
+            elif isinstance(item, Disconnected):
+                self.lost(item.error)
+            elif isinstance(item, Resync) and item.reconnected:
+                if self.down:
+                    self.note("Redis is reachable again (changes made meanwhile were not seen "
+                              "as events)")
+                self.down = False
+                await self.on_resync()
+
+    def lost(self, error: str) -> None:
+        if not self.down:
+            self.note(f"{error}; waiting for it to come back")
+        self.down = True
+
+    def note(self, text: str) -> None:
+        output.warn(text)
+
+    async def start(self) -> None:
+        """Read what is needed before the first event; fails when Redis is down."""
+
+    async def on_event(self, event) -> bool:
+        """Handle one event; True ends the stream."""
+        return False
+
+    async def on_resync(self) -> None:
+        pass
+
+    async def tick(self) -> None:
+        pass
+
+
+# ---------------------------------------------------------------------- events
+class EventPrinter(Consumer):
+    def __init__(self, state, types: frozenset[str], as_json: bool, count: int | None) -> None:
+        super().__init__(state)
+        self.types, self.as_json, self.left = types, as_json, count
+
+    async def start(self) -> None:
+        store = self.state.core.store
+        await store.guard(store.redis.ping())
+
+    async def on_event(self, event) -> bool:
+        if self.types and event.type not in self.types:
+            return False
+        if self.as_json:
+            write_line(json.dumps(event.data))
+        else:
+            stamp = time.strftime("%H:%M:%S", time.localtime(event.time_ms / 1000))
+            write_line(f"{stamp}.{event.time_ms % 1000:03d} {line(event)}")
+        if self.left is not None:
+            self.left -= 1
+            return self.left <= 0
+        return False
+
+
+# ---------------------------------------------------------------------- status --follow
+class StatusFollower(Consumer):
+    """The status, again after every event: JSON Lines, or a table redrawn in place."""
+
+    def __init__(self, state, mode: str) -> None:
+        super().__init__(state)
+        self.mode = mode  # "json", or on a terminal "table", "lines" or "summary"
+        self.rows = 0  # terminal rows of the last drawing, to redraw over it
+        if mode != "json":
+            self.idle_s = CLOCK_REFRESH_S
+
+    async def start(self) -> None:
+        await self.show(None, first=True)
+
+    async def on_event(self, event) -> bool:
+        await self.show(event)
+        return False
+
+    async def on_resync(self) -> None:
+        await self.show(None)
+
+    async def tick(self) -> None:
+        await self.show(None)
+
+    def note(self, text: str) -> None:
+        super().note(text)
+        self.rows = 0  # the note sits below the drawing: draw afresh under it
+
+    async def show(self, event, first: bool = False) -> None:
+        try:
+            view = await self.state.core.view()
+        except BackendUnavailable as err:
+            if first:
+                raise
+            self.lost(str(err))
+            return
+        if self.mode == "json":
+            write_line(json.dumps({**render.render_json(view),
+                                   "event": event.data if event is not None else None}))
+            return
+        if self.mode == "summary":
+            body = render.render_summary(view)
+        elif self.mode == "lines":
+            body = render.render_lines(view)
+        else:
+            body = render.render_table(view, color=output.use_color())
+        self.redraw(self.header(view, event) + "\n" + body)
+
+    def header(self, view, event) -> str:
+        stamp = time.strftime("%H:%M:%S", time.localtime(view.now_ms / 1000))
+        last = f"  last: {line(event)}" if event is not None else ""
+        return f"{self.state.config.host_name} at {stamp}{last}  (Ctrl+C to stop)"
+
+    def redraw(self, text: str) -> None:
+        width = max(1, shutil.get_terminal_size().columns)
+        # Up to the first row of the last drawing, clear to the end of the screen, draw.
+        erase = f"\033[{self.rows}F\033[J" if self.rows else ""
+        try:
+            sys.stdout.write(erase + text + "\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            raise ReaderGone() from None
+        self.rows = sum(max(1, -(-len(_ANSI.sub("", row)) // width))
+                        for row in text.split("\n"))
+
+
+async def follow_status(state, fmt: str | None, as_json: bool, summary: bool) -> int:
+    """`status --follow`."""
+    if as_json or not output.is_tty():
+        mode = "json"
+    else:
+        mode = "summary" if summary else (fmt or "table")
+    await until_signalled(StatusFollower(state, mode).run)
+    return 0

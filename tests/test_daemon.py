@@ -1,0 +1,338 @@
+"""`canhazgpu serve` against a real Redis: every event type from a real change, expiry,
+crash reclaim, PID reuse, one daemon per host, clean shutdown, and a Redis restart."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import time
+from dataclasses import replace
+
+import anyio
+import psutil
+import pytest
+
+from canhazgpu.config import load
+from canhazgpu.core import Core, Request
+from canhazgpu.embedded import RedisServer
+from canhazgpu.events import TYPES
+from canhazgpu.identity import process_start
+from canhazgpu.store import Store
+from eventtools import (Lines, Recorder, canhazgpu, reap, rest, running_daemon, sleeper,
+                        stop)
+
+pytestmark = pytest.mark.anyio
+LOCK = "canhazgpu:{testhost}:daemon"
+
+
+def owner(me, proc, start: float | None = None):
+    """The caller as if `proc` were the run supervisor (started at `start`)."""
+    return replace(me, pid=proc.pid,
+                   pid_start=process_start(proc.pid) if start is None else start)
+
+
+def bob_on(gpu: int) -> dict:
+    return {"index": gpu, "memory_used_mb": 3000,
+            "processes": [{"pid": 4242, "name": "python3", "user": "bob",
+                           "used_memory_mb": 2900}]}
+
+
+async def test_every_event_type_in_order_with_consecutive_sequence_numbers(
+        core, config, fake_gpus, me):
+    async with Recorder(core.store).running() as rec:
+        await core.setup_pool(4, "fake", force=False)
+        await rec.expect("pool_changed")
+        async with running_daemon(config):
+            await core.allocate(Request(ids=(0,), duration_s=0.3), me)
+            await rec.expect("reserved", "expired")  # finalized by the daemon
+
+            await core.allocate(Request(ids=(1,)), me)
+            await core.release(me, ids=(1,))
+            await rec.expect("reserved", "released")
+
+            supervisor = await sleeper()
+            await core.allocate(Request(ids=(2,), kind="run"), owner(me, supervisor))
+            await rec.expect("reserved")
+            supervisor.kill()
+            await rec.expect("reclaimed")
+            await supervisor.aclose()
+
+            await core.allocate(Request(count=4), me)
+            waiter = core.new_reservation(Request(count=1), me)
+            await core.enqueue(waiter, Request(count=1))
+            await rec.expect("reserved", "queued")
+            await core.release(me, ids=(3,))
+            await rec.expect("released", "granted")
+            quitter = core.new_reservation(Request(count=1), me)
+            await core.enqueue(quitter, Request(count=1))
+            await core.leave(quitter.rid, "cancelled")
+            await rec.expect("queued", "left")
+
+            await core.setup_pool(3, "fake", force=True)
+            await rec.expect("forced", "forced", "pool_changed")
+
+            fake_gpus.write([bob_on(1)])
+            detected = (await rec.expect("usage_changed", "unreserved_detected"))[1]
+            fake_gpus.write([])
+            cleared = (await rec.expect("usage_changed", "unreserved_cleared"))[1]
+            fake_gpus.write([{"index": 2, "error": "GPU is lost"}])
+            error = (await rec.expect("gpu_error"))[0]
+            fake_gpus.write([])
+            await rec.expect("gpu_recovered")
+
+    seqs = [e.seq for e in rec.seen]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    assert {e.type for e in rec.seen} == set(TYPES)
+    assert detected.gpus == (1,) and detected.data["users"] == ["bob"]
+    assert cleared.data["status"] == "available"
+    assert error.data["error"] == "GPU is lost"
+    assert all(e.data["v"] == 1 and e.host == "testhost" for e in rec.seen)
+
+
+async def test_no_event_when_nothing_changed(pool, config, fake_gpus):
+    fake_gpus.write([bob_on(2)])
+    async with running_daemon(config) as daemon, Recorder(pool.store).running() as rec:
+        for _ in range(3):  # scans that see the same thing publish nothing
+            assert await daemon.scanner.scan_once() == []
+        fake_gpus.write([{**bob_on(2), "memory_used_mb": 3500}])  # same processes, still busy
+        assert await daemon.scanner.scan_once() == []
+        fake_gpus.write([])
+        await rec.expect("usage_changed", "unreserved_cleared")
+
+
+async def time_to_expiry(pool, config, me, ttl_s: float, scan_interval: str):
+    """(seconds from reserving for ttl_s to its `expired` event, rid), a daemon running."""
+    async with running_daemon(config, scan_interval=scan_interval), \
+            Recorder(pool.store).running() as rec:
+        start = time.monotonic()
+        res = await pool.allocate(Request(count=1, duration_s=ttl_s), me)
+        await rec.until(lambda e: e.type == "expired" and e.rid == res.rid, timeout=3)
+        return time.monotonic() - start, res.rid
+
+
+async def test_a_lease_is_finalized_within_a_second_of_its_ttl(pool, config, me):
+    # Scans are 30 s apart: only the keyspace notification can be this quick.
+    elapsed, rid = await time_to_expiry(pool, config, me, 0.5, scan_interval="30s")
+    assert elapsed <= 0.5 + 1.0
+    history = await pool.store.history(0)
+    assert [h["reason"] for h in history if h["rid"] == rid] == ["expired"]
+
+
+async def test_the_daemon_turns_expiry_notifications_on_keeping_other_flags(pool, config,
+                                                                          rclient):
+    rclient.config_set("notify-keyspace-events", "Kg")
+    try:
+        async with running_daemon(config):
+            flags = rclient.config_get("notify-keyspace-events")["notify-keyspace-events"]
+    finally:
+        rclient.config_set("notify-keyspace-events", "Ex")
+    assert set("KgEx") <= set(flags)
+
+
+async def test_without_keyspace_notifications_a_periodic_sweep_finalizes(
+        pool, config, me, rclient, monkeypatch, caplog):
+    async def refused(self):
+        return "ERR unknown command 'CONFIG'"
+    monkeypatch.setattr(Store, "enable_expiry_notifications", refused)
+    rclient.config_set("notify-keyspace-events", "")
+    caplog.set_level(logging.INFO, logger="canhazgpu.serve")
+    try:
+        elapsed, _ = await time_to_expiry(pool, config, me, 0.3, scan_interval="0.3s")
+        assert elapsed <= 0.3 + 1.0
+    finally:
+        rclient.config_set("notify-keyspace-events", "Ex")
+    said = [r.message for r in caplog.records if "keyspace notifications" in r.message]
+    assert len(said) == 1 and "sweep every 0.3s" in said[0]
+
+
+async def test_a_sigkilled_run_supervisor_is_reclaimed_within_two_seconds(pool, config, env):
+    async with running_daemon(config), Recorder(pool.store).running() as rec:
+        supervisor = await anyio.open_process(
+            canhazgpu("run", "--gpus", "1", "--", "sleep", "60"), env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            reserved = await rec.until(lambda e: e.type == "reserved", timeout=20)
+            start = time.monotonic()
+            supervisor.kill()
+            reclaimed = await rec.until(lambda e: e.type == "reclaimed", timeout=3)
+            assert time.monotonic() - start <= 2.0
+            assert reclaimed.rid == reserved.rid and reclaimed.gpus == reserved.gpus
+        finally:
+            try:
+                os.killpg(supervisor.pid, signal.SIGKILL)  # its orphaned `sleep`
+            except ProcessLookupError:
+                pass
+            await supervisor.aclose()
+    view = await pool.view()
+    assert all(g.hold is None for g in view.gpus)
+
+
+async def test_a_reused_pid_does_not_keep_a_dead_reservation_alive(pool, config, me):
+    alive = await sleeper()
+    try:
+        async with Recorder(pool.store).running() as rec:
+            # Made before the daemon starts: it learns it from the state, not an event.
+            reused = await pool.allocate(Request(ids=(1,), kind="run"),
+                                         owner(me, alive, start=process_start(alive.pid) - 3600))
+            async with running_daemon(config) as daemon:
+                event = await rec.until(lambda e: e.type == "reclaimed")
+                assert event.rid == reused.rid
+                real = await pool.allocate(Request(ids=(0,), kind="run"), owner(me, alive))
+                await rec.until(lambda e: e.type == "reserved" and e.rid == real.rid)
+                with anyio.fail_after(5):
+                    while real.rid not in daemon.watcher.watched:
+                        await daemon.watcher.reconciled.wait()
+                    await daemon.watcher.watched[real.rid].verified.wait()
+                view = await pool.view()
+                assert view.gpus[0].hold.rid == real.rid and view.gpus[1].hold is None
+    finally:
+        alive.kill()
+        await alive.aclose()
+
+
+async def test_a_second_daemon_for_the_host_is_refused(pool, config, env):
+    async with running_daemon(config):
+        result = await anyio.run_process(canhazgpu("serve"), env=env, check=False)
+    err = result.stderr.decode().strip().splitlines()
+    assert result.returncode == 1
+    assert len(err) == 1, err
+    assert err[0].startswith("Error: another canhazgpu daemon is already serving host "
+                             "testhost (PID ")
+
+
+async def test_sigterm_stops_the_daemon_and_leaves_no_state_behind(pool, config, env, me,
+                                                                   rclient):
+    supervisor = await sleeper()
+    run = await pool.allocate(Request(ids=(0,), kind="run"), owner(me, supervisor))
+    manual = await pool.allocate(Request(ids=(1,), duration_s=600), me)
+    daemon = await anyio.open_process(canhazgpu("serve"), env=env, stdout=subprocess.DEVNULL)
+    try:
+        log = Lines(daemon.stderr)
+        await log.until(lambda line: "serving host testhost" in line, timeout=20)
+        assert rclient.exists(LOCK)
+        assert psutil.Process(daemon.pid).children() == []
+        assert await stop(daemon) == 0
+        tail = await rest(log.stream)
+        assert "Traceback" not in tail and "stopped" in tail
+    finally:
+        await reap(daemon, supervisor)
+    assert not rclient.exists(LOCK)
+    view = await pool.view()  # the daemon leaves reservations alone when it stops
+    assert view.gpus[0].hold.rid == run.rid and view.gpus[1].hold.rid == manual.rid
+    async with running_daemon(config):  # and the next daemon starts at once
+        pass
+
+
+async def test_a_killed_daemon_is_replaced_at_once(pool, config, env, rclient, caplog):
+    daemon = await anyio.open_process(canhazgpu("serve"), env=env, stdout=subprocess.DEVNULL)
+    try:
+        await Lines(daemon.stderr).until(lambda line: "serving host" in line, timeout=20)
+        daemon.kill()
+        await daemon.wait()
+        assert rclient.exists(LOCK)  # its lock outlives it (for up to 5 s)...
+        caplog.set_level(logging.INFO, logger="canhazgpu.serve")
+        async with running_daemon(config):  # ...but a daemon on the same machine takes over
+            pass
+        assert any("took over" in r.message for r in caplog.records)
+    finally:
+        await reap(daemon)
+
+
+async def test_corrupt_state_is_reported_with_its_key_and_survived(pool, config, me, rclient,
+                                                                   caplog):
+    caplog.set_level(logging.INFO, logger="canhazgpu.serve")
+    async with running_daemon(config) as daemon, Recorder(pool.store).running() as rec:
+        rclient.hset("canhazgpu:{testhost}:holds", "5", "{not json")
+        assert await daemon.scanner.scan_once() == []
+        assert any("canhazgpu:{testhost}:holds" in r.message for r in caplog.records)
+        rclient.hdel("canhazgpu:{testhost}:holds", "5")
+        await pool.allocate(Request(ids=(1,), duration_s=0.2), me)
+        await rec.expect("reserved", "expired")  # still serving
+
+
+async def held(env) -> set[int]:
+    doc = json.loads((await anyio.run_process(canhazgpu("status", "--json"), env=env)).stdout)
+    return {g["id"] for g in doc["gpus"] if g["reservation"]}
+
+
+async def test_embedded_redis_is_found_without_configuration_and_keeps_its_data(env, tmp_path):
+    state = tmp_path / "embedded-state"
+    local = {**{k: v for k, v in env.items() if k != "CANHAZGPU_REDIS_URL"},
+             "CANHAZGPU_STATE_DIR": str(state)}
+    for first in (True, False):
+        daemon = await anyio.open_process(canhazgpu("serve", "--embedded-redis"), env=local,
+                                          stdout=subprocess.DEVNULL)
+        try:
+            log = Lines(daemon.stderr)
+            await log.until(lambda line: "serving host testhost" in line, timeout=20)
+            assert (state / "redis.url").read_text().strip() == f"unix://{state}/redis.sock"
+            servers = psutil.Process(daemon.pid).children()
+            assert len(servers) == 1
+            if first:
+                await anyio.run_process(canhazgpu("admin", "--gpus", "2"), env=local)
+                await anyio.run_process(canhazgpu("reserve", "--gpu-ids", "1", "-d", "1h"),
+                                        env=local)
+            else:  # the AOF brought the reservation back, after a stop and after a crash
+                assert await held(local) == {1}
+                servers[0].kill()  # the daemon starts its Redis again
+                await log.until(lambda line: "redis-server running again" in line)
+                servers = psutil.Process(daemon.pid).children()
+                assert await held(local) == {1}
+            assert await stop(daemon) == 0
+            await rest(log.stream)
+        finally:
+            await reap(daemon)
+        assert not (state / "redis.url").exists()
+        assert not psutil.pid_exists(servers[0].pid)
+
+
+async def test_redis_restart_under_a_daemon_and_a_follower(tmp_path, env, fake_gpus, me):
+    server = RedisServer(tmp_path / "redis", persist=True).start()
+    local = {**env, "CANHAZGPU_REDIS_URL": server.url, "CANHAZGPU_SCAN_INTERVAL": "0.2s"}
+    core = Core(load(env=local))
+    procs = []
+    try:
+        await core.setup_pool(4, "fake", force=False)
+        daemon = await anyio.open_process(canhazgpu("serve"), env=local,
+                                          stdout=subprocess.DEVNULL)
+        procs.append(daemon)
+        daemon_log = Lines(daemon.stderr)
+        await daemon_log.until(lambda line: "serving host" in line, timeout=20)
+        follow = await anyio.open_process(canhazgpu("status", "--follow"), env=local)
+        procs.append(follow)
+        docs, notes = Lines(follow.stdout), Lines(follow.stderr)
+        assert json.loads(await docs.next())["event"] is None
+
+        async def doc_where(predicate) -> dict:
+            return json.loads(await docs.until(lambda line: predicate(json.loads(line))))
+
+        kept = await core.allocate(Request(ids=(0,), duration_s=3600), me)
+        short = await core.allocate(Request(ids=(1,), duration_s=1.5), me)
+        lapses = time.monotonic() + 1.5
+        await doc_where(lambda d: d["gpus"][1]["reservation"] is not None)
+
+        server.kill()
+        await notes.until(lambda line: "cannot reach Redis" in line)
+        await daemon_log.until(lambda line: "cannot reach Redis" in line)
+        await anyio.sleep(max(0.0, lapses - time.monotonic()))  # GPU 1's lease runs out
+        server = RedisServer(tmp_path / "redis", persist=True).start()
+
+        await notes.until(lambda line: "reachable again" in line)
+        await daemon_log.until(lambda line: "redis: working again" in line)
+        after = await doc_where(lambda d: d["gpus"][1]["reservation"] is None)
+        assert after["gpus"][0]["reservation"]["id"] == kept.rid  # AOF: nothing lost
+        fake_gpus.write([bob_on(2)])  # the daemon scans and publishes again
+        doc = await doc_where(lambda d: (d["event"] or {}).get("type") == "unreserved_detected")
+        assert doc["gpus"][2]["status"] == "unreserved"
+
+        history = await core.store.history(0)
+        assert [h["reason"] for h in history if h["rid"] == short.rid] == ["expired"]
+        for proc in procs:
+            assert await stop(proc) == 0
+    finally:
+        await reap(*procs)
+        await core.aclose()
+        server.stop()

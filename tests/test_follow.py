@@ -1,0 +1,93 @@
+"""`status --follow`: JSON Lines in a pipe, a table redrawn in place on a terminal, a clean
+end on Ctrl+C. (Redis going away under a follower: test_daemon.py.)"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import signal
+import struct
+import termios
+
+import anyio
+import pytest
+
+from canhazgpu.core import Request
+from eventtools import Lines, canhazgpu, reap, rest, stop
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_in_a_pipe_each_change_is_one_json_document(pool, env, me):
+    proc = await anyio.open_process(canhazgpu("status", "--follow"), env=env)
+    try:
+        out = Lines(proc.stdout)
+        first = json.loads(await out.next())  # written once subscribed: nothing is missed
+        assert first["event"] is None and first["summary"]["available"] == 8
+        res = await pool.allocate(Request(ids=(3,)), me)
+        doc = json.loads(await out.next())
+        assert doc["event"]["type"] == "reserved" and doc["event"]["rid"] == res.rid
+        assert doc["gpus"][3]["status"] == "reserved" and doc["version"] == 1
+        await pool.release(me, ids=(3,))
+        doc = json.loads(await out.next())
+        assert doc["event"]["type"] == "released" and doc["gpus"][3]["status"] == "available"
+        assert await stop(proc, signal.SIGINT) == 0  # Ctrl+C is a normal end
+        assert await rest(proc.stderr) == ""
+    finally:
+        await reap(proc)
+
+
+class Terminal:
+    """A pseudo-terminal of 40 rows x 160 columns, read with deadlines."""
+
+    def __init__(self) -> None:
+        self.master, self.slave = pty.openpty()
+        fcntl.ioctl(self.slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
+        self.text = ""
+
+    async def until(self, predicate, timeout: float = 10.0) -> str:
+        with anyio.fail_after(timeout):
+            while not predicate(self.text):
+                await anyio.wait_readable(self.master)
+                try:
+                    self.text += os.read(self.master, 65536).decode()
+                except OSError:  # the other side closed
+                    break
+        return self.text
+
+    def close_slave(self) -> None:
+        os.close(self.slave)
+
+    def close(self) -> None:
+        os.close(self.master)
+
+
+async def test_on_a_terminal_the_table_is_redrawn_in_place(pool, env, me):
+    term = Terminal()
+    proc = await anyio.open_process(canhazgpu("status", "--follow"), env=env,
+                                    stdin=term.slave, stdout=term.slave, stderr=term.slave)
+    term.close_slave()  # the child's copy is the last: its exit ends our reads
+    try:
+        first = await term.until(lambda t: "Ctrl+C to stop" in t and t.count("available") >= 8)
+        assert "\033[J" not in first and "GPU" in first and "STATUS" in first
+        await pool.allocate(Request(ids=(5,)), me)
+        text = await term.until(lambda t: t[len(first):].count("\n") >= first.count("\n"))
+        drawn = text[len(first):]
+        rows = first.count("\n")
+        assert drawn.startswith(f"\033[{rows}F\033[J")  # up over the last drawing, clear
+        assert f"reserved: GPU 5 reserved by {me.user}" in drawn.splitlines()[0]
+        assert drawn.splitlines()[8].startswith(f"5   in use    {me.user}")
+        assert await stop(proc, signal.SIGINT) == 0
+        assert "Traceback" not in await term.until(lambda t: False)  # to the end
+    finally:
+        await reap(proc)
+        term.close()
+
+
+def test_without_redis_follow_fails_with_one_line(cli, tmp_path):
+    out = cli("status", "--follow", extra_env={
+        "CANHAZGPU_REDIS_URL": f"unix://{tmp_path}/none.sock"})
+    assert out.returncode == 1 and out.stdout == ""
+    assert len(out.stderr.strip().splitlines()) == 1 and "cannot reach Redis" in out.stderr
