@@ -7,13 +7,11 @@ Targets (2 cores): >= 2,000 allocate+release pairs/s with 16 clients; status med
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 
 import anyio
 
-from _common import bench_env, machine, median, percentile, wall
+from _common import bench_env, machine, percentile, wall
 from canhazgpu.config import load
 from canhazgpu.core import Core, Request
 from canhazgpu.errors import NotEnoughGpus

@@ -11,11 +11,9 @@ Targets (2 cores): p50 <= 20 ms, p99 <= 100 ms.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import anyio

@@ -11,124 +11,18 @@ import json
 import secrets
 import socket
 import time
-from dataclasses import asdict, dataclass
 
 from . import gpu
+from .accounting import summarize
 from .config import Config
 from .errors import (CorruptState, GpusUnavailable, InvalidRequest, NotEnoughGpus, NotOwner,
                      PoolBusy, PoolNotInitialized)
 from .identity import Caller
-from .model import GpuProcess, GpuState, GpuUsage, Hold, PoolView
+from .model import GpuState, Hold, PoolView, Usage
+from .request import QueueStatus, Request, Reservation, parse_count, parse_ids
 from .store import Store
 
-
-@dataclass(frozen=True)
-class Request:
-    """What a caller asks for: a count or specific ids, of one kind, for a while."""
-
-    count: int | None = None
-    ids: tuple[int, ...] | None = None
-    kind: str = "manual"  # "run" or "manual"
-    duration_s: float = 1800.0  # manual: the reservation's length
-    note: str = ""
-
-    @property
-    def size(self) -> int:
-        return len(self.ids) if self.ids is not None else int(self.count or 0)
-
-
-@dataclass(frozen=True)
-class Reservation:
-    """A granted reservation: what a supervisor needs to keep it alive and end it."""
-
-    rid: str
-    gpus: tuple[int, ...]
-    user: str
-    kind: str
-    ttl_s: float
-    record: dict  # the json the scripts store with each hold
-
-    def env_value(self) -> str:
-        return ",".join(str(i) for i in self.gpus)
-
-
-@dataclass(frozen=True)
-class Usage:
-    """One scan of every GPU, from this process or from the daemon's snapshot."""
-
-    scanned_ms: int
-    gpus: tuple[GpuUsage, ...]
-    source: str = "cli"
-
-    def busy(self, threshold_mb: int) -> list[int]:
-        return [g.index for g in self.gpus if g.memory_used_mb > threshold_mb]
-
-    def errors(self) -> list[int]:
-        return [g.index for g in self.gpus if g.error]
-
-    def to_json(self, threshold_mb: int) -> dict:
-        return {"scanned_ms": self.scanned_ms, "source": self.source,
-                "threshold_mb": threshold_mb, "busy": self.busy(threshold_mb) + self.errors(),
-                "gpus": [asdict(g) for g in self.gpus]}
-
-    @classmethod
-    def from_json(cls, data: dict) -> Usage:
-        gpus = []
-        for g in data.get("gpus", []):
-            procs = tuple(GpuProcess(**{**p, "cmdline": tuple(p.get("cmdline") or ())})
-                          for p in g.get("processes", []))
-            gpus.append(GpuUsage(**{**g, "processes": procs}))
-        return cls(int(data["scanned_ms"]), tuple(gpus), data.get("source", "cli"))
-
-
-@dataclass(frozen=True)
-class QueueStatus:
-    """Where a waiter stands: 1-based position (0 once out of the queue), GPUs so far."""
-
-    position: int
-    gpus: tuple[int, ...]
-    done: bool
-    queued: int
-
-    @classmethod
-    def decode(cls, data: str) -> QueueStatus:
-        doc = json.loads(data)
-        gpus = doc.get("gpus") or []
-        return cls(int(doc["position"]), tuple(gpus if isinstance(gpus, list) else ()),
-                   bool(doc["done"]), int(doc.get("queued", 0)))
-
-
-def parse_count(text, pool_size: int | None = None) -> int:
-    """A GPU count from the user: a whole number from 1 to the pool size."""
-    try:
-        count = int(str(text).strip())
-    except ValueError:
-        count = 0
-    if count < 1 or str(text).strip().startswith("+"):
-        limit = f"1 to {pool_size}" if pool_size else "1 or more"
-        raise InvalidRequest(f"invalid GPU count {text!r}: use a whole number from {limit}")
-    if pool_size is not None and count > pool_size:
-        raise InvalidRequest(
-            f"invalid GPU count {count}: this pool has {pool_size} GPUs (use 1 to {pool_size})"
-        )
-    return count
-
-
-def parse_ids(text: str, pool_size: int | None = None) -> tuple[int, ...]:
-    """GPU ids from the user, e.g. '1,3': distinct whole numbers inside the pool."""
-    parts = [p.strip() for p in str(text).split(",")]
-    if not parts or any(not p.isdigit() for p in parts):
-        raise InvalidRequest(f"invalid GPU ids {text!r}: use comma-separated numbers, e.g. 1,3")
-    ids = tuple(int(p) for p in parts)
-    if len(set(ids)) != len(ids):
-        raise InvalidRequest(f"invalid GPU ids {text!r}: each GPU may appear only once")
-    if pool_size is not None:
-        outside = [i for i in ids if i >= pool_size]
-        if outside:
-            raise InvalidRequest(
-                f"invalid GPU id {outside[0]}: this pool has GPUs 0 to {pool_size - 1}"
-            )
-    return ids
+__all__ = ["Core", "QueueStatus", "Request", "Reservation", "Usage", "parse_count", "parse_ids"]
 
 
 def _hold(gpu_id: int, raw: dict) -> Hold:
@@ -407,30 +301,10 @@ class Core:
     # ------------------------------------------------------------------ report
     async def report(self, days: float) -> dict:
         """GPU hours per user over the last `days`, in-progress reservations up to now."""
-        view_state = await self.store.read_state()
-        now = view_state["now_ms"]
+        state = await self.store.read_state()
+        now = state["now_ms"]
         since = now - int(days * 86400 * 1000)
         rows = await self.store.history(since)
-        for i, raw in view_state["holds"].items():
-            if view_state["leases"].get(i) == raw.get("rid"):
-                rows.append({**raw, "end_ms": now, "in_progress": True})
-        users: dict[str, dict] = {}
-        runs: dict[str, set] = {}
-        for row in rows:
-            start = max(int(row["start_ms"]), since)
-            hours = max(0, int(row["end_ms"]) - start) / 3_600_000
-            entry = users.setdefault(row["user"], {"user": row["user"], "gpu_hours": 0.0,
-                                                   "run": 0, "manual": 0})
-            entry["gpu_hours"] += hours
-            key = (row["rid"], row.get("start_ms"))
-            if key not in runs.setdefault(row["user"], set()):
-                runs[row["user"]].add(key)
-                if row.get("kind") in ("run", "manual"):
-                    entry[row["kind"]] += 1
-        total = sum(u["gpu_hours"] for u in users.values())
-        for u in users.values():
-            u["percent"] = round(100 * u["gpu_hours"] / total, 1) if total else 0.0
-            u["gpu_hours"] = round(u["gpu_hours"], 3)
-        ordered = sorted(users.values(), key=lambda u: (-u["gpu_hours"], u["user"]))
-        return {"days": days, "since_ms": since, "now_ms": now,
-                "total_gpu_hours": round(total, 3), "users": ordered}
+        rows += [{**raw, "end_ms": now} for i, raw in state["holds"].items()
+                 if state["leases"].get(i) == raw.get("rid")]
+        return summarize(rows, since, now, days)

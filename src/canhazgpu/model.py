@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 
 @dataclass(frozen=True)
@@ -117,3 +117,32 @@ class PoolView:
     @property
     def errored(self) -> tuple[GpuState, ...]:
         return tuple(g for g in self.gpus if g.errored)
+
+
+@dataclass(frozen=True)
+class Usage:
+    """One scan of every GPU, from this process or from the daemon's snapshot."""
+
+    scanned_ms: int
+    gpus: tuple[GpuUsage, ...]
+    source: str = "cli"
+
+    def busy(self, threshold_mb: int) -> list[int]:
+        return [g.index for g in self.gpus if g.memory_used_mb > threshold_mb]
+
+    def errors(self) -> list[int]:
+        return [g.index for g in self.gpus if g.error]
+
+    def to_json(self, threshold_mb: int) -> dict:
+        return {"scanned_ms": self.scanned_ms, "source": self.source,
+                "threshold_mb": threshold_mb, "busy": self.busy(threshold_mb) + self.errors(),
+                "gpus": [asdict(g) for g in self.gpus]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Usage:
+        gpus = []
+        for g in data.get("gpus", []):
+            procs = tuple(GpuProcess(**{**p, "cmdline": tuple(p.get("cmdline") or ())})
+                          for p in g.get("processes", []))
+            gpus.append(GpuUsage(**{**g, "processes": procs}))
+        return cls(int(data["scanned_ms"]), tuple(gpus), data.get("source", "cli"))

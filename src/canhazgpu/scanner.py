@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import anyio
 
-from .core import Core, Usage
+from .core import Core
 from .errors import CanHazGpuError, PoolNotInitialized
-from .model import GpuState, PoolView
+from .model import GpuState, PoolView, Usage
 
 log = logging.getLogger("canhazgpu.serve")
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import anyio
 
-from .core import Core, Reservation
+from .core import Core
+from .request import Reservation
 from .errors import BackendUnavailable, CanHazGpuError
 from .identity import Caller
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass, replace
 
 import anyio
 
-from .core import Core, QueueStatus, Request, Reservation
+from .core import Core
+from .request import QueueStatus, Request, Reservation
 from .errors import BackendUnavailable, CanHazGpuError
 from .events import Disconnected, Event, EventHub, Message, Resync
 from .identity import Caller

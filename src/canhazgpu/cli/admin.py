@@ -22,7 +22,7 @@ Examples:
 @click.pass_obj
 async def admin(state, count, provider, force, as_json):
     """Initialise or resize the GPU pool of this host."""
-    from ..core import parse_count
+    from ..request import parse_count
     if count is not None:
         count = parse_count(count)
     result = await state.core.setup_pool(count, provider, force)

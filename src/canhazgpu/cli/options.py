@@ -20,7 +20,7 @@ def gpu_selection(func):
 
 async def build_request(state, count, gpu_ids, kind, duration_s, note):
     """Validate the selection against the pool and return (Request, pool size)."""
-    from ..core import Request, parse_count, parse_ids
+    from ..request import Request, parse_count, parse_ids
     if count is not None and gpu_ids is not None:
         raise InvalidRequest("use either --gpus N or --gpu-ids IDS, not both")
     size = await state.core.pool_size()

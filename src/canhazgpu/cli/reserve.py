@@ -55,7 +55,7 @@ Examples:
 @click.pass_obj
 async def release(state, gpu_ids, user, force, as_json):
     """Release your reservations."""
-    from ..core import parse_ids
+    from ..request import parse_ids
     ids = parse_ids(gpu_ids) if gpu_ids is not None else None
     released = await state.core.release(state.caller(), ids=ids, user=user, force=force)
     if as_json:

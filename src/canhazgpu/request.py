@@ -1,0 +1,88 @@
+"""What callers ask the core for, and what they get back; parsed and validated at the edge."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from .errors import InvalidRequest
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a caller asks for: a count or specific ids, of one kind, for a while."""
+
+    count: int | None = None
+    ids: tuple[int, ...] | None = None
+    kind: str = "manual"  # "run" or "manual"
+    duration_s: float = 1800.0  # manual: the reservation's length
+    note: str = ""
+
+    @property
+    def size(self) -> int:
+        return len(self.ids) if self.ids is not None else int(self.count or 0)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A granted reservation: what a supervisor needs to keep it alive and end it."""
+
+    rid: str
+    gpus: tuple[int, ...]
+    user: str
+    kind: str
+    ttl_s: float
+    record: dict  # the json the scripts store with each hold
+
+    def env_value(self) -> str:
+        return ",".join(str(i) for i in self.gpus)
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    """Where a waiter stands: 1-based position (0 once out of the queue), GPUs so far."""
+
+    position: int
+    gpus: tuple[int, ...]
+    done: bool
+    queued: int
+
+    @classmethod
+    def decode(cls, data: str) -> QueueStatus:
+        doc = json.loads(data)
+        gpus = doc.get("gpus") or []
+        return cls(int(doc["position"]), tuple(gpus if isinstance(gpus, list) else ()),
+                   bool(doc["done"]), int(doc.get("queued", 0)))
+
+
+def parse_count(text, pool_size: int | None = None) -> int:
+    """A GPU count from the user: a whole number from 1 to the pool size."""
+    try:
+        count = int(str(text).strip())
+    except ValueError:
+        count = 0
+    if count < 1 or str(text).strip().startswith("+"):
+        limit = f"1 to {pool_size}" if pool_size else "1 or more"
+        raise InvalidRequest(f"invalid GPU count {text!r}: use a whole number from {limit}")
+    if pool_size is not None and count > pool_size:
+        raise InvalidRequest(
+            f"invalid GPU count {count}: this pool has {pool_size} GPUs (use 1 to {pool_size})"
+        )
+    return count
+
+
+def parse_ids(text: str, pool_size: int | None = None) -> tuple[int, ...]:
+    """GPU ids from the user, e.g. '1,3': distinct whole numbers inside the pool."""
+    parts = [p.strip() for p in str(text).split(",")]
+    if not parts or any(not p.isdigit() for p in parts):
+        raise InvalidRequest(f"invalid GPU ids {text!r}: use comma-separated numbers, e.g. 1,3")
+    ids = tuple(int(p) for p in parts)
+    if len(set(ids)) != len(ids):
+        raise InvalidRequest(f"invalid GPU ids {text!r}: each GPU may appear only once")
+    if pool_size is not None:
+        outside = [i for i in ids if i >= pool_size]
+        if outside:
+            raise InvalidRequest(
+                f"invalid GPU id {outside[0]}: this pool has GPUs 0 to {pool_size - 1}"
+            )
+    return ids
