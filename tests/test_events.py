@@ -52,11 +52,19 @@ def test_a_release_under_running_processes_is_unreserved_detected():
     assert events[0]["users"] == ["bob"] and events[0]["memory_used_mb"] == 3000
 
 
-def test_errors_come_first_and_new_gpus_are_a_baseline():
+def test_errors_come_first_and_new_gpus_are_a_baseline_for_usage_only():
     before = facts_of(view(gpu(0, used=3000, pids=(7,))))
-    events = diff(before, view(gpu(0, error="GPU is lost"), gpu(1, used=5000, pids=(9,))))
-    assert [e["type"] for e in events] == ["gpu_error", "usage_changed", "unreserved_cleared"]
+    events = diff(before, view(gpu(0, error="GPU is lost"), gpu(1, used=5000, pids=(9,)),
+                               gpu(2, used=10), gpu(3, error="NotSupported")))
+    assert [(e["type"], e["gpus"]) for e in events] == [
+        ("gpu_error", [0]), ("usage_changed", [0]), ("unreserved_cleared", [0]),
+        ("unreserved_detected", [1]), ("gpu_error", [3])]
     assert events[2]["status"] == "error"
+
+
+def test_the_first_scan_announces_what_is_wrong_already():
+    events = diff({}, view(gpu(0, used=10), gpu(1, used=5000, pids=(9,)), gpu(2, hold=True)))
+    assert [(e["type"], e["gpus"]) for e in events] == [("unreserved_detected", [1])]
 
 
 # ---------------------------------------------------------------- the line format

@@ -69,20 +69,26 @@ def _unreserved_event(g: GpuState) -> dict:
     return ev
 
 
+NOTHING_KNOWN = Facts(error=None, in_use=False, pids=(), unreserved=False)
+
+
 def diff(before: dict[int, Facts], view: PoolView) -> list[dict]:
     """The events that take `before` to `view`, per GPU in id order: error, usage, unreserved.
 
-    GPUs without a `before` (first scan, pool grown) are a baseline: no events.
+    A GPU without a `before` (first scan with no stored snapshot, pool grown) is a baseline
+    for its usage, but what is wrong with it is news: unreserved use and errors are published.
     """
     events: list[dict] = []
     for g in view.gpus:
         old, new = before.get(g.gpu), Facts.of(g)
-        if old is None or old == new:
+        baseline = old is None
+        old = old or NOTHING_KNOWN
+        if old == new:
             continue
         if new.error != old.error:
             events.append({"type": "gpu_error", "gpus": [g.gpu], "error": new.error}
                           if new.error else {"type": "gpu_recovered", "gpus": [g.gpu]})
-        if (new.in_use, new.pids) != (old.in_use, old.pids):
+        if (new.in_use, new.pids) != (old.in_use, old.pids) and not baseline:
             events.append(_usage_event(g, old, new))
         if new.unreserved and not old.unreserved:
             events.append(_unreserved_event(g))
@@ -98,7 +104,7 @@ class Scanner:
         self.core = core
         self.interval_s = interval_s
         self.trouble = trouble  # trouble(where, error | None): the daemon logs each once
-        self.published: dict[int, Facts] | None = None  # None: no baseline yet
+        self.published: dict[int, Facts] = {}  # empty: nothing known yet
 
     async def baseline(self) -> None:
         """Start from the stored snapshot, so a daemon restart neither repeats nor misses."""
@@ -133,7 +139,7 @@ class Scanner:
         self.trouble("scan", None)
         try:
             view = await self.core.view(usage)
-            events = diff(self.published, view) if self.published is not None else []
+            events = diff(self.published, view)
             await self.core.publish_usage(usage, events)
         except CanHazGpuError as err:
             self.trouble("snapshot", err)  # nothing published: the same changes next time
