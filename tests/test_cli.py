@@ -20,7 +20,12 @@ def admin(cli):
 
 
 def test_help_on_every_command_has_examples(cli):
-    for cmd in ("", "admin", "status", "reserve", "release", "run", "report"):
+    from canhazgpu.cli.main import _register, cli as group
+    _register()
+    commands = sorted(group.commands)
+    assert {"admin", "status", "reserve", "release", "run", "report", "wait", "queue",
+            "serve", "events"} <= set(commands)
+    for cmd in ["", *commands]:
         proc = cli(*(cmd.split() + ["--help"]), check=0)
         assert "Examples:" in proc.stdout, cmd
 
