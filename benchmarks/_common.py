@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -67,3 +68,29 @@ def wall(args: list[str], runs: int = 20) -> float:
                        capture_output=True)
         times.append(time.perf_counter() - t0)
     return median(times) * 1e3
+
+
+def wait_for_line(path: Path, text: str, timeout: float = 30.0) -> None:
+    """Wait for a log line of a process we started (no event to wait on: re-read the log)."""
+    deadline = time.monotonic() + timeout
+    while text not in path.read_text():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"daemon did not start: {path.read_text()}")
+        time.sleep(0.05)
+
+
+@contextmanager
+def daemon(env: dict):
+    """`canhazgpu serve` as its own process, running until the block ends; yields it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "serve.log"
+        with open(log, "w") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "canhazgpu", "serve"],
+                                    env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                                    stderr=out)
+        try:
+            wait_for_line(log, "serving host")
+            yield proc
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=15)

@@ -11,7 +11,7 @@ import time
 
 import anyio
 
-from _common import bench_env, machine, percentile, wall
+from _common import bench_env, daemon, machine, percentile, wall
 from canhazgpu.config import load
 from canhazgpu.core import Core, Request
 from canhazgpu.errors import NotEnoughGpus
@@ -25,7 +25,7 @@ async def clients(n: int) -> dict:
     config = load()
     me = current()
     cores = [Core(config) for _ in range(n)]
-    await cores[0].setup_pool(8, "fake", force=True)
+    await cores[0].setup_pool(8, "fake", force=False)
     latencies: list[float] = []
     pairs = short = 0
 
@@ -56,21 +56,24 @@ async def clients(n: int) -> dict:
             "p99_ms": percentile(latencies, 99) * 1e3, "short": short}
 
 
+def table(title: str) -> None:
+    print(f"{title}\n")
+    print("| clients | pairs/s | p50 ms | p99 ms | refused allocations/s |")
+    print("|---:|---:|---:|---:|---:|")
+    for n in (1, 16, 64):
+        r = anyio.run(clients, n)
+        print(f"| {n} | {r['pairs_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+              f"{r['refused_per_s']:.0f} |")
+    print()
+
+
 def main() -> None:
-    with bench_env():
-        print(f"machine: {machine()}")
-        print("| clients | pairs/s | p50 ms | p99 ms | refused allocations/s |")
-        print("|---:|---:|---:|---:|---:|")
-        for n in (1, 16, 64):
-            r = anyio.run(clients, n)
-            print(f"| {n} | {r['pairs_per_s']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-                  f"{r['refused_per_s']:.0f} |")
-        print()
+    with bench_env() as (env, _):
+        print(f"machine: {machine()}\n")
+        table("No daemon: every allocation scans the (fake) GPUs itself, in a worker thread")
+        with daemon(env):
+            table("With `canhazgpu serve`: allocations use its fresh usage snapshot, no scan")
         print(f"canhazgpu --help: median {wall(['--help']):.0f} ms wall (20 runs)")
-        for fmt in ("lines", "table"):
-            print(f"canhazgpu status --format {fmt}: median {wall(['status', '--format', fmt]):.0f} ms "
-                  f"wall (20 runs)")
-        print(f"canhazgpu status --json: median {wall(['status', '--json']):.0f} ms wall (20 runs)")
 
 
 if __name__ == "__main__":

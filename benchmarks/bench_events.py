@@ -24,14 +24,13 @@ import random
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import anyio
 import psutil
 
-from _common import bench_env, machine, median, percentile, wall
+from _common import bench_env, daemon, machine, median, percentile, wall
 from canhazgpu.config import load
 from canhazgpu.core import Core, Request
 from canhazgpu.events import Event, EventHub
@@ -115,14 +114,6 @@ async def measure(env: dict) -> dict:
     return {"events": ms, "usage": usage, "reclaim": reclaim}
 
 
-def wait_for_line(path: Path, text: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in path.read_text():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"daemon did not start: {path.read_text()}")
-        time.sleep(0.05)
-
-
 def idle_cpu_percent(pid: int) -> float:
     proc = psutil.Process(pid)
     before, t0 = proc.cpu_times(), time.monotonic()
@@ -133,23 +124,15 @@ def idle_cpu_percent(pid: int) -> float:
 
 
 def main() -> None:
-    with bench_env(gpus=8) as (env, _), tempfile.TemporaryDirectory() as tmp:
+    with bench_env(gpus=8) as (env, _):
         env = {**os.environ, **env}
         subprocess.run([sys.executable, "-m", "canhazgpu", "admin", "--gpus", "8"],
                        check=True, capture_output=True, env=env)
-        log = Path(tmp) / "serve.log"
-        with open(log, "w") as out:
-            daemon = subprocess.Popen([sys.executable, "-m", "canhazgpu", "serve"], env=env,
-                                      stdout=subprocess.DEVNULL, stderr=out)
-        try:
-            wait_for_line(log, "serving host")
+        with daemon(env) as proc:
             got = anyio.run(measure, env)
             time.sleep(2)  # let the last reclaim's after-effects settle before idling
-            cpu = idle_cpu_percent(daemon.pid)
+            cpu = idle_cpu_percent(proc.pid)
             status_ms = wall(["status"])
-        finally:
-            daemon.send_signal(signal.SIGTERM)
-            daemon.wait(timeout=15)
     ev, usage, reclaim = got["events"], got["usage"], got["reclaim"]
     print(f"machine: {machine()}")
     print("| measure | samples | p50 | p99 | max | target |")

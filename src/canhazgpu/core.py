@@ -209,7 +209,9 @@ class Core:
         threshold = self.config.memory_threshold
         mode, want = ("ids", ",".join(map(str, req.ids))) if req.ids is not None \
             else ("count", req.count)
-        snapshot = json.dumps(usage.to_json(threshold)) if usage.source != "daemon" else ""
+        # our own scan tells the queue which GPUs are busy (the daemon's is stored already)
+        snapshot = json.dumps(usage.to_json(threshold, full=False)) \
+            if usage.source != "daemon" else ""
         status, data = await self._script("allocate", [
             mode, want, ",".join(map(str, usage.busy(threshold))),
             ",".join(map(str, usage.errors())), json.dumps(record), int(ttl * 1000),

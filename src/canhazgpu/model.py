@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -133,10 +133,16 @@ class Usage:
     def errors(self) -> list[int]:
         return [g.index for g in self.gpus if g.error]
 
-    def to_json(self, threshold_mb: int) -> dict:
-        return {"scanned_ms": self.scanned_ms, "source": self.source,
-                "threshold_mb": threshold_mb, "busy": self.busy(threshold_mb) + self.errors(),
-                "gpus": [asdict(g) for g in self.gpus]}
+    def to_json(self, threshold_mb: int, *, full: bool = True) -> dict:
+        """The stored snapshot. `busy` is what the queue's grants need; `full` adds every
+        GPU's facts (the daemon's snapshot, which status reads instead of scanning)."""
+        doc = {"scanned_ms": self.scanned_ms, "source": self.source,
+               "threshold_mb": threshold_mb, "busy": self.busy(threshold_mb) + self.errors()}
+        if full:
+            doc["gpus"] = [{**vars(g), "processes": [{**vars(p), "cmdline": list(p.cmdline)}
+                                                     for p in g.processes]}
+                           for g in self.gpus]
+        return doc
 
     @classmethod
     def from_json(cls, data: dict) -> Usage:

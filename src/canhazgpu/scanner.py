@@ -110,7 +110,7 @@ class Scanner:
         """Start from the stored snapshot, so a daemon restart neither repeats nor misses."""
         try:
             snap = await self.core.store.read_usage()
-            if snap:
+            if snap and snap.get("source") == "daemon":  # a CLI's holds only `busy`
                 self.published = facts_of(await self.core.view(Usage.from_json(snap)))
         except PoolNotInitialized:
             pass  # nothing to compare with: the first scan is the baseline
