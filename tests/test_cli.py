@@ -265,3 +265,15 @@ def test_mru_strategy_prefers_my_recent_gpus(admin):
     admin("release", check=0)
     # LRU (the default) hands out the least recently released instead
     assert admin("reserve", "--short", check=0).stdout == "0\n"
+
+
+def test_no_arguments_prints_help(cli):
+    proc = cli()
+    assert proc.returncode == 0 and proc.stdout.startswith("Usage: canhazgpu")
+    assert "Error" not in proc.stderr + proc.stdout
+
+
+def test_unknown_command_is_a_usage_error(cli):
+    proc = cli("bogus")
+    assert proc.returncode == 2 and proc.stderr == \
+        "Error: No such command 'bogus'. (see 'canhazgpu --help')\n"

@@ -6,6 +6,7 @@ import sys
 
 import anyio
 import asyncclick as click
+from asyncclick.exceptions import NoArgsIsHelpError
 
 from ..errors import CanHazGpuError
 from . import output
@@ -84,6 +85,9 @@ async def _amain(args: list[str]) -> int:
     except CanHazGpuError as err:
         output.error(str(err))
         return err.exit_code
+    except NoArgsIsHelpError as err:  # plain `canhazgpu`: the help, not an error
+        output.emit(err.ctx.get_help() if err.ctx else str(err))
+        return 0
     except click.UsageError as err:
         hint = f" (see 'canhazgpu {err.ctx.command_path.split(' ', 1)[1]} --help')" \
             if err.ctx and " " in err.ctx.command_path else " (see 'canhazgpu --help')"
