@@ -298,3 +298,18 @@ async def test_estimate_comes_from_manual_expiry_times(pool, me):
     # run reservations have no known end: no estimate beyond what manual ones free
     behind = await estimate(pool, QueueStatus(2, (), False, 2), 1)
     assert behind.eta_s is None
+
+
+async def test_plain_release_leaves_a_waiting_request_alone(pool, me):
+    holds = await fill(pool, me)
+    async with anyio.create_task_group() as tg:
+        w = Waiters(tg, pool, me)
+        w.start("me", Request(count=2, kind="manual"))
+        await wait_queue(pool, 1)
+        await pool.release(me, ids=(0,))  # the waiter now holds GPU 0 and waits for one more
+        released = await pool.release(person(me, "me"))  # `canhazgpu release` by the waiter
+        assert 0 not in released
+        await pool.release(me, ids=(1,))
+        await w.until(lambda: len(w.granted) == 1)
+        assert w.granted == [("me", (0, 1))]
+    assert holds

@@ -31,7 +31,7 @@ else
   for i = 0, n - 1 do
     local h = holds[i]
     if h and ((mode == 'rid' and h.rid == arg)
-        or (mode == 'mine' and h.user == caller and h.kind == 'manual')
+        or (mode == 'mine' and h.user == caller and h.kind == 'manual' and not h.waiting)
         or (mode == 'user' and h.user == arg)) then
       picked[#picked + 1] = i
     end
