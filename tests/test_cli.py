@@ -277,3 +277,14 @@ def test_unknown_command_is_a_usage_error(cli):
     proc = cli("bogus")
     assert proc.returncode == 2 and proc.stderr == \
         "Error: No such command 'bogus'. (see 'canhazgpu --help')\n"
+
+
+def test_memory_threshold_flag_decides_unreserved(admin, fake_gpus):
+    fake_gpus.write([{"index": 1, "memory_used_mb": 3000}])
+    default = json.loads(admin("status", "--json", check=0).stdout)
+    assert default["gpus"][1]["status"] == "unreserved" and default["threshold_mb"] == 1024
+    high = json.loads(admin("--memory-threshold", 5000, "status", "--json", check=0).stdout)
+    assert high["gpus"][1]["status"] == "available" and high["threshold_mb"] == 5000
+    env = json.loads(admin("status", "--json", extra_env={"CANHAZGPU_MEMORY_THRESHOLD": "5000"},
+                           check=0).stdout)
+    assert env["gpus"][1]["status"] == "available"
