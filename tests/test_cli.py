@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 
@@ -288,3 +289,19 @@ def test_memory_threshold_flag_decides_unreserved(admin, fake_gpus):
     env = json.loads(admin("status", "--json", extra_env={"CANHAZGPU_MEMORY_THRESHOLD": "5000"},
                            check=0).stdout)
     assert env["gpus"][1]["status"] == "available"
+
+
+def test_releasing_a_running_jobs_gpu_is_not_undone_by_its_heartbeat(admin, tmp_path):
+    ready = tmp_path / "ready"
+    proc = admin.popen("run", "--gpus", 2, "--", sys.executable, "-c",
+                       f"import pathlib, time; pathlib.Path({str(ready)!r}).write_text('x'); "
+                       "time.sleep(60)", extra_env={"CANHAZGPU_HEARTBEAT_INTERVAL": "0.2s"},
+                       stderr=subprocess.PIPE, text=True)
+    wait_until(ready.exists)
+    admin("release", "--gpu-ids", 1, check=0)  # the owner gives one GPU back by hand
+    warning = proc.stderr.readline()  # the next heartbeat notices, once
+    assert "GPU 1 no longer reserved for this command" in warning
+    assert held_gpus(admin) == {0}  # and did not take it back
+    proc.terminate()
+    proc.wait(timeout=20)
+    assert held_gpus(admin) == set()

@@ -64,7 +64,8 @@ class Store:
 
     def base_keys(self) -> list[str]:
         return [self.key(k) for k in
-                ("pool", "holds", "released", "history", "seq", "queue", "waiters", "usage")]
+                ("pool", "holds", "released", "history", "seq", "queue", "waiters", "usage",
+                 "ended")]
 
     def keys_for(self, count: int) -> list[str]:
         return self.base_keys() + [self.lease_key(i) for i in range(count)]

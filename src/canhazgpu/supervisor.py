@@ -68,6 +68,7 @@ class Supervisor:
         """Heartbeat; through a Redis outage keep trying, and re-establish the lease after."""
         lost_contact = False
         first = True
+        gone: set[int] = set()  # GPUs no longer ours, said once
         while True:
             if not (first and self.renew_at_start):
                 await anyio.sleep(self.heartbeat_s if not lost_contact else 1.0)
@@ -86,9 +87,11 @@ class Supervisor:
             if lost_contact:
                 self.warn("Redis is reachable again; reservation renewed")
                 lost_contact = False
-            if lost:
-                self.warn(f"GPU {','.join(map(str, lost))} was reserved by someone else while "
-                          "our lease had lapsed; this command may now share it")
+            if set(lost) - gone:
+                gone |= set(lost)
+                self.warn(f"GPU {','.join(map(str, sorted(gone)))} no longer reserved for this "
+                          "command: released by its owner or an admin, or taken by someone "
+                          "else while our lease had lapsed")
 
     async def _forward_signals(self, proc) -> None:
         with anyio.open_signal_receiver(*FORWARDED) as signals:

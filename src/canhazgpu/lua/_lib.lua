@@ -1,10 +1,11 @@
 -- Shared prelude, prepended by store.py to every script (Redis has no includes).
 -- KEYS: 1 pool, 2 holds, 3 released, 4 history, 5 seq, 6 queue, 7 waiters, 8 usage,
---       9.. lease:0..N-1
+--       9 ended, 10.. lease:0..N-1
 -- ARGV: 1 events channel, 2 host, 3.. the operation's own values
-local K_POOL, K_HOLDS, K_RELEASED, K_HISTORY, K_SEQ, K_QUEUE, K_WAITERS, K_USAGE =
-  1, 2, 3, 4, 5, 6, 7, 8
-local LEASE0 = 9
+local K_POOL, K_HOLDS, K_RELEASED, K_HISTORY, K_SEQ, K_QUEUE, K_WAITERS, K_USAGE, K_ENDED =
+  1, 2, 3, 4, 5, 6, 7, 8, 9
+local LEASE0 = 10
+local ENDED_KEEP_MS = 86400000
 local CHANNEL, HOST = ARGV[1], ARGV[2]
 local HISTORY_CAP = 100000
 
@@ -72,6 +73,17 @@ local function all_holds(n)
   return out
 end
 
+-- Reservations ended on purpose (released, reclaimed, forced), by rid: a heartbeat must not
+-- bring those back, whereas a lease that merely lapsed (Redis was away) is re-established.
+local function mark_ended(rid)
+  redis.call('ZADD', KEYS[K_ENDED], NOW, rid)
+  redis.call('ZREMRANGEBYSCORE', KEYS[K_ENDED], '-inf', NOW - ENDED_KEEP_MS)
+end
+
+local function was_ended(rid)
+  return redis.call('ZSCORE', KEYS[K_ENDED], rid) ~= false
+end
+
 -- End one GPU's hold: history record, last-released time, lease gone. No event (grouped by caller).
 local function end_hold(i, h, reason)
   local end_ms = NOW
@@ -80,6 +92,7 @@ local function end_hold(i, h, reason)
   end
   redis.call('HDEL', KEYS[K_HOLDS], tostring(i))
   redis.call('DEL', lease_key(i))
+  if reason ~= 'expired' then mark_ended(h.rid) end
   redis.call('HSET', KEYS[K_RELEASED], tostring(i), tostring(end_ms) .. '|' .. (h.user or ''))
   redis.call('ZADD', KEYS[K_HISTORY], end_ms, cjson.encode({
     gpu = i, rid = h.rid, user = h.user, kind = h.kind, start_ms = h.start_ms,

@@ -1,5 +1,6 @@
 -- Keep a reservation's leases alive, and re-establish any that lapsed (Redis was
--- unreachable, or restarted without its data) when nobody else holds the GPU now.
+-- unreachable, or restarted without its data) when nobody else holds the GPU now. A GPU
+-- whose reservation was ended on purpose (released by its owner or an admin) is lost.
 -- ARGV: 3 rid, 4 ids csv, 5 reservation json, 6 ttl ms
 -- Returns {'OK', lost ids} where lost GPUs are now held by another reservation.
 local n, bad = check_pool()
@@ -16,7 +17,7 @@ for _, i in ipairs(csv_ids(ARGV[4])) do
     if h.kind == 'manual' then h.expires_ms = NOW + ttl end
     redis.call('HSET', KEYS[K_HOLDS], tostring(i), cjson.encode(h))
     redis.call('SET', lease_key(i), rid, 'PX', ttl)
-  elseif h or i >= n then
+  elseif h or i >= n or was_ended(rid) then
     lost[#lost + 1] = i
   else
     put_hold(i, base, ttl)
