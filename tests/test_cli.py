@@ -305,3 +305,10 @@ def test_releasing_a_running_jobs_gpu_is_not_undone_by_its_heartbeat(admin, tmp_
     proc.terminate()
     proc.wait(timeout=20)
     assert held_gpus(admin) == set()
+
+
+def test_large_output_is_complete_through_a_pipe(cli):
+    # more than a pipe buffer (64 KiB) of JSON: everything is flushed before the fast exit
+    cli("admin", "--gpus", 300, check=0)
+    out = cli("status", "--json", check=0).stdout
+    assert len(out) > 65536 and len(json.loads(out)["gpus"]) == 300

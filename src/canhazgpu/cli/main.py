@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 
 import anyio
@@ -107,4 +109,23 @@ def main() -> None:
         code = anyio.run(_amain, sys.argv[1:])
     except KeyboardInterrupt:
         code = 130
-    sys.exit(code)
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    exit_now(code)
+
+
+def exit_now(code: int) -> None:
+    """Flush what we wrote, then leave without the interpreter's teardown.
+
+    Tearing down the modules (redis-py, asyncio, ...) costs ~35 ms of CPU on every command
+    on a 2-core machine: a third of `--help`, and time a finished `run` takes from the next
+    job. Nothing of ours needs it: children are reaped, files closed, Redis connections end
+    with the process, log handlers are flushed here.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    logging.shutdown()
+    os._exit(code)
