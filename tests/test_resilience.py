@@ -46,3 +46,27 @@ def test_run_survives_a_redis_restart_and_renews_its_lease(cli, tmp_path):
         assert all(g["reservation"] is None for g in out["gpus"])
     finally:
         server.stop()
+
+
+def test_a_waiter_keeps_its_place_across_a_redis_restart(cli, tmp_path):
+    server = RedisServer(tmp_path / "redis", persist=True).start()
+    env = {"CANHAZGPU_REDIS_URL": server.url, "CANHAZGPU_QUEUE_LEASE": "3s"}
+    try:
+        cli("admin", "--gpus", 1, extra_env=env, check=0)
+        cli("reserve", extra_env=env, check=0)
+        out = tmp_path / "ran"
+        proc = cli.popen("wait", "--quiet", "--", sys.executable, "-c",
+                         f"import pathlib; pathlib.Path({str(out)!r}).write_text('x')",
+                         extra_env=env)
+
+        def queued():
+            q = cli("queue", "--json", extra_env=env)
+            return q.returncode == 0 and len(json.loads(q.stdout)) == 1
+        wait_until(queued)
+        server.stop()  # clean shutdown: the queue is in the AOF
+        server = RedisServer(tmp_path / "redis", persist=True).start()
+        wait_until(queued)  # still there after the restart
+        cli("release", extra_env=env, check=0)  # the waiter's grant arrives as an event
+        assert proc.wait(timeout=30) == 0 and out.exists()
+    finally:
+        server.stop()
