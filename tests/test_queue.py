@@ -313,3 +313,26 @@ async def test_plain_release_leaves_a_waiting_request_alone(pool, me):
         await w.until(lambda: len(w.granted) == 1)
         assert w.granted == [("me", (0, 1))]
     assert holds
+
+
+async def test_shrinking_the_pool_drops_requests_it_can_never_meet(pool, me):
+    await fill(pool, me)
+    req_big, req_id = Request(count=6, kind="run"), Request(ids=(7,), kind="run")
+    for req in (req_big, req_id, Request(count=2, kind="run")):
+        await pool.enqueue(pool.new_reservation(req, me), req)
+    await pool.setup_pool(4, "fake", force=True)
+    state = await pool.store.read_state()
+    # the 2-GPU request fits the new pool and is granted at once; the others left
+    assert state["queue"] == [] and state["waiters"] == {}
+    assert set(state["holds"]) == {0, 1}
+
+
+async def test_a_waiter_hears_at_once_that_a_shrunk_pool_cannot_meet_it(pool, me):
+    await fill(pool, me)
+    async with anyio.create_task_group() as tg:
+        w = Waiters(tg, pool, me)
+        w.start("big", Request(count=6, kind="run"))
+        await wait_queue(pool, 1)
+        await pool.setup_pool(4, "fake", force=True)
+        await w.until(lambda: "big" in w.errors, timeout=2)  # well before any heartbeat
+    assert isinstance(w.errors["big"], LostPlace) and "resized" in str(w.errors["big"])

@@ -22,6 +22,13 @@ from .identity import Caller
 WAKING = ("released", "expired", "reclaimed", "forced", "left", "granted", "unreserved_cleared")
 
 
+LEFT = {  # why a waiter was taken out of the queue by someone else
+    "pool_changed": "the pool was resized and can no longer meet this request; left the queue",
+    "expired": "our place in the queue expired (no heartbeat in time): run the command again",
+    None: "taken out of the queue: run the command again",
+}
+
+
 class WaitTimedOut(CanHazGpuError):
     """Gave up waiting (--timeout / --wait D); the place in the queue was given back."""
 
@@ -137,6 +144,8 @@ class Waiter:
             if isinstance(item, Event):
                 if item.rid == self.wid and item.type == "granted" and item.data.get("complete"):
                     self._stop(QueueStatus(0, item.gpus, True, 0))
+                elif item.rid == self.wid and item.type == "left":
+                    self._stop(LostPlace(LEFT.get(item.data.get("reason"), LEFT[None])))
                 elif item.type in WAKING and self.progress is not None:
                     await self._refresh()  # our position or estimate may have changed
             elif isinstance(item, Message):

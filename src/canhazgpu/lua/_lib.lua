@@ -206,7 +206,7 @@ local function drop_waiter(n, wid, reason)
     ended[#ended + 1] = i
   end
   if w then
-    publish({type = 'left', rid = wid, user = w.user, reason = reason, gpus = ended})
+    publish({type = 'left', rid = wid, user = w.user, reason = reason, gpus = ended}, wid)
   end
   return ended
 end

@@ -28,4 +28,14 @@ for i = new, math.max(old, new) - 1 do redis.call('HDEL', KEYS[K_RELEASED], tost
 redis.call('HSET', KEYS[K_POOL], 'count', tostring(new), 'provider', provider,
            'updated_ms', tostring(NOW))
 publish({type = 'pool_changed', count = new, old_count = old, provider = provider})
+-- Queued requests the new pool can never meet leave the queue now rather than wait forever.
+for _, wid in ipairs(redis.call('LRANGE', KEYS[K_QUEUE], 0, -1)) do
+  local w = get_waiter(wid)
+  local fits = w ~= nil and waiter_want(w) <= new
+  if fits and w.mode == 'ids' then
+    for _, i in ipairs(w.ids) do if i >= new then fits = false end end
+  end
+  if w and not fits then drop_waiter(math.max(old, new), wid, 'pool_changed') end
+end
+grant_queue(new)
 return {'OK', cjson.encode({old = old, new = new})}
