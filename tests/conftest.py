@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import asynccontextmanager
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import anyio
 import pytest
 import redis
 
@@ -162,3 +164,20 @@ def held_gpus(cli) -> set[int]:
     """GPU ids with a live reservation, from `canhazgpu status --json`."""
     data = json.loads(cli("status", "--json", check=0).stdout)
     return {g["id"] for g in data["gpus"] if g["reservation"]}
+
+
+@asynccontextmanager
+async def lease_expiry(store, gpus):
+    """Listen for Redis's `expired` notifications of these GPUs' leases (subscribed before
+    the block runs); `await expired()` returns once every one of them has run out."""
+    from canhazgpu.events import EventHub, Message
+    hub = EventHub(store, (store.expired_channel,), host_events=False)
+    async with hub.running(), hub.listen() as stream:
+        async def expired(timeout: float = 5.0) -> None:
+            left = set(gpus)
+            with anyio.fail_after(timeout):
+                while left:
+                    item = await stream.receive()
+                    if isinstance(item, Message):
+                        left.discard(store.gpu_of_lease_key(item.data))
+        yield expired

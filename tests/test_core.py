@@ -9,6 +9,7 @@ import anyio
 import pytest
 
 from canhazgpu.core import Request
+from conftest import lease_expiry
 from canhazgpu.errors import (GpusUnavailable, InvalidRequest, NotEnoughGpus, NotOwner,
                               PoolBusy, PoolNotInitialized)
 
@@ -28,7 +29,7 @@ async def test_count_allocation_is_lru_with_ties_by_lowest_id(pool, me):
     first = await pool.allocate(Request(count=2), me)
     assert first.gpus == (0, 1)
     await pool.release(me, ids=(1,))
-    await anyio.sleep(0.002)
+    await anyio.sleep(0.002)  # release times are in ms: let the clock tick between the two
     await pool.release(me, ids=(0,))
     nxt = await pool.allocate(Request(count=3), me)
     assert nxt.gpus == (2, 3, 4)  # never-released GPUs first, lowest id first
@@ -43,7 +44,7 @@ async def test_lru_prefers_the_gpu_released_longest_ago(pool, me):
     res = await pool.allocate(Request(count=8), me)
     for gpu in (5, 2, 7):
         await pool.release(me, ids=(gpu,))
-        await anyio.sleep(0.002)
+        await anyio.sleep(0.002)  # release times are in ms: let the clock tick
     assert (await pool.allocate(Request(count=1), me)).gpus == (5,)
     assert (await pool.allocate(Request(count=1), me)).gpus == (2,)
     assert res.gpus == tuple(range(8))
@@ -113,8 +114,9 @@ async def test_plain_release_ends_only_my_manual_reservations(pool, me):
 
 
 async def test_expired_lease_is_never_shown_as_held(pool, me, rclient, env):
-    await pool.allocate(Request(count=2, duration_s=0.05), me)
-    await anyio.sleep(0.1)
+    async with lease_expiry(pool.store, {0, 1}) as expired:
+        await pool.allocate(Request(count=2, duration_s=0.05), me)
+        await expired()
     # nothing has finalized it, yet it is gone from every view and count
     assert rclient.hlen(f"canhazgpu:{{{env['CANHAZGPU_HOST']}}}:holds") == 2
     assert all(g.hold is None for g in (await pool.view()).gpus)
@@ -122,8 +124,9 @@ async def test_expired_lease_is_never_shown_as_held(pool, me, rclient, env):
 
 
 async def test_sweep_finalizes_into_history(pool, me):
-    await pool.allocate(Request(count=2, duration_s=0.05), me)
-    await anyio.sleep(0.1)
+    async with lease_expiry(pool.store, {0, 1}) as expired:
+        await pool.allocate(Request(count=2, duration_s=0.05), me)
+        await expired()
     assert await pool.sweep() == [0, 1]
     assert await pool.sweep() == []
     rows = await pool.store.history(0)
@@ -134,8 +137,9 @@ async def test_sweep_finalizes_into_history(pool, me):
 
 async def test_heartbeat_extends_and_reestablishes_a_lapsed_lease(pool, me, rclient):
     res = await pool.allocate(Request(count=2, kind="run"), me)
-    assert await pool.heartbeat(res, ttl_s=0.05) == []
-    await anyio.sleep(0.1)
+    async with lease_expiry(pool.store, {0, 1}) as expired:
+        assert await pool.heartbeat(res, ttl_s=0.05) == []
+        await expired()
     assert all(g.hold is None for g in (await pool.view()).gpus)
     assert await pool.heartbeat(res) == []  # back, nobody took them
     assert [g.hold.rid for g in (await pool.view()).gpus[:2]] == [res.rid, res.rid]
@@ -149,8 +153,9 @@ async def test_heartbeat_extends_and_reestablishes_a_lapsed_lease(pool, me, rcli
 
 async def test_heartbeat_reports_gpus_taken_by_someone_else(pool, me):
     res = await pool.allocate(Request(count=1, kind="run"), me)
-    await pool.heartbeat(res, ttl_s=0.03)
-    await anyio.sleep(0.06)
+    async with lease_expiry(pool.store, {0}) as expired:
+        await pool.heartbeat(res, ttl_s=0.03)
+        await expired()
     await pool.allocate(Request(ids=(0,)), other(me))
     assert await pool.heartbeat(res) == [0]
 

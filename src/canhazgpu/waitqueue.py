@@ -67,11 +67,10 @@ class Waiter:
     async def wait(self, timeout_s: float | None = None) -> Reservation:
         """Queue for the request; return the granted reservation (leases on the queue TTL)."""
         store = self.core.store
-        db = store.redis.connection_pool.connection_kwargs.get("db", 0)
         res = self.core.new_reservation(self.req, self.caller)
         # A quiet waiter listens only to its own channel (its grant) and to lease expiry:
         # a hundred waiters must not all wake up for every change on the host.
-        hub = EventHub(store, (f"{store.channel}:{res.rid}", f"__keyevent@{db}__:expired"),
+        hub = EventHub(store, (f"{store.channel}:{res.rid}", store.expired_channel),
                        host_events=self.progress is not None)
         async with hub.running(), hub.listen() as stream:
             status = await self.core.enqueue(res, self.req)
