@@ -312,3 +312,12 @@ def test_large_output_is_complete_through_a_pipe(cli):
     cli("admin", "--gpus", 300, check=0)
     out = cli("status", "--json", check=0).stdout
     assert len(out) > 65536 and len(json.loads(out)["gpus"]) == 300
+
+
+def test_corrupt_state_names_the_key_and_heals_on_the_next_change(admin, rclient):
+    rclient.hset("canhazgpu:{testhost}:holds", "3", "not json")
+    proc = admin("status")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "canhazgpu:{testhost}:holds" in proc.stderr and proc.stderr.count("\n") == 1
+    admin("reserve", "--gpu-ids", 5, check=0)  # any script finalizes what it cannot read
+    assert held_gpus(admin) == {5}
