@@ -158,12 +158,11 @@ class Core:
         by_index = {g.index: g for g in usage.gpus}
         gpus = []
         for i in range(count):
-            raw = state["holds"].get(i)
-            live = raw is not None and state["leases"].get(i) == raw.get("rid")
+            raw = state["live"].get(i)
             released = state["released"].get(str(i))
             gpus.append(GpuState(
                 gpu=i,
-                hold=_hold(i, raw) if live else None,
+                hold=_hold(i, raw) if raw is not None else None,
                 last_released_ms=int(released.split("|")[0]) if released else None,
                 usage=by_index.get(i),
                 threshold_mb=self.config.memory_threshold,
@@ -307,6 +306,5 @@ class Core:
         now = state["now_ms"]
         since = now - int(days * 86400 * 1000)
         rows = await self.store.history(since)
-        rows += [{**raw, "end_ms": now} for i, raw in state["holds"].items()
-                 if state["leases"].get(i) == raw.get("rid")]
+        rows += [{**raw, "end_ms": now} for raw in state["live"].values()]
         return summarize(rows, since, now, days)

@@ -142,11 +142,14 @@ class Store:
         leases = replies[6] if count else []
         if int(pool.get("count", 0) or 0) != count:  # resized between the two reads
             return await self.read_state()
+        holds = {int(k): self.decode(self.key("holds"), v) for k, v in holds.items()}
+        leases = dict(enumerate(leases))
         return {
             "now_ms": int(now[0]) * 1000 + int(now[1]) // 1000,
             "pool": pool,
-            "holds": {int(k): self.decode(self.key("holds"), v) for k, v in holds.items()},
-            "leases": dict(enumerate(leases)),
+            "holds": holds,
+            # a hold is live only while its lease names it: the one place that decides
+            "live": {i: h for i, h in holds.items() if leases.get(i) == h.get("rid")},
             "released": released,
             "queue": queue,
             "waiters": {k: self.decode(self.key("waiters"), v) for k, v in waiters.items()},

@@ -115,11 +115,10 @@ class OwnerWatcher:
         """The live, complete `run` reservations made on this machine, by reservation id."""
         host, machine = self.core.config.host_name, socket.gethostname()
         out: dict[str, Owner] = {}
-        for gpu, hold in state["holds"].items():
-            live = state["leases"].get(gpu) == hold.get("rid")
+        for gpu, hold in state["live"].items():
             here = hold.get("host") == host and hold.get("machine", machine) == machine
             try:
-                if live and here and hold.get("kind") == "run" and not hold.get("waiting") \
+                if here and hold.get("kind") == "run" and not hold.get("waiting") \
                         and int(hold.get("pid", 0)) > 0:
                     out[hold["rid"]] = Owner(int(hold["pid"]),
                                              float(hold.get("pid_start") or 0.0))
