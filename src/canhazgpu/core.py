@@ -132,14 +132,12 @@ class Core:
         if snap and snap.get("source") == "daemon" and \
                 time.time() * 1000 - int(snap.get("scanned_ms", 0)) <= max_age_ms:
             return Usage.from_json(snap)
-        return await self.scan(write=False)
+        return await self.scan()
 
-    async def scan(self, *, write: bool, source: str = "cli") -> Usage:
+    async def scan(self, source: str = "cli") -> Usage:
+        """Read every GPU now (the snapshot is stored by the allocate or usage script)."""
         provider = await self.provider()
-        usage = Usage(int(time.time() * 1000), tuple(await provider.scan()), source)
-        if write:
-            await self.store.write_usage(usage.to_json(self.config.memory_threshold))
-        return usage
+        return Usage(int(time.time() * 1000), tuple(await provider.scan()), source)
 
     async def publish_usage(self, usage: Usage, events: list[dict]) -> int:
         """Store a scan as the host's snapshot and publish the events derived from it."""

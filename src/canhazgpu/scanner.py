@@ -132,7 +132,7 @@ class Scanner:
     async def scan_once(self) -> list[dict]:
         """One scan; returns the events published (none when the scan or Redis failed)."""
         try:
-            usage = await self.core.scan(write=False, source="daemon")
+            usage = await self.core.scan(source="daemon")
         except CanHazGpuError as err:
             self.trouble("scan", err)
             return []

@@ -166,10 +166,6 @@ class Store:
         rows = await self.guard(self.redis.zrangebyscore(self.key("history"), since_ms, "+inf"))
         return [self.decode(self.key("history"), r) for r in rows]
 
-    async def write_usage(self, snapshot: dict) -> None:
-        """Store the latest GPU scan (an observation, not a state change)."""
-        await self.guard(self.redis.set(self.key("usage"), json.dumps(snapshot)))
-
     async def read_usage(self) -> dict | None:
         raw = await self.guard(self.redis.get(self.key("usage")))
         return self.decode(self.key("usage"), raw) if raw else None
