@@ -148,6 +148,14 @@ local function released_ms(i)
   return tonumber(ms or '0'), user or ''
 end
 
+-- Candidates {gpu, key} in allocation order: smallest key (last release) first, ties by id.
+local function by_key_then_id(cands)
+  table.sort(cands, function(a, b)
+    if a.key ~= b.key then return a.key < b.key end
+    return a.gpu < b.gpu
+  end)
+end
+
 local function ids_json(list)
   if #list == 0 then return '[]' end
   return cjson.encode(list)
@@ -252,10 +260,7 @@ local function grant_queue(n)
           cands[#cands + 1] = {gpu = i, key = released_ms(i)}
         end
       end
-      table.sort(cands, function(a, b)
-        if a.key ~= b.key then return a.key < b.key end
-        return a.gpu < b.gpu
-      end)
+      by_key_then_id(cands)
       local new = {}
       for k = 1, math.min(need, #cands) do
         local base = w.base

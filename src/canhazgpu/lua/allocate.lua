@@ -50,10 +50,7 @@ else
     end
   end
   if #cands < count then return {"SHORT", tostring(#cands) .. "," .. tostring(n_unreserved)} end
-  table.sort(cands, function(a, b)
-    if a.key ~= b.key then return a.key < b.key end
-    return a.gpu < b.gpu
-  end)
+  by_key_then_id(cands)
   for k = 1, count do chosen[k] = cands[k].gpu end
   table.sort(chosen)
 end
