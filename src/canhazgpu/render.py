@@ -85,7 +85,7 @@ def _line(g: GpuState, now_ms: int) -> str:
     if status == "reserved":
         return head + _reserved_line(g, now_ms)
     if status == "error":
-        return f"{head}ERROR ({g.usage.error})"
+        return f"{head}ERROR ({g.error})"
     if status == "unreserved":
         return f"{head}IN USE WITHOUT RESERVATION by {_who(g.usage.users)} - " \
                + _unreserved_usage(g.usage)
@@ -149,7 +149,7 @@ def _cells(g: GpuState, now_ms: int) -> list[str]:
         return [str(g.gpu), "in use", hold.user, short(_age_s(now_ms, hold.start_ms)),
                 hold.kind, model, _hold_detail(hold, now_ms, short), seen]
     if status == "error":
-        return [str(g.gpu), "error", "", "", "", "", "", f"error: {usage.error}"]
+        return [str(g.gpu), "error", "", "", "", "", "", f"error: {g.error}"]
     if status == "unreserved":
         return [str(g.gpu), "in use", ",".join(usage.users) or "unknown", "", "", model,
                 "WITHOUT RESERVATION", _unreserved_usage(usage)]
@@ -196,7 +196,7 @@ def _gpu_json(g: GpuState, now_ms: int) -> dict:
         "memory_total_mb": usage.memory_total_mb if usage else None,
         "name": usage.name if usage else None,
         "uuid": usage.uuid if usage else None,
-        "error": usage.error if usage else None,
+        "error": g.error,
         "users": list(usage.users) if usage else [],
         "processes": [{"pid": p.pid, "name": p.name, "user": p.user,
                        "used_memory_mb": p.used_memory_mb, "cmdline": list(p.cmdline)}

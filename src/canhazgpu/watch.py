@@ -24,6 +24,7 @@ from .core import Core
 from .errors import CanHazGpuError
 from .events import Event, Resync
 from .identity import Caller
+from .model import State
 
 log = logging.getLogger("canhazgpu.serve")
 
@@ -111,21 +112,12 @@ class OwnerWatcher:
             self._dirty = anyio.Event()
             await self.reconcile()
 
-    def wanted(self, state: dict) -> dict[str, Owner]:
+    def wanted(self, state: State) -> dict[str, Owner]:
         """The live, complete `run` reservations made on this machine, by reservation id."""
         host, machine = self.core.config.host_name, socket.gethostname()
-        out: dict[str, Owner] = {}
-        for gpu, hold in state["live"].items():
-            here = hold.get("host") == host and hold.get("machine", machine) == machine
-            try:
-                if here and hold.get("kind") == "run" and not hold.get("waiting") \
-                        and int(hold.get("pid", 0)) > 0:
-                    out[hold["rid"]] = Owner(int(hold["pid"]),
-                                             float(hold.get("pid_start") or 0.0))
-            except (KeyError, TypeError, ValueError):
-                log.warning("corrupt reservation for GPU %s in %s: %.80r", gpu,
-                            self.core.store.key("holds"), hold)
-        return out
+        return {h.rid: Owner(h.pid, h.pid_start) for h in state.holds.values()
+                if h.host == host and (h.machine or machine) == machine and h.kind == "run"
+                and not h.waiting and h.pid > 0}
 
     async def reconcile(self) -> None:
         """Watch exactly the reservations that need it, from a fresh read of the state."""

@@ -16,7 +16,7 @@ import time
 import anyio
 
 from .. import render
-from ..errors import BackendUnavailable, CanHazGpuError
+from ..errors import BackendUnavailable
 from ..events import Disconnected, Event, EventHub, Resync, line
 from . import output
 from .lifetime import ReaderGone, until_signalled, write_line
@@ -36,17 +36,12 @@ class Consumer:
 
     async def run(self) -> None:
         hub = EventHub(self.state.core.store)
-        outcome: CanHazGpuError | None = None
         async with hub.running(), hub.listen() as items:
             try:
                 await self.start()
                 await self._loop(items)
-            except CanHazGpuError as err:
-                outcome = err  # raised out here, not wrapped by the hub's task group
             except ReaderGone:
                 pass
-        if outcome is not None:
-            raise outcome
 
     async def _loop(self, items) -> None:
         while True:
