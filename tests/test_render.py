@@ -7,12 +7,13 @@ import json
 import os
 import re
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from canhazgpu import render
-from canhazgpu.model import GpuProcess, GpuState, GpuUsage, Hold, PoolView
+from canhazgpu.model import GpuProcess, GpuState, GpuUsage, Hold, PoolView, Usage
 
 NOW = 1_700_000_000_000
 SCRIPTS = Path(__file__).parent / "fixtures" / "seed_scripts"
@@ -116,7 +117,9 @@ SAME_PROCESS = proc(11111, "python3", "alice", 2000)
     # seeds/003 "Planning Allocations": no usage known, no bracket
     (gpu(0, released_s=7200), "GPU 0: AVAILABLE (last released 2h 0m 0s ago)"),
     # shapes the documents imply
-    (gpu(0, usage=use(0, 45)), "GPU 0: AVAILABLE (never reserved) [validated: 45MB used]"),
+    # never reserved: as the original prints it (DESIGN.md)
+    (gpu(0, usage=use(0, 45)), "GPU 0: AVAILABLE [validated: 45MB used]"),
+    (gpu(0), "GPU 0: AVAILABLE"),
     (gpu(6, usage=use(6, 2048)), "GPU 6: IN USE WITHOUT RESERVATION by user unknown - 2048MB used"),
     (gpu(5, usage=GpuUsage(index=5, error="GPU is lost")), "GPU 5: ERROR (GPU is lost)"),
     (gpu(7, hold=run(7, "dave", 60, 2)), "GPU 7: IN USE by dave for 0h 1m 0s "
@@ -124,13 +127,13 @@ SAME_PROCESS = proc(11111, "python3", "alice", 2000)
     (gpu(7, hold=run(7, "dave", 60, 2), usage=GpuUsage(index=7, error="GPU is lost")),
      "GPU 7: IN USE by dave for 0h 1m 0s (run, last heartbeat 0h 0m 2s ago) "
      "[validation failed: GPU is lost]"),
-    # reserved: idle up to the threshold, used above it even without visible processes
-    (gpu(4, hold=manual(4, "frank", 60, 60), usage=use(4, OLD)),
+    # reserved: idle below the threshold, used from it on even without visible processes
+    (gpu(4, hold=manual(4, "frank", 60, 60), usage=use(4, OLD - 1)),
      "GPU 4: IN USE by frank for 0h 1m 0s (manual, expires in 0h 1m 0s) "
      "[validated: no actual usage detected]"),
-    (gpu(4, hold=manual(4, "frank", 60, 60), usage=use(4, OLD + 1)),
+    (gpu(4, hold=manual(4, "frank", 60, 60), usage=use(4, OLD)),
      "GPU 4: IN USE by frank for 0h 1m 0s (manual, expires in 0h 1m 0s) "
-     "[validated: 101MB, 0 processes]"),
+     "[validated: 100MB, 0 processes]"),
     # granted to a queued request that still waits for the rest of its GPUs
     (gpu(2, hold=run(2, "gina", 10, 1, waiting=True)),
      "GPU 2: IN USE by gina for 0h 0m 10s (run, waiting for more GPUs)"),
@@ -143,12 +146,21 @@ def test_every_line_shape(state, line):
     assert render.render_lines(view(state)) == line
 
 
-def test_threshold_decides_unreserved_and_is_exclusive():
-    """Over the threshold is in use; at or under it the GPU is available (1024 MB newer)."""
+def test_threshold_decides_unreserved_and_is_inclusive():
+    """At or above the threshold is in use; below it the GPU is available (DESIGN.md)."""
+    under = gpu(2, usage=use(2, 1023, *BOB_TWO), threshold=1024)
     at = gpu(2, usage=use(2, 1024, *BOB_TWO), threshold=1024)
-    over = gpu(2, usage=use(2, 1025, *BOB_TWO), threshold=1024)
-    assert render.render_lines(view(at)).startswith("GPU 2: AVAILABLE (never reserved)")
-    assert "WITHOUT RESERVATION by user bob - 1025MB" in render.render_lines(view(over))
+    assert render.render_lines(view(under)) == "GPU 2: AVAILABLE [validated: 1023MB used]"
+    assert "WITHOUT RESERVATION by user bob - 1024MB" in render.render_lines(view(at))
+    assert (under.status, at.status) == ("available", "unreserved")
+    usage = Usage(scanned_ms=NOW, gpus=(use(0, 1023), use(1, 1024), use(2, 5000)))
+    assert usage.busy(1024) == [1, 2]
+
+
+def test_document_003_example_at_the_newer_threshold():
+    """The documents' scene with the default 1 GB threshold: bob's 1024MB is in use."""
+    newer = view(*(replace(g, threshold_mb=1024) for g in DOC_003.gpus))
+    assert render.render_lines(newer) == DOC_003_TEXT
 
 
 # ---------------------------------------------------------------- the documents' scripts

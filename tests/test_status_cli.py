@@ -30,7 +30,7 @@ def staged(cli, fake_gpus, tmp_path):
     3 manual and idle, 4 three users unreserved, 5-7 idle."""
     me_proc = [{"pid": os.getpid(), "name": "python3", "user": "me", "used_memory_mb": 8000}]
     scene = [{"index": 0, "memory_used_mb": 45},
-             {"index": 2, "memory_used_mb": 1069, "processes": BOB},
+             {"index": 2, "memory_used_mb": 1024, "processes": BOB},
              {"index": 4, "memory_used_mb": 2048, "processes": CROWD}]
     fake_gpus.write(scene)
     cli("admin", "--gpus", 8, check=0)
@@ -50,11 +50,12 @@ def staged(cli, fake_gpus, tmp_path):
 def test_plain_status_in_a_pipe_is_the_line_format(staged):
     lines = staged("status", check=0).stdout.splitlines()
     assert len(lines) == 8 and all(line.startswith("GPU ") for line in lines)
-    assert lines[0] == "GPU 0: AVAILABLE (never reserved) [validated: 45MB used]"
+    assert lines[0] == "GPU 0: AVAILABLE [validated: 45MB used]"
     assert lines[1].startswith("GPU 1: IN USE by ") and \
         "(run, last heartbeat 0h 0m " in lines[1] and \
         lines[1].endswith("[validated: 8452MB, 1 processes]")
-    assert lines[2] == ("GPU 2: IN USE WITHOUT RESERVATION by user bob - 1069MB used by "
+    # seeds/003 line by line: 1024MB is in use at the default 1024 MB threshold
+    assert lines[2] == ("GPU 2: IN USE WITHOUT RESERVATION by user bob - 1024MB used by "
                         "PID 12345 (python3), PID 67890 (jupyter)")
     assert "(manual, expires in 3h 59m" in lines[3] and \
         lines[3].endswith("[validated: no actual usage detected]")
@@ -100,7 +101,7 @@ def test_the_documents_scripts_work_unchanged_against_the_real_command(staged, e
                                             3: "reserved", 4: "unauthorized", 5: "available",
                                             6: "available", 7: "available"}
         assert [(v["users"], v["memory_mb"]) for v in parsers.check_unreserved_usage()] == [
-            ("bob", 1069), ("alice, bob and charlie", 2048)]
+            ("bob", 1024), ("alice, bob and charlie", 2048)]
     finally:
         os.environ.clear()
         os.environ.update(old)

@@ -35,14 +35,14 @@ def _heartbeat_ms(hold: Hold) -> int:
 
 def _validation(g: GpuState, *, busy: str, idle: str, failed: str) -> str:
     """What a reserved GPU is really doing, in one of three texts: `idle` when no process
-    runs and the memory is at the idle baseline, `failed` when the GPU could not be read,
+    runs and the memory is below the threshold, `failed` when the GPU could not be read,
     else `busy`. They may use {mb}, {count} and {error}. Empty when no usage is known."""
     usage = g.usage
     if usage is None:
         return ""
     if usage.error:
         text = failed
-    elif not usage.processes and usage.memory_used_mb <= g.threshold_mb:
+    elif not usage.processes and not g.in_use:
         text = idle
     else:
         text = busy
@@ -89,12 +89,11 @@ def _line(g: GpuState, now_ms: int) -> str:
     if status == "unreserved":
         return f"{head}IN USE WITHOUT RESERVATION by {_who(g.usage.users)} - " \
                + _unreserved_usage(g.usage)
-    if g.last_released_ms is None:
-        since = "never reserved"
-    else:
-        since = f"last released {hms(_age_s(now_ms, g.last_released_ms))} ago"
+    # never reserved: nothing in parentheses, as the original prints it
+    since = "" if g.last_released_ms is None else \
+        f" (last released {hms(_age_s(now_ms, g.last_released_ms))} ago)"
     seen = f" [validated: {g.usage.memory_used_mb}MB used]" if g.usage else ""
-    return f"{head}AVAILABLE ({since}){seen}"
+    return f"{head}AVAILABLE{since}{seen}"
 
 
 def _reserved_line(g: GpuState, now_ms: int) -> str:
