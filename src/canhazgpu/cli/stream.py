@@ -17,7 +17,8 @@ import anyio
 
 from .. import render
 from ..errors import BackendUnavailable, CanHazGpuError
-from ..events import Disconnected, Event, EventHub, Resync, line
+from ..events import Disconnected, Event, EventHub, Resync
+from ..render import line
 from . import output
 from .lifetime import ReaderGone, until_signalled, write_line
 

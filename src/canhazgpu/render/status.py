@@ -9,9 +9,9 @@ Three views of the same state (docs/status.md):
 
 from __future__ import annotations
 
-from .gpu.models import model_of, model_provider
-from .model import GpuProcess, GpuState, GpuUsage, Hold, PoolView
-from .timefmt import coarse, hms, short
+from ..gpu.models import model_of, model_provider
+from ..model import GpuProcess, GpuState, GpuUsage, Hold, PoolView
+from ..timefmt import coarse, hms, short
 
 JSON_VERSION = 1
 DEFAULT_THRESHOLD_MB = 1024

@@ -1,0 +1,13 @@
+"""State in, text out: every screen of canhazgpu, as pure functions (no I/O).
+
+- status: the pool as lines (the documents' format, parsed by users' scripts), the table,
+  JSON and the summary (docs/status.md);
+- events: one human line per event;
+"""
+
+from .events import describe, line
+from .status import (JSON_VERSION, render_json, render_lines, render_summary, render_table,
+                     summary_counts)
+
+__all__ = ["JSON_VERSION", "describe", "line", "render_json", "render_lines", "render_summary",
+           "render_table", "summary_counts"]
