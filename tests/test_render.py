@@ -276,15 +276,20 @@ def columns(table: str) -> list[list[str]]:
     return [[line[a:b].strip() for a, b in zip(starts, ends)] for line in lines]
 
 
+QWEN = proc(31337, "python3", "dave", 9000, ["vllm", "serve", "Qwen/Qwen2-7B"])
+
+
 def test_table_matches_the_document_where_values_fit():
     table = render.render_table(view(gpu(3, hold=manual(3, "charlie", 2700, 26100),
-                                         usage=use(3, 0), threshold=1024)))
-    header, rule, row = table.split("\n")
+                                         usage=use(3, 0), threshold=1024),
+                                     gpu(6, hold=run(6, "dave", 60, 5), usage=use(6, 9000, QWEN),
+                                         threshold=1024)), width=200)
+    header, rule, charlie, _ = table.split("\n")
     assert (header, rule) == (DOC_000_HEADER, DOC_000_RULE)
     # The document's row starts VALIDATION one column left of its own header; ours follows
     # the header.
-    assert row == DOC_000_CHARLIE.replace(" 0s      no", " 0s       no")
-    assert row.index("no usage") == header.index("VALIDATION")
+    assert charlie == DOC_000_CHARLIE.replace(" 0s      no", " 0s       no")
+    assert charlie.index("no usage") == header.index("VALIDATION")
 
 
 def test_table_cells_of_the_documents():
@@ -312,9 +317,9 @@ def test_table_columns_grow_with_content_and_stay_aligned():
         assert line[offset - 1] == " " and line[offset] != " "
     assert all(line == line.rstrip() for line in lines)
     assert columns(render.render_table(view(gpu(0))))[2] == [
-        "0", "available", "", "", "", "", "free", ""]
+        "0", "available", "", "", "", "free", ""]
     waiting = view(gpu(2, hold=manual(2, "gina", 10, 50, waiting=True)))
-    assert columns(render.render_table(waiting))[2][6] == "waiting for more GPUs"
+    assert columns(render.render_table(waiting))[2][5] == "waiting for more GPUs"
     assert render.render_json(waiting)["gpus"][0]["reservation"]["waiting"] is True
 
 
@@ -326,6 +331,73 @@ def test_table_color_only_when_asked():
     rows = colored.split("\n")[2:]
     assert [re.match(r"\S+\s+\033\[(\d+)m", row).group(1) for row in rows] == [
         "33", "31", "32", "33", "31", "31"]  # reserved yellow, unreserved/error red
+
+
+def test_table_shows_model_and_note_only_when_some_gpu_has_one():
+    """Without models and notes the table is 91 columns, not 108 or more."""
+    plain = render.render_table(view(gpu(0, usage=use(0, 45)),
+                                     gpu(1, hold=manual(1, "charlie", 60, 60))))
+    assert plain.split("\n")[0].split() == ["GPU", "STATUS", "USER", "DURATION", "TYPE",
+                                            "DETAILS", "VALIDATION"]
+    assert max(map(len, plain.split("\n")[:2])) == 91
+    noted = view(gpu(0, usage=use(0, 45)),
+                 gpu(1, hold=manual(1, "charlie", 60, 60, note="paper deadline\nfriday")))
+    header, _, free, held = columns(render.render_table(noted))
+    assert header[-1] == "NOTE" and "MODEL" not in header
+    assert (free[-1], held[-1]) == ("", "paper deadline friday")  # one line, always
+    # the lines keep the documents' format: no note there
+    assert render.render_lines(noted).split("\n")[1] == \
+        "GPU 1: IN USE by charlie for 0h 1m 0s (manual, expires in 0h 1m 0s)"
+    assert render.render_json(noted)["gpus"][1]["reservation"]["note"] == \
+        "paper deadline\nfriday"
+
+
+NOTED = view(*MIXED.gpus[:3], gpu(3, hold=manual(3, "charlie", 2700, 26100, note="fine-tuning "
+                                                 "llama for the paper, please keep"),
+                                  usage=use(3, 0)), *MIXED.gpus[4:])
+
+
+def cut_from(full: str, shown: str) -> bool:
+    """`shown` is `full`, or its start with an ellipsis."""
+    return shown == full or (shown.endswith("…") and full.startswith(shown[:-1]))
+
+
+@pytest.mark.parametrize("width", [80, 120])
+@pytest.mark.parametrize("pool", [MIXED, NOTED, view(*MIXED.gpus[2:])], ids=["models", "note",
+                                                                           "plain"])
+def test_table_fits_the_terminal(pool, width):
+    full, fitted = render.render_table(pool), render.render_table(pool, width=width)
+    lines = fitted.split("\n")
+    assert len(full) > len(fitted) and all(len(line) <= width for line in lines)
+    want, got = columns(full), columns(fitted)
+    assert got[0] == want[0]  # every column still there, the titles whole
+    for full_row, row in zip(want[2:], got[2:]):
+        assert all(cut_from(a, b) for a, b in zip(full_row, row)), row
+        assert row[:2] == full_row[:2] and row[3:5] == full_row[3:5]  # GPU STATUS DURATION TYPE
+        assert row[2] == full_row[2] or len(full_row[2]) > 8  # USER: names of up to 8 whole
+    # what says what is going on keeps the most room: at 120 DETAILS whole, VALIDATION at
+    # least 12 wide even at 80 with every column shown
+    details, validation = want[0].index("DETAILS"), want[0].index("VALIDATION")
+    assert [r[details] for r in got[2:]] == [r[details] for r in want[2:]] or width == 80
+    assert all(len(r[validation]) >= min(12, len(w[validation]))
+               for r, w in zip(got[2:], want[2:]))
+
+
+def test_table_at_80_columns_without_models():
+    assert render.render_table(view(*MIXED.gpus[2:]), width=80) == """\
+GPU STATUS    USER     DURATION TYPE   DETAILS              VALIDATION
+--- --------- -------- -------- ------ -------------------- --------------------
+2   available                          free for 2h          45MB used
+3   in use    charlie  45m 0s   manual expires in 7h 15m 0s no usage detected
+4   in use    root,al…                 WITHOUT RESERVATION  3072MB used by PID …
+5   error                                                   error: GPU is lost"""
+
+
+def test_table_that_fits_is_not_cut_and_colour_survives_the_cut():
+    assert render.render_table(MIXED, width=200) == render.render_table(MIXED)
+    assert "teknium/OpenHermes-2.5-Mistral-7B" in render.render_table(MIXED, width=200)
+    colored = render.render_table(MIXED, color=True, width=80)
+    assert re.sub(r"\033\[\d+m", "", colored) == render.render_table(MIXED, width=80)
 
 
 # ---------------------------------------------------------------- JSON

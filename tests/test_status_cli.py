@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -114,3 +116,35 @@ def test_unreserved_gpus_are_excluded_from_allocation(staged):
                            "(2 GPUs in use without reservation - run 'canhazgpu status' for "
                            "details)\n")
     assert staged("reserve", "--gpus", 4, "--short", check=0).stdout == "0,5,6,7\n"
+
+
+def test_a_note_is_a_table_column_and_in_json_but_not_in_the_lines(staged):
+    staged("reserve", "--gpu-ids", 5, "--note", "paper deadline", check=0)
+    table = staged("status", "--format", "table", check=0).stdout.splitlines()
+    assert table[0].split()[-1] == "NOTE"
+    assert table[2 + 5].endswith(" paper deadline") and table[2 + 3].endswith("no usage detected")
+    lines = staged("status", check=0).stdout.splitlines()
+    assert re.fullmatch(r"GPU 5: IN USE by \S+ for 0h 0m \d+s \(manual, expires in 0h \d+m \d+s\) "
+                        r"\[validated: no actual usage detected\]", lines[5]), lines[5]
+    doc = json.loads(staged("status", "--json", check=0).stdout)
+    assert doc["gpus"][5]["reservation"]["note"] == "paper deadline"
+    assert doc["gpus"][3]["reservation"]["note"] == ""
+
+
+@pytest.mark.parametrize("columns", [80, 200])
+def test_the_table_fits_the_terminal(staged, env, columns):
+    from test_tty import Terminal
+    script = f"{shlex.join([sys.executable, '-m', 'canhazgpu', 'status'])}; echo END"
+    term = Terminal(["sh", "-c", script], {k: v for k, v in env.items() if k != "NO_COLOR"}
+                    | {"TERM": "xterm", "COLUMNS": str(columns)})
+    term.expect(b"END")
+    assert term.close() == 0
+    rows = re.sub(r"\x1b\[\d+m", "", term.seen.decode()).replace("\r\n", "\n").splitlines()
+    rows = rows[:rows.index("END")]
+    assert rows[0].startswith("GPU STATUS") and len(rows) == 2 + 8
+    assert max(map(len, rows)) <= columns
+    model = "mistralai/Mistral-7B-Instruct-v0.1"
+    if columns == 80:
+        assert model not in rows[2 + 2] and "mistr…" in rows[2 + 2] and "…" in rows[2 + 4]
+    else:
+        assert model in rows[2 + 2] and "2 more" in rows[2 + 4]

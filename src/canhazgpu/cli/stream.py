@@ -159,7 +159,8 @@ class StatusFollower(Consumer):
         elif self.mode == "lines":
             body = render.render_lines(view)
         else:
-            body = render.render_table(view, color=output.use_color())
+            body = render.render_table(view, color=output.use_color(),
+                                       width=shutil.get_terminal_size().columns)
         self.redraw(self.header(view, event) + "\n" + body)
 
     def header(self, view, event) -> str:
