@@ -457,3 +457,59 @@ def test_summary_lines():
         "Available GPUs: 2 out of 8\nIn use with reservations: 4 GPUs\nUnreserved usage: 2 GPUs")
     assert render.render_summary(MIXED).split("\n")[1:] == [
         "In use with reservations: 2 GPUs", "Unreserved usage: 2 GPUs", "In error: 1 GPU"]
+
+
+# ---------------------------------------------------------------- queue and report tables
+QUEUE = [{"position": 1, "id": "w1", "user": "alice", "requested": [1, 3], "granted": [3],
+          "waiting_s": 95.0, "type": "run", "note": "eval for the paper, please let me in"},
+         {"position": 2, "id": "w2", "user": "bob", "requested": 2, "granted": [],
+          "waiting_s": 4.2, "type": "manual", "note": ""}]
+
+
+def test_queue_table():
+    assert render.render_queue(QUEUE) == """\
+POS  USER   REQUESTED  GRANTED  WAITING  NOTE
+1    alice  GPUs 1,3   3        1m 35s   eval for the paper, please let me in
+2    bob    2 GPU(s)   -        4s"""
+    narrow = render.render_queue(QUEUE, 60).split("\n")
+    assert max(map(len, narrow)) == 60 and narrow[1].endswith("  eval for the paper…")
+    assert render.render_queue([]) == "The queue is empty."
+
+
+REPORT = {"days": 7, "since_ms": 0, "now_ms": 0, "total_gpu_hours": 41.5, "users": [
+    {"user": "alice", "gpu_hours": 30.25, "run": 4, "manual": 1, "percent": 72.9},
+    {"user": "bob", "gpu_hours": 11.25, "run": 0, "manual": 2, "percent": 27.1}]}
+
+
+def test_report_text_of_the_documentation():
+    assert render.render_report(REPORT) == """\
+GPU usage over the last 7 days: 41.50 GPU hours
+USER   GPU HOURS   SHARE   RUN  MANUAL
+alice      30.25   72.9%     4       1
+bob        11.25   27.1%     0       2"""
+    assert render.render_report({**REPORT, "days": 1, "total_gpu_hours": 0.0, "users": []}) \
+        == "GPU usage over the last 1 day: 0.00 GPU hours\nNo reservations in this period."
+
+
+def record(user, start_s, end_s, rid="r", kind="run"):
+    return {"user": user, "rid": rid, "kind": kind, "start_ms": int(start_s * 1000),
+            "end_ms": int(end_s * 1000)}
+
+
+def test_report_of_a_short_run_never_shows_zero_hours_and_a_share():
+    from canhazgpu.accounting import summarize
+    data = summarize([record("me", 100, 101)], 0, 200_000, 0.5)  # one GPU for a second
+    (me,) = data["users"]
+    assert me["gpu_hours"] == data["total_gpu_hours"] == round(1 / 3600, 6)
+    assert me["percent"] == 100.0
+    head, _, row = render.render_report(data).split("\n")
+    assert head == "GPU usage over the last 0.5 days: <0.01 GPU hours"
+    assert row.split() == ["me", "<0.01", "100.0%", "1", "0"]
+    # nothing at all (a reservation that ended as it began): no share either
+    none = summarize([record("me", 100, 100)], 0, 200_000, 1)
+    assert (none["users"][0]["gpu_hours"], none["users"][0]["percent"]) == (0.0, 0.0)
+    assert render.render_report(none).split("\n")[2].split() == ["me", "0.00", "0.0%", "1", "0"]
+    # shares are of the hours shown: they add up to 100
+    data = summarize([record("a", 0, 3600, "1"), record("b", 0, 7200, "2")], 0, 10_000_000, 1)
+    assert [(u["user"], u["gpu_hours"], u["percent"]) for u in data["users"]] == [
+        ("b", 2.0, 66.7), ("a", 1.0, 33.3)]

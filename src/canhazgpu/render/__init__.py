@@ -3,11 +3,13 @@
 - status: the pool as lines (the documents' format, parsed by users' scripts), the table,
   JSON and the summary (docs/status.md);
 - events: one human line per event;
+- tables: the column layout they share (fitted to the terminal), the queue and the report.
 """
 
 from .events import describe, line
 from .status import (JSON_VERSION, render_json, render_lines, render_summary, render_table,
                      summary_counts)
+from .tables import render_queue, render_report
 
-__all__ = ["JSON_VERSION", "describe", "line", "render_json", "render_lines", "render_summary",
-           "render_table", "summary_counts"]
+__all__ = ["JSON_VERSION", "describe", "line", "render_json", "render_lines", "render_queue",
+           "render_report", "render_summary", "render_table", "summary_counts"]

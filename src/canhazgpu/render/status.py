@@ -21,7 +21,8 @@ DEFAULT_THRESHOLD_MB = 1024
 # Minimum widths are the documents' own, so a table of short values matches them exactly.
 # MODEL and NOTE appear only when some GPU has one.
 # On a narrow terminal DETAILS and VALIDATION keep the most room: they say what is going on.
-COLUMNS = (Column("GPU", 3), Column("STATUS", 9), Column("USER", 8, flexible=True, keep=8, least=8),
+COLUMNS = (Column("GPU", 3), Column("STATUS", 9),
+           Column("USER", 8, flexible=True, keep=8, least=8),
            Column("DURATION", 11), Column("TYPE", 7),
            Column("MODEL", 16, flexible=True, keep=8),
            Column("DETAILS", 26, flexible=True, keep=20),

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..timefmt import short
+
 ELLIPSIS = "…"
 RESET = "\033[0m"
 
@@ -81,3 +83,47 @@ def table(columns: Sequence[Column], rows: Sequence[Sequence[str]], limit: int |
     if rule:
         head.append(line(["-" * w for w in widths], widths, columns, gap))
     return "\n".join(head + [line(row, widths, columns, gap) for row in rows])
+
+
+# ---------------------------------------------------------------- the queue (docs/queue.md)
+QUEUE_COLUMNS = (Column("POS"), Column("USER"), Column("REQUESTED"), Column("GRANTED"),
+                 Column("WAITING"), Column("NOTE", flexible=True))
+
+
+def render_queue(rows: Sequence[dict], width: int | None = None) -> str:
+    """Who waits for what, in order: the rows of `canhazgpu queue --json`."""
+    if not rows:
+        return "The queue is empty."
+    cells = [[str(r["position"]), r["user"],
+              f"GPUs {_ids(r['requested'])}" if isinstance(r["requested"], list)
+              else f"{r['requested']} GPU(s)",
+              _ids(r["granted"]) or "-", short(r["waiting_s"]), " ".join(r["note"].split())]
+             for r in rows]
+    return table(QUEUE_COLUMNS, cells, width, gap=2)
+
+
+def _ids(gpus) -> str:
+    return ",".join(map(str, gpus))
+
+
+# ---------------------------------------------------------------- the report (docs/report.md)
+REPORT_COLUMNS = (Column("USER", 4), Column("GPU HOURS", 9, right=True),
+                  Column("SHARE", 6, right=True), Column("RUN", 4, right=True),
+                  Column("MANUAL", 6, right=True))
+
+
+def render_report(data: dict) -> str:
+    """GPU hours per user, from the report document (`canhazgpu report --json`)."""
+    days = data["days"]
+    head = (f"GPU usage over the last {days:g} day{'' if days == 1 else 's'}: "
+            f"{hours(data['total_gpu_hours'])} GPU hours")
+    if not data["users"]:
+        return f"{head}\nNo reservations in this period."
+    cells = [[u["user"], hours(u["gpu_hours"]), f"{u['percent']:.1f}%", str(u["run"]),
+              str(u["manual"])] for u in data["users"]]
+    return f"{head}\n{table(REPORT_COLUMNS, cells, gap=2)}"
+
+
+def hours(value: float) -> str:
+    """'30.25'; '<0.01' for some use that two decimals would show as none."""
+    return "<0.01" if 0 < value < 0.005 else f"{value:.2f}"
