@@ -109,22 +109,6 @@ class PoolView:
     scanned_ms: int | None = None  # when the usage was scanned (None: no usage known)
     queue: tuple = field(default=())
 
-    @property
-    def available(self) -> tuple[GpuState, ...]:
-        return tuple(g for g in self.gpus if g.available)
-
-    @property
-    def reserved(self) -> tuple[GpuState, ...]:
-        return tuple(g for g in self.gpus if g.hold is not None)
-
-    @property
-    def unreserved(self) -> tuple[GpuState, ...]:
-        return tuple(g for g in self.gpus if g.unreserved)
-
-    @property
-    def errored(self) -> tuple[GpuState, ...]:
-        return tuple(g for g in self.gpus if g.errored)
-
 
 @dataclass(frozen=True)
 class Usage:
