@@ -29,7 +29,8 @@ from .config import Config
 from .core import Core
 from .embedded import RedisServer
 from .errors import BackendUnavailable, CanHazGpuError, PoolNotInitialized, boundary
-from .events import Disconnected, Event, EventHub, Message, Resync, line
+from .events import Disconnected, Event, EventHub, Message, Resync
+from .render import line
 from .scanner import Scanner
 from .store import HostLock, redacted
 from .watch import Owner, OwnerWatcher, same_process

@@ -5,6 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+def at_threshold(memory_used_mb: int, threshold_mb: int) -> bool:
+    """The one rule for "in use": at or above the threshold. The documents show a GPU with
+    1024MB used as IN USE WITHOUT RESERVATION under their 1 GB threshold (DESIGN.md)."""
+    return memory_used_mb >= threshold_mb
+
+
 @dataclass(frozen=True)
 class GpuProcess:
     """A process that has memory on a GPU, as a provider reports it."""
@@ -74,8 +80,9 @@ class GpuState:
 
     @property
     def in_use(self) -> bool:
-        """Used memory above the threshold: someone is computing on it."""
-        return self.usage is not None and self.usage.memory_used_mb > self.threshold_mb
+        """Used memory at or above the threshold: someone is computing on it."""
+        return self.usage is not None and at_threshold(self.usage.memory_used_mb,
+                                                       self.threshold_mb)
 
     @property
     def errored(self) -> bool:
@@ -112,22 +119,6 @@ class PoolView:
     scanned_ms: int | None = None  # when the usage was scanned (None: no usage known)
     queue: tuple = field(default=())
 
-    @property
-    def available(self) -> tuple[GpuState, ...]:
-        return tuple(g for g in self.gpus if g.available)
-
-    @property
-    def reserved(self) -> tuple[GpuState, ...]:
-        return tuple(g for g in self.gpus if g.hold is not None)
-
-    @property
-    def unreserved(self) -> tuple[GpuState, ...]:
-        return tuple(g for g in self.gpus if g.unreserved)
-
-    @property
-    def errored(self) -> tuple[GpuState, ...]:
-        return tuple(g for g in self.gpus if g.errored)
-
 
 @dataclass(frozen=True)
 class Usage:
@@ -138,7 +129,7 @@ class Usage:
     source: str = "cli"
 
     def busy(self, threshold_mb: int) -> list[int]:
-        return [g.index for g in self.gpus if g.memory_used_mb > threshold_mb]
+        return [g.index for g in self.gpus if at_threshold(g.memory_used_mb, threshold_mb)]
 
     def errors(self) -> list[int]:
         return [g.index for g in self.gpus if g.error]

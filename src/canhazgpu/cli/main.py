@@ -77,7 +77,7 @@ def _closer(state: Context):
 
 
 def _register() -> None:
-    from . import (admin, events, report, reserve, run, serve, status,  # noqa: F401
+    from . import (admin, events, queue, report, reserve, run, serve, status,  # noqa: F401
                    wait)  # (commands attach)
 
 

@@ -17,7 +17,8 @@ import anyio
 
 from .. import render
 from ..errors import BackendUnavailable
-from ..events import Disconnected, Event, EventHub, Resync, line
+from ..events import Disconnected, Event, EventHub, Resync
+from ..render import line
 from . import output
 from .lifetime import ReaderGone, until_signalled, write_line
 
@@ -153,7 +154,8 @@ class StatusFollower(Consumer):
         elif self.mode == "lines":
             body = render.render_lines(view)
         else:
-            body = render.render_table(view, color=output.use_color())
+            body = render.render_table(view, color=output.use_color(),
+                                       width=shutil.get_terminal_size().columns)
         self.redraw(self.header(view, event) + "\n" + body)
 
     def header(self, view, event) -> str:

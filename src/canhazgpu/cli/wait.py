@@ -1,4 +1,4 @@
-"""`canhazgpu wait` and `canhazgpu queue`: first come, first served."""
+"""`canhazgpu wait`: queue for GPUs, first come, first served."""
 
 from __future__ import annotations
 
@@ -99,34 +99,3 @@ async def wait(state, count, gpu_ids, note, timeout_text, duration_text, short, 
     output.emit(res.env_value() if short else
                 f"Reserved {len(res.gpus)} GPU(s): {res.env_value()}")
 
-
-@cli.command(epilog="""\b
-Examples:
-  canhazgpu queue
-  canhazgpu queue --json | jq length
-""")
-@click.option("--json", "as_json", is_flag=True, help="Print the queue as JSON.")
-@click.pass_obj
-async def queue(state, as_json):
-    """Show who is waiting for GPUs, in order."""
-    from ..timefmt import short
-    now, waiters = await state.core.queue()
-    rows = [{"position": pos, "id": w.wid, "user": w.user,
-             "requested": list(w.ids) if w.ids is not None else w.count,
-             "granted": list(w.granted), "waiting_s": round((now - w.enqueued_ms) / 1000, 1),
-             "type": w.kind, "note": w.note} for pos, w in enumerate(waiters, 1)]
-    if as_json:
-        output.emit_json(rows)
-        return
-    if not rows:
-        output.emit("The queue is empty.")
-        return
-    header = ("POS", "USER", "REQUESTED", "GRANTED", "WAITING", "NOTE")
-    table = [header] + [(
-        str(r["position"]), r["user"],
-        f"GPUs {','.join(map(str, r['requested']))}" if isinstance(r["requested"], list)
-        else f"{r['requested']} GPU(s)",
-        ",".join(map(str, r["granted"])) or "-", short(r["waiting_s"]), r["note"]) for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        output.emit("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
