@@ -33,7 +33,7 @@ from .events import Disconnected, Event, EventHub, Message, Resync
 from .render import line
 from .scanner import Scanner
 from .store import HostLock, redacted
-from .watch import Owner, OwnerWatcher, same_process
+from .watch import Owner, OwnerWatcher, exited, pidfd, same_process
 
 log = logging.getLogger("canhazgpu.serve")
 
@@ -275,18 +275,10 @@ async def _keep_running(server: RedisServer) -> None:
 async def _exited(proc) -> None:
     """Return once our child `proc` has exited (and reap it)."""
     try:
-        fd = os.pidfd_open(proc.pid)
+        with pidfd(proc.pid) as fd:
+            await exited(fd, lambda: proc.poll() is None)
     except ProcessLookupError:
-        fd = None
-    except (AttributeError, OSError):  # no pidfds: poll
-        while proc.poll() is None:
-            await anyio.sleep(1)
-        return
-    if fd is not None:
-        try:
-            await anyio.wait_readable(fd)
-        finally:
-            os.close(fd)
+        pass
     proc.wait()  # it has exited: this only reaps it
 
 

@@ -14,7 +14,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import anyio
-from anyio.abc import ObjectReceiveStream
 from redis import exceptions as rexc
 
 VERSION = 1
@@ -185,11 +184,3 @@ class EventHub:
                 self._fan_out(event)
         else:
             self._fan_out(Message(channel, data))
-
-
-async def next_matching(stream: ObjectReceiveStream, predicate) -> object:
-    """Receive until an item satisfies predicate (used by waiters and tests)."""
-    async for item in stream:
-        if predicate(item):
-            return item
-    raise anyio.EndOfStream

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+DEFAULT_THRESHOLD_MB = 1024  # a GPU with this much memory used (or more) is in use
+
 
 def at_threshold(memory_used_mb: int, threshold_mb: int) -> bool:
     """The one rule for "in use": at or above the threshold. The documents show a GPU with
@@ -68,7 +70,7 @@ class GpuState:
     hold: Hold | None = None
     last_released_ms: int | None = None
     usage: GpuUsage | None = None
-    threshold_mb: int = 1024
+    threshold_mb: int = DEFAULT_THRESHOLD_MB
     corrupt: str | None = None  # its stored state cannot be read: the message names the key
 
     @property

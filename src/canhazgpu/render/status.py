@@ -11,12 +11,11 @@ Three views of the same state (docs/status.md):
 from __future__ import annotations
 
 from ..gpu.models import model_of, model_provider
-from ..model import GpuProcess, GpuState, GpuUsage, Hold, PoolView
+from ..model import DEFAULT_THRESHOLD_MB, GpuProcess, GpuState, GpuUsage, Hold, PoolView
 from ..timefmt import coarse, hms, short
 from .tables import Column, fit, line
 
 JSON_VERSION = 1
-DEFAULT_THRESHOLD_MB = 1024
 
 # Minimum widths are the documents' own, so a table of short values matches them exactly.
 # MODEL and NOTE appear only when some GPU has one.
