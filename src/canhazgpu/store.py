@@ -298,6 +298,9 @@ class Store:
             raise BackendUnavailable(self.unreachable(err)) from None
         return None
 
+    async def ping(self) -> None:
+        await self.guard(self.redis.ping())
+
     async def close(self) -> None:
         await self.redis.aclose()
 

@@ -87,15 +87,31 @@ class Consumer:
 
 # ---------------------------------------------------------------------- events
 class EventPrinter(Consumer):
-    def __init__(self, state, types: frozenset[str], as_json: bool, count: int | None) -> None:
+    def __init__(self, state, types: frozenset[str], as_json: bool, count: int | None,
+                 since: int | None = None) -> None:
         super().__init__(state)
-        self.types, self.as_json, self.left = types, as_json, count
+        self.types, self.as_json, self.left, self.since = types, as_json, count, since
+        self.shown = 0  # the last seq printed: a replayed event is not printed again live
 
     async def start(self) -> None:
-        store = self.state.core.store
-        await store.guard(store.redis.ping())
+        """Replay what came after --since from the host's stream (subscribed already, so
+        nothing falls between the replay and the live events)."""
+        if self.since is None:
+            await self.state.core.store.ping()  # fails now, in one line, if Redis is down
+            return
+        missed = await self.state.core.store.events_since(self.since)
+        if missed and missed[0]["seq"] > self.since + 1:
+            self.note(f"events {self.since + 1} to {missed[0]['seq'] - 1} are no longer kept "
+                      "(the stream keeps the newest ~10,000)")
+        for doc in missed:
+            event = Event.decode(json.dumps(doc))
+            if event is not None and await self.on_event(event):
+                raise ReaderGone()  # --count reached during the replay: done
 
     async def on_event(self, event) -> bool:
+        if event.seq <= self.shown and self.since is not None:
+            return False
+        self.shown = max(self.shown, event.seq)
         if self.types and event.type not in self.types:
             return False
         if self.as_json:
