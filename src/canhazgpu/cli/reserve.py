@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncclick as click
 
 from . import output
+from .jobs import acquire, parse_wait, wait_option
 from .main import cli
 from .options import build_request, duration, gpu_selection
-from .wait import acquire, parse_wait, wait_option
 
 
 @cli.command(epilog="""\b

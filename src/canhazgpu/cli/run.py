@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncclick as click
 
 from ..errors import InvalidRequest
-from . import output
+from .jobs import acquire, parse_wait, supervise, wait_option
 from .main import cli
 from .options import build_request, duration, gpu_selection
-from .wait import acquire, parse_wait, wait_option
 
 
 @cli.command(context_settings={"ignore_unknown_options": True}, epilog="""\b
@@ -38,13 +37,3 @@ async def run(state, count, gpu_ids, note, timeout_text, wait_text, quiet, comma
     return await supervise(state, res, caller, list(command), timeout_s,
                            queued=wait_s is not None)
 
-
-async def supervise(state, res, caller, command, timeout_s, queued=False) -> int:
-    from ..supervisor import Supervisor
-    if output.is_tty(__import__("sys").stderr):
-        output.warn(f"running on GPU {res.env_value()} (CUDA_VISIBLE_DEVICES={res.env_value()})")
-    sup = Supervisor(state.core, res, caller, output.warn,
-                     heartbeat_s=state.config.seconds("heartbeat_interval"),
-                     timeout_s=timeout_s, kill_grace_s=state.config.seconds("kill_grace"),
-                     renew_at_start=queued)
-    return await sup.run(command)

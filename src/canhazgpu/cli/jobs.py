@@ -1,0 +1,89 @@
+"""Getting GPUs and running a job on them, shared by run, wait and reserve: allocate or
+queue (with a progress line), then supervise the command until it ends."""
+
+from __future__ import annotations
+
+import sys
+
+import asyncclick as click
+
+from . import output
+from .options import duration
+
+
+class ProgressLine:
+    """Queue progress on stderr: redrawn in place on a terminal, a line per change otherwise."""
+
+    def __init__(self) -> None:
+        self.tty = output.is_tty(sys.stderr)
+        self.last = None
+
+    def __call__(self, progress) -> None:
+        from ..timefmt import short
+        st = progress.status
+        text = (f"waiting for {progress.want} GPU(s): position {st.position} of {st.queued} "
+                f"in the queue, {len(st.gpus)}/{progress.want} granted")
+        if progress.eta_s is not None:
+            text += ", expected now" if progress.eta_s == 0 else \
+                f", expected in ~{short(progress.eta_s)}"
+        if text == self.last:
+            return
+        self.last = text
+        try:
+            if self.tty:
+                sys.stderr.write(f"\r\033[K{text}")
+                sys.stderr.flush()
+            else:
+                output.warn(text)
+        except (OSError, ValueError):
+            pass
+
+    def done(self) -> None:
+        if self.tty and self.last is not None:
+            try:
+                sys.stderr.write("\r\033[K")
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+
+
+async def acquire(state, req, caller, wait_s: float | None, quiet: bool = False):
+    """Allocate now, or queue for at most wait_s (None: fail at once when short)."""
+    if wait_s is None:
+        return await state.core.allocate(req, caller)
+    from ..waitqueue import Waiter
+    line = None if quiet else ProgressLine()
+    waiter = Waiter(state.core, req, caller, progress=line, warn=output.warn)
+    try:
+        res = await waiter.wait(None if wait_s == float("inf") else wait_s)
+    finally:
+        if line is not None:
+            line.done()
+    if req.kind == "manual":  # the grant held GPUs on the queue lease: now the real duration
+        await state.core.heartbeat(res)
+    return res
+
+
+async def supervise(state, res, caller, command, timeout_s, queued=False) -> int:
+    """Run the command on the reservation until it ends; returns its exit code."""
+    from ..supervisor import Supervisor
+    if output.is_tty(sys.stderr):
+        output.warn(f"running on GPU {res.env_value()} (CUDA_VISIBLE_DEVICES={res.env_value()})")
+    sup = Supervisor(state.core, res, caller, output.warn,
+                     heartbeat_s=state.config.seconds("heartbeat_interval"),
+                     timeout_s=timeout_s, kill_grace_s=state.config.seconds("kill_grace"),
+                     renew_at_start=queued)
+    return await sup.run(command)
+
+
+def wait_option(func):
+    """--wait D and --quiet, for run and reserve."""
+    func = click.option("--quiet", "-q", is_flag=True,
+                        help="With --wait: no queue progress on stderr.")(func)
+    return click.option("--wait", "wait_text", metavar="D",
+                        help="If GPUs are short, queue for at most D (e.g. 10m) instead of "
+                             "failing at once.")(func)
+
+
+def parse_wait(text):
+    return None if text is None else duration(text, "wait", "1s")
