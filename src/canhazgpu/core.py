@@ -15,8 +15,8 @@ import time
 from . import gpu
 from .accounting import summarize
 from .config import Config
-from .errors import (CorruptState, GpusUnavailable, InvalidRequest, NotEnoughGpus, NotOwner,
-                     PoolBusy, PoolNotInitialized)
+from .errors import (CorruptState, GpusUnavailable, InvalidRequest, NotEnoughGpus, NotHeld,
+                     NotOwner, PoolBusy, PoolNotInitialized)
 from .identity import Caller
 from .model import GpuState, Hold, PoolView, Usage
 from .request import QueueStatus, Request, Reservation, parse_count, parse_ids
@@ -230,8 +230,8 @@ class Core:
             return json.loads(data)
         if status == "NOTHELD":
             ids = ", ".join(map(str, json.loads(data)))
-            raise InvalidRequest(f"GPU {ids} is not reserved: nothing to release "
-                                 "(see 'canhazgpu status')")
+            raise NotHeld(f"GPU {ids} is not reserved: nothing to release "
+                          "(see 'canhazgpu status')")
         who = "; ".join(f"GPU {r['gpu']} is reserved by {r['user']}" for r in json.loads(data))
         raise NotOwner(f"{who}: only its owner can release it "
                        "(an admin can use 'release --user NAME --force')")
