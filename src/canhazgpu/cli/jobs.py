@@ -3,19 +3,26 @@ queue (with a progress line), then supervise the command until it ends."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 
 import asyncclick as click
 
+from ..errors import InvalidRequest
 from . import output
 from .options import duration
 
 
 class ProgressLine:
-    """Queue progress on stderr: redrawn in place on a terminal, a line per change otherwise."""
+    """Queue progress on stderr. On a terminal: one line redrawn in place, cut to the
+    terminal's width (a wider line would wrap and leave a stale copy at every redraw).
+    Elsewhere (a log file): a line only when the position, the grant or the queue's length
+    changes, not every time the estimate ticks."""
 
-    def __init__(self) -> None:
-        self.tty = output.is_tty(sys.stderr)
+    def __init__(self, stream=None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = output.is_tty(self.stream)
         self.last = None
 
     def __call__(self, progress) -> None:
@@ -26,25 +33,32 @@ class ProgressLine:
         if progress.eta_s is not None:
             text += ", expected now" if progress.eta_s == 0 else \
                 f", expected in ~{short(progress.eta_s)}"
-        if text == self.last:
+        seen = text if self.tty else (st.position, st.queued, len(st.gpus))
+        if seen == self.last:
             return
-        self.last = text
+        self.last = seen
+        if self.tty:  # the last column left free: writing it would wrap on some terminals
+            self.draw(text[:max(1, self.columns() - 1)])
+        else:
+            output.warn(text, self.stream)
+
+    def columns(self) -> int:
         try:
-            if self.tty:
-                sys.stderr.write(f"\r\033[K{text}")
-                sys.stderr.flush()
-            else:
-                output.warn(text)
+            columns = os.get_terminal_size(self.stream.fileno()).columns
+        except (AttributeError, OSError, ValueError):
+            columns = 0
+        return columns or shutil.get_terminal_size().columns
+
+    def draw(self, text: str) -> None:
+        try:
+            self.stream.write(f"\r\033[K{text}")
+            self.stream.flush()
         except (OSError, ValueError):
             pass
 
     def done(self) -> None:
         if self.tty and self.last is not None:
-            try:
-                sys.stderr.write("\r\033[K")
-                sys.stderr.flush()
-            except (OSError, ValueError):
-                pass
+            self.draw("")
 
 
 async def acquire(state, req, caller, wait_s: float | None, quiet: bool = False):

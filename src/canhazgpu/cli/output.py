@@ -27,10 +27,10 @@ def emit_json(data) -> None:
     print(json.dumps(data, indent=2, sort_keys=False), flush=True)
 
 
-def warn(text: str) -> None:
+def warn(text: str, stream=None) -> None:
     """A note on stderr that must never kill us (the terminal may be gone after a hang-up)."""
     try:
-        print(f"canhazgpu: {text}", file=sys.stderr, flush=True)
+        print(f"canhazgpu: {text}", file=stream or sys.stderr, flush=True)
     except (OSError, ValueError):
         pass
 
