@@ -209,8 +209,11 @@ class Core:
         # our own scan tells the queue which GPUs are busy (the daemon's is stored already)
         snapshot = json.dumps(usage.to_json(threshold, full=False)) \
             if usage.source != "daemon" else ""
+        own = {g.index for g in usage.gpus  # reserve --force: claim our own stray job
+               if req.claim_own and set(g.users) == {caller.user}}
+        busy = [i for i in usage.busy(threshold) if i not in own]
         status, data = await self._script("allocate", [
-            mode, want, ",".join(map(str, usage.busy(threshold))),
+            mode, want, ",".join(map(str, busy)),
             ",".join(map(str, usage.errors())), json.dumps(record), int(ttl * 1000),
             self.config.strategy, snapshot], check=self.check(req))
         if status == "OK":

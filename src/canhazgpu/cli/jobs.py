@@ -91,13 +91,18 @@ async def supervise(state, res, caller, command, timeout_s, queued=False) -> int
 
 
 def wait_option(func):
-    """--wait D and --quiet, for run and reserve."""
+    """--wait D, --nonblock and --quiet, for run and reserve."""
     func = click.option("--quiet", "-q", is_flag=True,
                         help="With --wait: no queue progress on stderr.")(func)
-    return click.option("--wait", "wait_text", metavar="D",
+    func = click.option("--nonblock", is_flag=True,
+                        help="Fail at once when GPUs are short (the default without --wait).")(func)
+    return click.option("--wait", "-w", "wait_text", metavar="D",
                         help="If GPUs are short, queue for at most D (e.g. 10m) instead of "
                              "failing at once.")(func)
 
 
-def parse_wait(text):
+def parse_wait(text: str | None, nonblock: bool = False) -> float | None:
+    """How long to queue (None: not at all, fail at once when GPUs are short)."""
+    if text is not None and nonblock:
+        raise InvalidRequest(f"use either --wait {text} or --nonblock, not both")
     return None if text is None else duration(text, "wait", "1s")
