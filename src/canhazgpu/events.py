@@ -9,6 +9,7 @@ subscriber that reconnects may have missed events, so the hub tells its receiver
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -16,8 +17,11 @@ from dataclasses import dataclass, field
 import anyio
 from redis import exceptions as rexc
 
+from .errors import BackendUnavailable
+
 VERSION = 1
 KEEPALIVE_S = 15.0  # ping an idle subscription this often; twice that silent = reconnect
+FOLLOW_SLOT_S = 1.0  # on a cluster: look this often whether the host's slot moved
 TYPES = (
     # reservations (published by the Lua scripts)
     "reserved", "released", "expired", "reclaimed", "forced", "pool_changed",
@@ -76,12 +80,17 @@ class Message:
 
 
 class EventHub:
-    """One pub/sub connection, fanned out to any number of in-process receivers."""
+    """One pub/sub connection, fanned out to any number of in-process receivers.
+
+    On a Redis Cluster it subscribes on the node serving the host's slot (a PUBLISH reaches
+    every node, keyspace notifications only the slot's own), and moves with the slot.
+    `patterns` (e.g. store.ALL_HOSTS_EVENTS) bring other hosts' events too."""
 
     def __init__(self, store, extra_channels: tuple[str, ...] = (), *,
-                 host_events: bool = True) -> None:
+                 host_events: bool = True, patterns: tuple[str, ...] = ()) -> None:
         self.store = store
         self.channels = ((store.channel,) if host_events else ()) + tuple(extra_channels)
+        self.patterns = tuple(patterns)
         self._receivers: set = set()
         self._lagging: set = set()
         self.connected = anyio.Event()
@@ -132,14 +141,22 @@ class EventHub:
     async def _pump(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
         delay, started, subscribed_before = 0.05, False, False
         channels = tuple(dict.fromkeys(self.channels))
+        wait_s = FOLLOW_SLOT_S if self.store.cluster else KEEPALIVE_S
         while True:
-            pubsub = self.store.redis.pubsub()
+            pubsub = None
             try:
-                await pubsub.subscribe(*channels)
+                pubsub = (await self.store.node()).pubsub()
+                node = await self.store.node_name()
+                if channels:
+                    await pubsub.subscribe(*channels)
+                if self.patterns:
+                    await pubsub.psubscribe(*self.patterns)
                 last_heard = anyio.current_time()
                 while True:
-                    msg = await pubsub.get_message(timeout=KEEPALIVE_S)
+                    msg = await pubsub.get_message(timeout=wait_s)
                     now = anyio.current_time()
+                    if node != await self.store.node_name():
+                        raise rexc.ConnectionError("the host's cluster slot moved")
                     if msg is None:
                         if now - last_heard >= 2 * KEEPALIVE_S:
                             raise rexc.ConnectionError(
@@ -149,22 +166,24 @@ class EventHub:
                         continue
                     last_heard = now
                     kind = msg.get("type")
-                    if kind == "subscribe":
+                    if kind in ("subscribe", "psubscribe"):
                         # redis-py re-subscribes by itself after a short drop; either way,
                         # the subscription is live only once Redis confirms every channel,
                         # and whatever was published before that is lost to us.
-                        if int(msg["data"]) == len(channels):
+                        if int(msg["data"]) == len(channels) + len(self.patterns):
                             self.connected.set()
                             self._fan_out(Resync(reconnected=subscribed_before))
                             subscribed_before, delay = True, 0.05
                             if not started:
                                 task_status.started()
                                 started = True
-                    elif kind == "message":
+                    elif kind in ("message", "pmessage"):
                         self._dispatch(msg["channel"], msg["data"])
-            except (rexc.ConnectionError, rexc.TimeoutError, OSError) as err:
+            except (rexc.ConnectionError, rexc.TimeoutError, OSError, BackendUnavailable) as err:
+                await self.store.forget_node()
                 self.connected = anyio.Event()
-                self._fan_out(Disconnected(self.store.unreachable(err)))
+                self._fan_out(Disconnected(str(err) if isinstance(err, BackendUnavailable)
+                                           else self.store.unreachable(err)))
                 if not started:
                     task_status.started()
                     started = True
@@ -173,12 +192,14 @@ class EventHub:
             finally:
                 with anyio.CancelScope(shield=True):
                     try:
-                        await pubsub.aclose()
+                        if pubsub is not None:
+                            await pubsub.aclose()
                     except Exception:  # a dead connection may fail to close; it is gone anyway
                         pass
 
     def _dispatch(self, channel: str, data: str) -> None:
-        if channel.startswith(self.store.channel):  # the host's, or a waiter's
+        if channel.startswith(self.store.channel) or fnmatch.fnmatchcase(
+                channel, self.patterns[0] if self.patterns else ""):  # a host's, a waiter's
             event = Event.decode(data)
             if event is not None:
                 self._fan_out(event)

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import LockError
 
 from .errors import BackendUnavailable, CorruptState, InvalidRequest
@@ -30,7 +31,13 @@ ARGS = {
     "leave": ("wid", "reason"),
     "usage": ("snapshot", "busy", "events"),
 }
-_URL_SCHEMES = ("redis", "rediss", "unix")
+_URL_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+# The registry of hosts (hosts.py): one hash, host -> its entry, outside every host's slot.
+REGISTRY_KEY = "canhazgpu:hosts"
+# Every host's event channel (canhazgpu:{HOST}:events), for one subscription to all hosts.
+ALL_HOSTS_EVENTS = "canhazgpu:*:events"
+_CLUSTER_DOWN = (rexc.ConnectionError, rexc.TimeoutError, OSError, rexc.ClusterError,
+                 rexc.RedisClusterException)
 
 
 def redacted(url: str) -> str:
@@ -47,9 +54,23 @@ def check_url(url: str) -> str:
     if scheme not in _URL_SCHEMES:
         raise InvalidRequest(
             f"invalid Redis URL {redacted(url)!r}: use redis://[user:password@]host:port/db, "
-            "rediss://... for TLS, or unix:///path/to/redis.sock"
+            "rediss://... for TLS, unix:///path/to/redis.sock, or "
+            "redis+cluster://host:port for a Redis Cluster"
         )
     return url
+
+
+def is_cluster(url: str) -> bool:
+    return urlsplit(url).scheme.endswith("+cluster")
+
+
+def connect(url: str) -> aioredis.Redis | RedisCluster:
+    """A client for `url`: redis-py's cluster client for redis+cluster://, else a plain one."""
+    if is_cluster(url):
+        plain = url.replace("+cluster://", "://", 1)
+        return RedisCluster.from_url(plain, decode_responses=True, socket_connect_timeout=5)
+    return aioredis.from_url(url, decode_responses=True, socket_connect_timeout=5,
+                             health_check_interval=30)
 
 
 def lua_name(key: str) -> str:
@@ -78,17 +99,70 @@ def script_source(name: str) -> str:
 
 
 class Store:
-    """One Redis connection pool plus the scripts, for the keys of one host."""
+    """One Redis connection pool plus the scripts, for the keys of one host.
 
-    def __init__(self, url: str, host: str, *, client: aioredis.Redis | None = None) -> None:
+    On a Redis Cluster every key of the host lives in one slot (the {HOST} hash tag): the
+    scripts go through the cluster client, which follows slot moves; transactions and the
+    keyspace notifications of the host's keys need the node serving that slot (node())."""
+
+    def __init__(self, url: str, host: str, *, client=None, nodes: dict | None = None) -> None:
         self.url = check_url(url)
         self.host = host
         self.prefix = f"canhazgpu:{{{host}}}"
         self.channel = f"{self.prefix}:events"
-        self.redis = client or aioredis.from_url(
-            url, decode_responses=True, socket_connect_timeout=5, health_check_interval=30
-        )
+        self.redis = client or connect(url)
+        self.cluster = isinstance(self.redis, RedisCluster)
+        self._nodes = {} if nodes is None else nodes  # cluster: node name -> its own client
+        self._owner = client is None  # close() closes what we opened, not a shared client
         self._scripts: dict = {}
+
+    def for_host(self, host: str) -> Store:
+        """The store of another host, on this store's connections (closed with this one)."""
+        return Store(self.url, host, client=self.redis, nodes=self._nodes)
+
+    async def node(self) -> aioredis.Redis:
+        """The client of the node serving this host's slot: the one client when not on a
+        cluster. Where a slot moved or its master failed over, forget_node() first."""
+        if not self.cluster:
+            return self.redis
+        await self.guard(self.redis.initialize())
+        found = self.redis.get_node_from_key(self.key("pool"))
+        if found.name not in self._nodes:
+            kwargs = {k: v for k, v in self.redis.get_connection_kwargs().items()
+                      if k in ("username", "password", "ssl", "ssl_cert_reqs", "ssl_ca_certs",
+                               "ssl_certfile", "ssl_keyfile", "socket_connect_timeout")}
+            self._nodes[found.name] = aioredis.Redis(host=found.host, port=found.port,
+                                                     decode_responses=True, **kwargs)
+        return self._nodes[found.name]
+
+    async def node_name(self) -> str:
+        """Which node serves this host's slot now, as far as the cluster client knows."""
+        if not self.cluster:
+            return ""
+        await self.guard(self.redis.initialize())
+        return self.redis.get_node_from_key(self.key("pool")).name
+
+    async def forget_node(self) -> None:
+        """Re-learn the cluster's slots (after a failure or a MOVED reply)."""
+        if self.cluster:
+            try:
+                await self.redis.nodes_manager.initialize()
+            except _CLUSTER_DOWN:
+                pass  # the next call says so, in one line
+
+    async def at_once(self, build) -> list:
+        """Commands on this host's keys as one MULTI/EXEC transaction (build(pipe) adds
+        them), on the node serving the host's slot; once more after a slot move."""
+        for attempt in (1, 2):
+            client = await self.node()
+            try:
+                async with client.pipeline(transaction=True) as pipe:
+                    build(pipe)
+                    return await pipe.execute()
+            except (rexc.RedisError, *_CLUSTER_DOWN) as err:
+                if not (self.cluster and attempt == 1 and _slot_trouble(err)):
+                    return await self.guard(_raise(err))  # one line naming the URL
+                await self.forget_node()
 
     # ---------------------------------------------------------------- keys
     def key(self, name: str) -> str:
@@ -105,7 +179,7 @@ class Store:
     @property
     def expired_channel(self) -> str:
         """Where Redis announces expired keys of our database (keyspace notifications)."""
-        db = self.redis.connection_pool.connection_kwargs.get("db", 0)
+        db = 0 if self.cluster else self.redis.connection_pool.connection_kwargs.get("db", 0)
         return f"__keyevent@{db}__:expired"
 
     def waiter_channel(self, wid: str) -> str:
@@ -140,7 +214,7 @@ class Store:
             return await awaitable
         except LockError:
             raise  # the host lock's own answer, not a failure
-        except (rexc.ConnectionError, rexc.TimeoutError, OSError) as err:
+        except _CLUSTER_DOWN as err:
             raise BackendUnavailable(self.unreachable(err)) from None
         except rexc.AuthenticationError as err:
             raise BackendUnavailable(
@@ -170,7 +244,8 @@ class Store:
     async def read_state(self) -> State:
         """Pool, holds, releases and queue at one instant (one transaction), decoded."""
         count = _int(self.key("pool"), (await self.read_pool()).get("count", "0"))
-        async with self.redis.pipeline(transaction=True) as pipe:
+
+        def build(pipe):
             pipe.time()
             pipe.hgetall(self.key("pool"))
             pipe.hgetall(self.key("holds"))
@@ -180,7 +255,7 @@ class Store:
             pipe.zrange(self.key("q:deadlines"), 0, -1, withscores=True)
             if count:
                 pipe.mget([self.lease_key(i) for i in range(count)])
-            replies = await self.guard(pipe.execute())
+        replies = await self.at_once(build)
         now, pool, holds, released, order, waiters, deadlines = replies[:7]
         leases = replies[7] if count else []
         if _int(self.key("pool"), pool.get("count", "0")) != count:  # resized meanwhile
@@ -245,10 +320,8 @@ class Store:
 
     async def read_usage(self) -> tuple[int, Usage | None]:
         """(Redis time now, the daemon's last snapshot or None), both in Redis's clock."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.time()
-            pipe.hmget(self.key("snapshot"), "doc", "scanned_ms")
-            (secs, micros), (doc, scanned) = await self.guard(pipe.execute())
+        (secs, micros), (doc, scanned) = await self.at_once(
+            lambda pipe: pipe.time().hmget(self.key("snapshot"), "doc", "scanned_ms"))
         now_ms = int(secs) * 1000 + int(micros) // 1000
         if not doc:
             return now_ms, None
@@ -286,15 +359,16 @@ class Store:
         Returns None when notifications are on, else why they cannot be (CONFIG refused).
         """
         try:
-            current = (await self.redis.config_get("notify-keyspace-events")
+            node = await self.node()  # keyspace notifications are the slot owner's own
+            current = (await node.config_get("notify-keyspace-events")
                        ).get("notify-keyspace-events", "")
             wanted = current + ("E" if "E" not in current else "") + \
                 ("x" if "x" not in current and "A" not in current else "")
             if wanted != current:
-                await self.redis.config_set("notify-keyspace-events", wanted)
+                await node.config_set("notify-keyspace-events", wanted)
         except rexc.ResponseError as err:
             return str(err)
-        except (rexc.ConnectionError, rexc.TimeoutError, OSError) as err:
+        except _CLUSTER_DOWN as err:
             raise BackendUnavailable(self.unreachable(err)) from None
         return None
 
@@ -302,7 +376,22 @@ class Store:
         await self.guard(self.redis.ping())
 
     async def close(self) -> None:
-        await self.redis.aclose()
+        if self._owner:
+            for client in self._nodes.values():
+                await client.aclose()
+            await self.redis.aclose()
+
+
+async def _raise(err: BaseException):
+    raise err
+
+
+def _slot_trouble(err: BaseException) -> bool:
+    """A failure that a fresh look at the cluster's slots may cure: the node is gone, or
+    the slot is served elsewhere now."""
+    if isinstance(err, rexc.ResponseError):
+        return any(word in str(err) for word in ("MOVED", "EXECABORT", "CLUSTERDOWN"))
+    return True
 
 
 # ---------------------------------------------------------------------- decoding
