@@ -318,10 +318,16 @@ class Core:
     # ------------------------------------------------------------------ report
     async def report(self, days: float) -> dict:
         """GPU hours per user over the last `days`, in-progress reservations up to now."""
+        rows, since, now = await self.records(days)
+        return summarize(rows, since, now, days)
+
+    async def records(self, days: float) -> tuple[list[dict], int, int]:
+        """(per-GPU reservation records of the last `days`, in-progress ones up to now;
+        since_ms; now_ms): what a report sums, also over several hosts (hosts.py)."""
         state = await self.store.read_state()
         now = state.now_ms
         since = now - int(days * 86400 * 1000)
         rows = await self.store.history(since)
         rows += [Record(gpu=h.gpu, rid=h.rid, user=h.user, kind=h.kind, start_ms=h.start_ms,
                         end_ms=now) for h in state.holds.values()]
-        return summarize([asdict(r) for r in rows], since, now, days)
+        return [asdict(r) for r in rows], since, now

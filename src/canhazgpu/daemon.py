@@ -5,7 +5,8 @@ Sibling tasks in one task group, all on one pub/sub subscription (events.EventHu
 - the expiry listener: finalizes a lease the moment Redis reports it expired;
 - the owner watcher (watch.py): reclaims a `run` reservation when its supervisor dies;
 - the journal: one log line per state change on the host, whoever made it;
-- the lock keeper: one daemon per host, through a Redis key with a TTL.
+- the lock keeper: one daemon per host, through a Redis key with a TTL;
+- the registry heartbeat: the host is listed, daemon up, for every view across hosts.
 Everything the daemon does is a core call; with no daemon running every command still works.
 """
 
@@ -24,7 +25,7 @@ from pathlib import Path
 import anyio
 import redis
 
-from . import identity
+from . import hosts, identity
 from .config import Config
 from .core import Core
 from .embedded import RedisServer
@@ -89,6 +90,7 @@ class Daemon:
                     await tg.start(self._listening, hub, self.watcher.run)
                     await tg.start(self.scanner.run)
                     tg.start_soon(self._keep_lock)
+                    await tg.start(self._keep_registered)
                     self.serving = True
                     log.info("serving host %s: Redis %s, scanning every %gs",
                              self.config.host_name, redacted(store.url),
@@ -96,6 +98,8 @@ class Daemon:
                     task_status.started()
         finally:
             with anyio.CancelScope(shield=True):
+                if self.serving:
+                    await self._registered("down")  # shown down at once, never dropped
                 await self._drop_lock()
             if self.serving:
                 log.info("stopped")
@@ -155,6 +159,22 @@ class Daemon:
                 await self.lock.release()
             except CanHazGpuError:
                 pass  # Redis away: the lock frees itself after LOCK_TTL_S
+
+    # ------------------------------------------------------------------ the registry
+    async def _keep_registered(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
+        await self._registered("up")
+        task_status.started()
+        while True:
+            await anyio.sleep(hosts.HEARTBEAT_S)
+            await self._registered("up")
+
+    async def _registered(self, op: str) -> None:
+        with anyio.move_on_after(5):
+            try:
+                await hosts.register(self.core, op)
+                self.trouble("registry", None)
+            except CanHazGpuError as err:
+                self.trouble("registry", err)
 
     # ------------------------------------------------------------------ expiry
     async def _enable_notifications(self) -> None:

@@ -30,6 +30,7 @@ ARGS = {
     "queue_heartbeat": ("wid", "ttl_ms"),
     "leave": ("wid", "reason"),
     "usage": ("snapshot", "busy", "events"),
+    "register": ("op", "entry"),  # the one script on REGISTRY_KEY instead of the host's keys
 }
 _URL_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 # The registry of hosts (hosts.py): one hash, host -> its entry, outside every host's slot.
@@ -198,12 +199,15 @@ class Store:
         """Run one state-change script with the keys of `span` GPUs; (status, data).
 
         `args` are the script's values by name (ARGS[name], all of them)."""
+        return await self._call(name, self.keys_for(span), args)
+
+    async def _call(self, name: str, keys: list[str], args: dict) -> tuple[str, str]:
         if set(args) != set(ARGS[name]):
             raise TypeError(f"script {name} takes {ARGS[name]}, not {tuple(args)}")
         if name not in self._scripts:
             self._scripts[name] = self.redis.register_script(script_source(name))
         argv = [self.channel, self.host, *(str(args[a]) for a in ARGS[name])]
-        reply = await self.guard(self._scripts[name](keys=self.keys_for(span), args=argv))
+        reply = await self.guard(self._scripts[name](keys=keys, args=argv))
         if not isinstance(reply, list) or not reply or not isinstance(reply[0], str):
             raise CorruptState(f"script {name} returned {reply!r}")
         return reply[0], (reply[1] if len(reply) > 1 else "")
@@ -236,6 +240,25 @@ class Store:
             "start one with 'canhazgpu serve --embedded-redis', or point "
             "CANHAZGPU_REDIS_URL at a running Redis"
         )
+
+    # ---------------------------------------------------------------- the registry
+    async def register(self, op: str, entry: dict) -> None:
+        """Write this host's registry entry (register.lua: op admin, up, down or retire)."""
+        await self._call("register", [REGISTRY_KEY], {"op": op, "entry": json.dumps(entry)})
+
+    async def registry(self) -> dict[str, dict]:
+        """Every registered host's entry, decoded; an unreadable one names its key."""
+        raw = await self.guard(self.redis.hgetall(REGISTRY_KEY))
+        out = {}
+        for host, doc in raw.items():
+            try:
+                entry = json.loads(doc)
+                if not isinstance(entry, dict):
+                    raise ValueError(doc)
+            except ValueError:
+                entry = {"error": _corrupt(REGISTRY_KEY, host, doc)}
+            out[host] = entry
+        return out
 
     # ---------------------------------------------------------------- reads
     async def read_pool(self) -> dict:
@@ -301,6 +324,11 @@ class Store:
                     from None
         return State(now_ms=now_ms, count=count, provider=pool.get("provider", ""),
                      holds=live, released=last, queue=tuple(queue), corrupt=corrupt)
+
+    async def time_ms(self) -> int:
+        """Redis's clock now (the node of this host's slot, on a cluster)."""
+        secs, micros = await self.guard((await self.node()).time())
+        return int(secs) * 1000 + int(micros) // 1000
 
     async def history(self, since_ms: int) -> list[Record]:
         key = self.key("history")

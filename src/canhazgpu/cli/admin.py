@@ -13,19 +13,34 @@ Examples:
   canhazgpu admin --gpus 8              # a pool of 8 GPUs
   canhazgpu admin                       # as many GPUs as the provider finds
   canhazgpu admin --gpus 4 --force      # shrink, ending live reservations
+  canhazgpu admin --retire --host gpu7  # gpu7 is gone: off 'canhazgpu hosts' (admin only)
 """)
 @click.option("--gpus", "count", metavar="N", help="Pool size (default: GPUs the provider sees).")
 @click.option("--provider", type=click.Choice(["nvidia", "amd", "fake"]),
               help="Where GPU usage is read from (default: auto-detect).")
 @click.option("--force", is_flag=True, help="Resize even when reservations are live (ends them).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--retire", is_flag=True,
+              help="Take this host (or --host NAME) off the host registry; admin only, its "
+                   "daemon stopped (docs/hosts.md).")
 @click.pass_obj
-async def admin(state, count, provider, force, as_json):
+async def admin(state, count, provider, force, as_json, retire):
     """Initialise or resize the GPU pool of this host."""
+    from .. import hosts
     from ..request import parse_count
+    if retire:
+        if count is not None or provider or force:
+            raise click.UsageError("--retire takes no --gpus, --provider or --force")
+        host = await hosts.retire(state.core, state.caller())
+        if as_json:
+            output.emit_json({"retired": host})
+        else:
+            output.emit(f"Retired host {host}: it is no longer listed by 'canhazgpu hosts'")
+        return
     if count is not None:
         count = parse_count(count)
     result = await state.core.setup_pool(count, provider, force)
+    await hosts.register(state.core, "admin")
     if as_json:
         output.emit_json(result)
     elif result["changed"]:

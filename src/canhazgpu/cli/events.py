@@ -24,6 +24,7 @@ Examples:
   canhazgpu events --type unreserved_detected,gpu_error
   canhazgpu events --type expired --count 1         # wait for the next expiry, then exit
   canhazgpu events --since 41 --json                # what came after event 41, then live
+  canhazgpu events --all-hosts                      # every registered host's, host first
 Event types and fields: docs/events.md.
 """)
 @click.option("--json", "-j", "as_json", is_flag=True,
@@ -34,8 +35,10 @@ Event types and fields: docs/events.md.
 @click.option("--since", metavar="SEQ", type=str,
               help="First replay the kept events after sequence number SEQ (0: all kept), "
                    "then go on live.")
+@click.option("--all-hosts", "all_hosts", is_flag=True,
+              help="Every host's events (one subscription to all hosts' channels).")
 @click.pass_obj
-async def events(state, as_json, types, count, since):
+async def events(state, as_json, types, count, since, all_hosts):
     """Print the host's events as they happen: reservations, queue, GPU usage."""
     wanted = parse_types(types)
     limit = None
@@ -45,8 +48,11 @@ async def events(state, as_json, types, count, since):
         limit = int(count)
     if since is not None and not since.isdigit():
         raise InvalidRequest(f"invalid --since {since!r}: use an event sequence number (0 or more)")
+    if all_hosts and since is not None:
+        raise InvalidRequest("--since replays one host's events: leave out --all-hosts, "
+                             "or pick the host with --host NAME")
     from .lifetime import until_signalled
     from .stream import EventPrinter
     await until_signalled(EventPrinter(state, wanted, as_json, limit,
-                                       None if since is None else int(since)).run)
+                                       None if since is None else int(since), all_hosts).run)
     return 0

@@ -133,8 +133,8 @@ def _closer(state: Context):
 
 
 def _register() -> None:
-    from . import (admin, completion, events, queue, report, reserve, run,  # noqa: F401
-                   serve, status, wait)  # (commands attach)
+    from . import (admin, completion, events, hosts, queue, report, reserve,  # noqa: F401
+                   run, serve, status, wait)  # (commands attach)
 
 
 async def _amain(args: list[str]) -> int:

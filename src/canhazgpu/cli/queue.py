@@ -7,6 +7,7 @@ import shutil
 import asyncclick as click
 
 from . import output
+from .hosts import all_hosts_option, queue_of_hosts, spanned
 from .main import cli
 
 
@@ -14,11 +15,16 @@ from .main import cli
 Examples:
   canhazgpu queue
   canhazgpu queue --json | jq length
+  canhazgpu queue --all-hosts
 """)
 @click.option("--json", "as_json", is_flag=True, help="Print the queue as JSON.")
+@all_hosts_option("The queue")
 @click.pass_obj
-async def queue(state, as_json):
+async def queue(state, as_json, all_hosts):
     """Show who is waiting for GPUs, in order."""
+    span = spanned(state, all_hosts)
+    if span is not None:
+        return await queue_of_hosts(state, span, as_json)
     from ..render import queue_json, render_queue
     rows = queue_json(*await state.core.queue())
     if as_json:

@@ -8,6 +8,7 @@ import asyncclick as click
 
 from ..errors import InvalidRequest
 from . import output
+from .hosts import all_hosts_option, report_of_hosts, spanned
 from .main import cli
 
 MAX_DAYS = 3660
@@ -18,14 +19,19 @@ Examples:
   canhazgpu report                 # the last 30 days
   canhazgpu report --days 7 --json
   canhazgpu report --days 0.5      # the last 12 hours
+  canhazgpu report --all-hosts     # the whole team, every registered host
 """)
 @click.option("--days", default="30", metavar="N",
               help=f"How many days back, fractions too (default 30, at most {MAX_DAYS}).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@all_hosts_option("GPU hours")
 @click.pass_obj
-async def report(state, days, as_json):
+async def report(state, days, as_json, all_hosts):
     """GPU hours per user, with run/manual counts and shares, in-progress ones included."""
     from ..render import render_report
+    span = spanned(state, all_hosts)
+    if span is not None:
+        return await report_of_hosts(state, span, parse_days(days), as_json)
     data = await state.core.report(parse_days(days))
     if as_json:
         output.emit_json(data)

@@ -35,8 +35,11 @@ class Consumer:
         self.state = state
         self.down = False
 
+    def hub(self) -> EventHub:
+        return EventHub(self.state.core.store)
+
     async def run(self) -> None:
-        hub = EventHub(self.state.core.store)
+        hub = self.hub()
         async with hub.running(), hub.listen() as items:
             try:
                 await self.start()
@@ -88,10 +91,18 @@ class Consumer:
 # ---------------------------------------------------------------------- events
 class EventPrinter(Consumer):
     def __init__(self, state, types: frozenset[str], as_json: bool, count: int | None,
-                 since: int | None = None) -> None:
+                 since: int | None = None, all_hosts: bool = False) -> None:
         super().__init__(state)
         self.types, self.as_json, self.left, self.since = types, as_json, count, since
+        self.all_hosts = all_hosts  # every host's channel, one pattern subscription
         self.shown = 0  # the last seq printed: a replayed event is not printed again live
+
+    def hub(self) -> EventHub:
+        if not self.all_hosts:
+            return super().hub()
+        from ..store import ALL_HOSTS_EVENTS
+        return EventHub(self.state.core.store, host_events=False,
+                        patterns=(ALL_HOSTS_EVENTS,))
 
     async def start(self) -> None:
         """Replay what came after --since from the host's stream (subscribed already, so
@@ -118,7 +129,8 @@ class EventPrinter(Consumer):
             write_line(json.dumps(event.data))
         else:
             stamp = time.strftime("%H:%M:%S", time.localtime(event.time_ms / 1000))
-            write_line(f"{stamp}.{event.time_ms % 1000:03d} {line(event)}")
+            host = f"{event.host} " if self.all_hosts else ""
+            write_line(f"{stamp}.{event.time_ms % 1000:03d} {host}{line(event)}")
         if self.left is not None:
             self.left -= 1
             return self.left <= 0

@@ -1,0 +1,182 @@
+"""Many hosts on one Redis (or a Redis Cluster): the registry of hosts, and views across them.
+
+A host registers when its pool is set up (`admin`) and while its daemon serves (a heartbeat
+every HEARTBEAT_S; "down" on a clean stop). A daemon killed, or cut off from Redis, stops
+heartbeating and is shown down after STALE_MS; a host leaves the registry only when an
+admin retires it. A view of several hosts is each host's own Core view (no second copy of
+the view logic), read concurrently on the connections of the caller's store.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, replace
+from importlib import metadata
+
+import anyio
+
+from .accounting import summarize
+from .core import Core
+from .errors import BackendUnavailable, CanHazGpuError, NotOwner
+from .identity import Caller
+from .model import PoolView, Usage
+
+HEARTBEAT_S = 5.0  # a serving daemon refreshes its entry this often
+STALE_MS = 15_000  # a daemon silent this long is shown down (killed, or cut off from Redis)
+PARALLEL = 32  # hosts read at once
+
+
+class HostUnknown(CanHazGpuError):
+    """A host named that is not in the registry."""
+
+
+class HostServing(CanHazGpuError):
+    """A host cannot be retired while its daemon serves (it would register again)."""
+
+
+@dataclass(frozen=True)
+class HostView:
+    """One host as the views across hosts show it: its registry entry and its pool."""
+
+    host: str
+    entry: dict  # the registry entry; {} for a host named but not registered
+    daemon: str  # "up", "down", "none" (never served) or "unknown" (not registered)
+    view: PoolView | None  # None when its pool cannot be read: see error
+    error: str | None = None
+
+
+def version() -> str:
+    try:
+        return metadata.version("canhazgpu")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def daemon_state(entry: dict, now_ms: int) -> str:
+    """up, down or none: an "up" not heard of for STALE_MS is down (it could not say so)."""
+    if not entry:
+        return "unknown"
+    state = str(entry.get("daemon") or "none")
+    if state == "up" and now_ms - int(entry.get("last_seen_ms") or 0) > STALE_MS:
+        return "down"
+    return state
+
+
+# ---------------------------------------------------------------------- the registry
+async def register(core: Core, op: str) -> None:
+    """Write this host's entry: op "admin" (pool set up), "up" (daemon serving, a heartbeat)
+    or "down" (daemon stopped). GPU models come from the daemon's snapshot when there is one."""
+    pool = await core.store.read_pool()
+    try:
+        _, snap = await core.store.read_usage()
+    except CanHazGpuError:
+        snap = None  # a corrupt snapshot: the models are unknown, the rest still counts
+    models = sorted({g.name for g in snap.gpus if g.name}) if snap else []
+    await core.store.register(op, {
+        "gpus": int(pool.get("count") or 0) if str(pool.get("count", "0")).isdigit() else 0,
+        "provider": pool.get("provider", ""), "models": models, "version": version(),
+        "machine": socket.gethostname()})
+
+
+async def retire(core: Core, caller: Caller) -> str:
+    """Take the core's host out of the registry (admin only; its daemon must be stopped).
+    Its pool and history stay in Redis: `admin --gpus N` on it registers it again."""
+    host = core.config.host_name
+    if not caller.is_admin:
+        raise NotOwner("admin --retire is for root or the admin group only")
+    entries = await core.store.registry()
+    if host not in entries:
+        raise HostUnknown(f"host {host!r} is not registered: see 'canhazgpu hosts'")
+    if daemon_state(entries[host], await core.store.time_ms()) == "up":
+        raise HostServing(f"the daemon of host {host!r} is serving: stop it first "
+                          "(a serving daemon registers its host again)")
+    await core.store.register("retire", {})
+    return host
+
+
+# ---------------------------------------------------------------------- views
+def host_core(core: Core, host: str) -> Core:
+    """The Core of `host` on `core`'s connections (core itself for its own host)."""
+    if host == core.config.host_name:
+        return core
+    return Core(replace(core.config, host=host), store=core.store.for_host(host))
+
+
+async def _each(names: list[str], read) -> dict:
+    """read(name) for every name, PARALLEL at a time; name -> result."""
+    results: dict = {}
+    limiter = anyio.CapacityLimiter(PARALLEL)
+
+    async def one(name: str) -> None:
+        async with limiter:
+            results[name] = await read(name)
+
+    async with anyio.create_task_group() as tg:
+        for name in names:
+            tg.start_soon(one, name)
+    return results
+
+
+async def host_names(core: Core, names: list[str] | None = None) -> list[str]:
+    """The hosts a view spans: the given ones, else every registered host (sorted)."""
+    return list(names) if names is not None else sorted(await core.store.registry())
+
+
+async def views(core: Core, names: list[str] | None = None) -> tuple[int, list[HostView]]:
+    """(Redis time, each host's view). The caller's own host is viewed as `status` views it;
+    another host's usage is its daemon's last snapshot, whatever its age (this machine
+    cannot see that host's GPUs), or unknown without one."""
+    entries = await core.store.registry()
+    names = sorted(entries) if names is None else list(names)
+    now = await core.store.time_ms()
+
+    async def read(name: str) -> HostView:
+        entry = entries.get(name, {})
+        hcore = host_core(core, name)
+        try:
+            if hcore is core:
+                view = await core.view()
+            else:
+                _, snap = await hcore.store.read_usage()
+                view = await hcore.view(snap or Usage(0, (), "none"))
+        except BackendUnavailable:
+            raise  # Redis itself: one line for the whole command
+        except CanHazGpuError as err:  # no pool there, corrupt state: this host only
+            return HostView(name, entry, daemon_state(entry, now), None, str(err))
+        return HostView(name, entry, daemon_state(entry, now), view)
+
+    found = await _each(names, read)
+    return now, [found[n] for n in names]
+
+
+async def queues(core: Core, names: list[str] | None = None) -> list[tuple[str, int, tuple]]:
+    """(host, Redis time, its waiters) for each host."""
+    names = await host_names(core, names)
+    found = await _each(names, lambda n: host_core(core, n).queue())
+    return [(n, *found[n]) for n in names]
+
+
+async def report(core: Core, days: float, names: list[str] | None = None) -> dict:
+    """GPU hours per user over all the hosts (the report document, plus "hosts")."""
+    names = await host_names(core, names)
+    found = await _each(names, lambda n: host_core(core, n).records(days))
+    rows = [row for n in names for row in found[n][0]]
+    now = max((found[n][2] for n in names), default=await core.store.time_ms())
+    since = min((found[n][1] for n in names), default=now - int(days * 86400 * 1000))
+    return {**summarize(rows, since, now, days), "hosts": names}
+
+
+def summary(hv: HostView, now_ms: int) -> dict:
+    """A host's line of `canhazgpu hosts` (docs/hosts.md)."""
+    from .render import summary_counts
+    entry = hv.entry
+    seen = entry.get("last_seen_ms")
+    return {
+        "host": hv.host, "daemon": hv.daemon, "last_seen_ms": seen,
+        "last_seen_s": round((now_ms - seen) / 1000, 1) if seen else None,
+        "gpus": summary_counts(hv.view) if hv.view else None,
+        "queue": len(hv.view.queue) if hv.view else None,
+        "provider": (hv.view.provider if hv.view else None) or entry.get("provider"),
+        "models": list(entry.get("models") or []), "version": entry.get("version"),
+        "machine": entry.get("machine"), "error": hv.error or entry.get("error"),
+    }
