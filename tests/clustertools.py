@@ -9,6 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import redis
 
 from canhazgpu.embedded import redis_server_binary
@@ -161,3 +162,20 @@ class Cluster:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory):
+    """A 3-master, 3-replica cluster for the session (import this fixture to use it)."""
+    with Cluster(tmp_path_factory.mktemp("cluster")) as c:
+        yield c
+
+
+def patterns_subscribed(cluster: Cluster) -> int:
+    """Pattern subscriptions over every node (a subscriber may sit on any of them)."""
+    total = 0
+    for node in cluster.nodes:
+        if node.proc is not None:
+            with node.client() as c:
+                total += int(c.execute_command("PUBSUB", "NUMPAT"))
+    return total

@@ -16,16 +16,10 @@ from canhazgpu.config import load
 from canhazgpu.core import Core, Request
 from canhazgpu.errors import NotEnoughGpus
 from canhazgpu.store import ARGS, REGISTRY_KEY, Store
-from clustertools import Cluster, _wait
+from clustertools import _wait, cluster  # noqa: F401 (the fixture)
 from eventtools import Recorder, running_daemon
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    with Cluster(tmp_path_factory.mktemp("cluster")) as c:
-        yield c
 
 
 @pytest.fixture

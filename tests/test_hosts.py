@@ -1,5 +1,6 @@
-"""Three hosts on one Redis: the registry (admin, daemons up and down, retire), `hosts`, and
-status/queue/report/events across hosts, through the real CLI and in-process daemons."""
+"""Three hosts on one Redis, and on a 3-master Redis Cluster: the registry (admin, daemons
+up and down, retire), `hosts`, and status/queue/report/events across hosts, through the
+real CLI and in-process daemons."""
 
 from __future__ import annotations
 
@@ -14,11 +15,33 @@ import pytest
 from canhazgpu import hosts
 from canhazgpu.core import Core, Request
 from canhazgpu.errors import NotOwner
+from clustertools import cluster, patterns_subscribed  # noqa: F401 (the fixture)
 from conftest import redis_client, wait_until
 from eventtools import Lines, canhazgpu, reap, running_daemon
 
 pytestmark = pytest.mark.anyio
 HOSTS = ("alpha", "beta", "gamma")
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def env(request, env):
+    """Every test twice: on the test Redis, and on the Redis Cluster (the hosts' keys in
+    different slots, the registry in its own)."""
+    if request.param == "redis":
+        return env
+    shared = request.getfixturevalue("cluster")
+    shared.flushall()
+    return {**env, "CANHAZGPU_REDIS_URL": shared.url}
+
+
+def patterns(env, redis_url, request) -> int:
+    if env["CANHAZGPU_REDIS_URL"] == redis_url:
+        rc = redis_client(redis_url)
+        try:
+            return rc.pubsub_numpat()
+        finally:
+            rc.close()
+    return patterns_subscribed(request.getfixturevalue("cluster"))
 
 
 @pytest.fixture
@@ -116,13 +139,14 @@ async def test_queue_and_report_across_hosts(three, cli, me):
     assert "Hosts: alpha, beta, gamma" in text
 
 
-async def test_events_across_hosts_come_on_one_subscription(three, env, redis_url, me):
-    rc = redis_client(redis_url)
+async def test_events_across_hosts_come_on_one_subscription(three, env, redis_url, me,
+                                                            request):
     proc = await anyio.open_process(canhazgpu("events", "--all-hosts", "--json",
                                               "--count", "2"), env=env,
                                     stderr=subprocess.DEVNULL)
     try:
-        await anyio.to_thread.run_sync(wait_until, lambda: rc.pubsub_numpat() == 1)
+        await anyio.to_thread.run_sync(
+            wait_until, lambda: patterns(env, redis_url, request) == 1)
         await three["alpha"].allocate(Request(count=1), me)
         await three["gamma"].allocate(Request(count=1), me)
         lines = Lines(proc.stdout)
@@ -132,7 +156,6 @@ async def test_events_across_hosts_come_on_one_subscription(three, env, redis_ur
         with anyio.fail_after(10):
             assert await proc.wait() == 0
     finally:
-        rc.close()
         await reap(proc)
 
 
