@@ -176,3 +176,15 @@ async def test_retire_takes_a_stopped_host_off_every_view(three, cli, config, me
     assert bad.returncode == 2
     cli("admin", "--gpus", "2", "--host", "alpha", check=0)  # set up again: listed again
     assert set(hosts_json(cli)) == set(HOSTS)
+
+
+async def test_reserving_a_host_served_by_another_machine_is_refused(three, cli):
+    # gamma as if registered by its own machine: its GPUs are not ours to hand out
+    await three["gamma"].store.register("admin", {"gpus": 4, "machine": "gpu-box-9"})
+    refused = cli("reserve", "--gpus", "1", "--host", "gamma")
+    assert refused.returncode == 2
+    assert "served by machine 'gpu-box-9'" in refused.stderr
+    assert "ssh gpu-box-9" in refused.stderr
+    run = cli("run", "--gpus", "1", "--host", "gamma", "--", "true")
+    assert run.returncode == 2
+    cli("reserve", "--gpus", "1", "--host", "beta", check=0)  # registered from here

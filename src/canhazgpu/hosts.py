@@ -17,7 +17,7 @@ import anyio
 
 from .accounting import summarize
 from .core import Core
-from .errors import BackendUnavailable, CanHazGpuError, NotOwner
+from .errors import BackendUnavailable, CanHazGpuError, InvalidRequest, NotOwner
 from .identity import Caller
 from .model import PoolView, Usage
 
@@ -32,6 +32,10 @@ class HostUnknown(CanHazGpuError):
 
 class HostServing(CanHazGpuError):
     """A host cannot be retired while its daemon serves (it would register again)."""
+
+
+class HostElsewhere(InvalidRequest):
+    """A reservation for a host that another machine serves (docs/hosts.md)."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,18 @@ async def retire(core: Core, caller: Caller) -> str:
                           "(a serving daemon registers its host again)")
     await core.store.register("retire", {})
     return host
+
+
+async def check_here(core: Core) -> None:
+    """Refuse to reserve GPUs of a host registered from another machine: CUDA_VISIBLE_DEVICES,
+    the job's PID and the caller's account only mean something on the machine that runs
+    the job (docs/hosts.md). A host not registered, or registered from here, is ours."""
+    entry = await core.store.registry_entry()
+    machine = entry.get("machine") if entry else None
+    if machine and machine != socket.gethostname():
+        raise HostElsewhere(
+            f"host {core.config.host_name!r} is served by machine {machine!r}: reservations "
+            f"are made on the host that runs the job (ssh {machine} canhazgpu ...)")
 
 
 # ---------------------------------------------------------------------- views

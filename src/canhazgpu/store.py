@@ -246,6 +246,15 @@ class Store:
         """Write this host's registry entry (register.lua: op admin, up, down or retire)."""
         await self._call("register", [REGISTRY_KEY], {"op": op, "entry": json.dumps(entry)})
 
+    async def registry_entry(self) -> dict | None:
+        """This host's registry entry, or None (not registered, or unreadable)."""
+        doc = await self.guard(self.redis.hget(REGISTRY_KEY, self.host))
+        try:
+            entry = json.loads(doc) if doc else None
+        except ValueError:
+            return None
+        return entry if isinstance(entry, dict) else None
+
     async def registry(self) -> dict[str, dict]:
         """Every registered host's entry, decoded; an unreadable one names its key."""
         raw = await self.guard(self.redis.hgetall(REGISTRY_KEY))
