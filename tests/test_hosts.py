@@ -23,7 +23,7 @@ pytestmark = pytest.mark.anyio
 HOSTS = ("alpha", "beta", "gamma")
 
 
-@pytest.fixture(params=["redis", "cluster"])
+@pytest.fixture(params=["redis", pytest.param("cluster", marks=pytest.mark.slow)])
 def env(request, env):
     """Every test twice: on the test Redis, and on the Redis Cluster (the hosts' keys in
     different slots, the registry in its own)."""
@@ -187,4 +187,6 @@ async def test_reserving_a_host_served_by_another_machine_is_refused(three, cli)
     assert "ssh gpu-box-9" in refused.stderr
     run = cli("run", "--gpus", "1", "--host", "gamma", "--", "true")
     assert run.returncode == 2
+    listed = cli("admin", "--gpus", "2", "--host", "alpha,beta")  # no pool named "alpha,beta"
+    assert listed.returncode == 2 and "a list of hosts is for" in listed.stderr
     cli("reserve", "--gpus", "1", "--host", "beta", check=0)  # registered from here

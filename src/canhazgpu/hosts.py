@@ -98,10 +98,18 @@ async def retire(core: Core, caller: Caller) -> str:
     return host
 
 
+def one_host(core: Core) -> None:
+    """A command that changes a pool works on one host: --host a,b is for the views."""
+    if "," in core.config.host_name:
+        raise InvalidRequest(f"invalid --host {core.config.host_name!r}: a list of hosts is "
+                             "for status, queue and report; name one host here")
+
+
 async def check_here(core: Core) -> None:
     """Refuse to reserve GPUs of a host registered from another machine: CUDA_VISIBLE_DEVICES,
     the job's PID and the caller's account only mean something on the machine that runs
     the job (docs/hosts.md). A host not registered, or registered from here, is ours."""
+    one_host(core)
     entry = await core.store.registry_entry()
     machine = entry.get("machine") if entry else None
     if machine and machine != socket.gethostname():

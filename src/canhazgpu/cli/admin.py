@@ -28,6 +28,7 @@ async def admin(state, count, provider, force, as_json, retire):
     """Initialise or resize the GPU pool of this host."""
     from .. import hosts
     from ..request import parse_count
+    hosts.one_host(state.core)
     if retire:
         if count is not None or provider or force:
             raise click.UsageError("--retire takes no --gpus, --provider or --force")
