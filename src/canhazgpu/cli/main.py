@@ -78,7 +78,7 @@ def _closer(state: Context):
 
 def _register() -> None:
     from . import (admin, events, report, reserve, run, serve, status,  # noqa: F401
-                   wait)  # (commands attach)
+                   wait, web)  # (commands attach)
 
 
 async def _amain(args: list[str]) -> int:
