@@ -29,6 +29,8 @@ log = logging.getLogger("canhazgpu.web")
 
 API_VERSION = 1
 MAX_DAYS = 3660
+MAX_HEADER_BYTES = 16 * 1024
+MAX_URL_BYTES = 8 * 1024
 STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
           "style.css": "text/css; charset=utf-8"}
 SECURITY_HEADERS = [
@@ -95,14 +97,24 @@ async def _unexpected(request: Request, err: Exception) -> JSONResponse:
     return error(500, "internal error: see the server's log")
 
 
-def _security_headers(app):
-    async def wrapped(scope, receive, send):
+def _guarded(app):
+    """Oversized requests get a 4xx JSON error before any routing; every response gets the
+    security headers."""
+    async def guarded(scope, receive, send):
         async def sending(message):
             if message["type"] == "http.response.start":
                 message["headers"] = list(message.get("headers", [])) + SECURITY_HEADERS
             await send(message)
+        if scope["type"] == "http":
+            size = sum(len(k) + len(v) for k, v in scope["headers"])
+            if size > MAX_HEADER_BYTES:
+                return await error(431, f"request headers too large ({size} bytes; at most "
+                                   f"{MAX_HEADER_BYTES})")(scope, receive, sending)
+            if len(scope.get("raw_path", b"")) + len(scope.get("query_string", b"")) > MAX_URL_BYTES:
+                return await error(414, f"URL too long (at most {MAX_URL_BYTES} bytes)")(
+                    scope, receive, sending)
         await app(scope, receive, sending)
-    return wrapped
+    return guarded
 
 
 # ---------------------------------------------------------------------- the app
@@ -197,4 +209,4 @@ def create_app(web: Web):
     ]
     app = Starlette(routes=routes, exception_handlers={
         HTTPException: _http_error, CanHazGpuError: _domain_error, Exception: _unexpected})
-    return _security_headers(app)
+    return _guarded(app)

@@ -149,6 +149,9 @@ class HostFeed:
         store = self.core.store
         hub = EventHub(store, (store.expired_channel,))
         async with hub.running(), hub.listen() as stream, anyio.create_task_group() as tg:
+            # subscribed (or Redis down): the first read, so that pages open on real data
+            self.live.publish(Item("state", self.host, await read_host(self.live.hosts,
+                                                                       self.host)))
             tg.start_soon(self._refresher)
             task_status.started()
             async for item in stream:
