@@ -121,3 +121,37 @@ async def test_the_page_shows_the_report(pool, config, me, tmp_path):
 async def _cli(env, *args: str) -> None:
     proc = await anyio.run_process(canhazgpu(*args), env=env, check=False)
     assert proc.returncode == 0, proc.stderr.decode()
+
+
+async def test_the_page_says_when_redis_is_away_and_recovers(env, tmp_path):
+    from dataclasses import replace
+
+    from canhazgpu.config import load
+    from canhazgpu.core import Core
+    from canhazgpu.embedded import RedisServer
+    server = RedisServer(tmp_path / "own-redis", persist=True).start()
+    config = replace(load(env=env), redis_url=server.url)
+    core = Core(config)
+    try:
+        await core.setup_pool(2, "fake", force=False)
+        async with served(config) as client, chromium() as browser:
+            page = await browser.new_page()
+            problems = []
+            page.on("console", lambda m: m.type == "error" and problems.append(m.text))
+            await page.goto(str(client.base_url))
+            await page.wait_for_selector(card(1, "available"))
+            server.kill()
+            error = page.locator(f'section[data-host="{HOST}"] .host-error')
+            await error.wait_for(timeout=5000)
+            assert "cannot reach Redis" in await error.inner_text()
+            assert await page.locator("#connection").get_attribute("data-state") == "degraded"
+            assert await page.locator(card(1, "available")).count() == 1  # the last known
+            await page.screenshot(path=tmp_path / "redis-away.png", full_page=True)
+            await anyio.to_thread.run_sync(server.start)
+            await error.wait_for(state="detached", timeout=15000)
+            await page.wait_for_function(
+                "document.querySelector('#connection').dataset.state === 'live'")
+            assert problems == []
+    finally:
+        await core.aclose()
+        server.stop()

@@ -184,7 +184,7 @@ function drawHost(host) {
       summary.reserved ? `, ${summary.reserved} reserved` : '',
       summary.unreserved ? `, ${summary.unreserved} unreserved` : '',
       summary.error ? `, ${summary.error} in error` : '') : null,
-    state.daemon === false ? el('p', {class: 'muted', text: 'no daemon: GPU usage is read on each change'}) : null));
+    state.daemon === false ? el('p', {class: 'muted', text: 'no daemon running: GPU usage is re-read every 30 s and on each change'}) : null));
   if (state.error) {
     parts.push(el('p', {class: 'host-error', role: 'alert'},
       el('strong', {text: doc ? 'Not live: ' : 'Cannot read this host: '}), state.error));
