@@ -135,10 +135,22 @@ def _raw(address, request: bytes) -> bytes:
     """Send raw bytes; the reply's start (b'' when the server just closed the connection)."""
     with socket.create_connection(address, timeout=5) as sock:
         try:
-            sock.sendall(request)
+            if request:
+                sock.sendall(request)
             return sock.recv(100)
         except ConnectionResetError:
             return b""
+
+
+async def test_a_client_too_slow_with_its_headers_is_disconnected(pool, config, monkeypatch):
+    from canhazgpu.web import server
+    monkeypatch.setattr(server, "HEADERS_TIMEOUT_S", 0.5)
+    async with served(config) as client:
+        address = client.base_url.host, client.base_url.port
+        for start in (b"", b"GET / HTTP/1.1\r\nHost: x\r\n"):  # nothing; half the headers
+            with anyio.fail_after(5):
+                assert await anyio.to_thread.run_sync(_raw, address, start) == b""
+        assert (await client.get("/healthz")).status_code == 200
 
 
 async def test_the_page_and_its_assets(pool, config):

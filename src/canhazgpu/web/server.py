@@ -5,7 +5,9 @@ from __future__ import annotations
 import socket
 
 import anyio
+import h11
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..config import Config
 from ..errors import CanHazGpuError, InvalidRequest
@@ -13,6 +15,44 @@ from .app import Web, create_app
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 MAX_CONNECTIONS = 1000  # beyond this uvicorn answers 503 (each SSE client is one)
+HEADERS_TIMEOUT_S = 10.0  # a request's headers must be in within this
+
+
+class Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for each request's headers: a client that
+    connects and sends nothing, or trickles its headers in (slowloris), is disconnected
+    instead of holding a connection for ever."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline = None
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE and self._deadline is not None:
+            self._deadline.cancel()  # the headers are in
+            self._deadline = None
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm()  # the next request on this connection gets its own deadline
+
+    def connection_lost(self, exc) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._deadline = self.loop.call_later(HEADERS_TIMEOUT_S, self._too_slow)
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.close()
 
 
 class CannotListen(CanHazGpuError):
@@ -66,7 +106,7 @@ async def serve_web(config: Config, listen: str = DEFAULT_LISTEN, hosts: tuple[s
     web = Web(config, hosts)
     async with web.running():
         settings = uvicorn.Config(
-            create_app(web), lifespan="off", log_config=None, access_log=False, http="h11",
+            create_app(web), lifespan="off", log_config=None, access_log=False, http=Protocol,
             ws="none", server_header=False, timeout_keep_alive=5, timeout_graceful_shutdown=2,
             limit_concurrency=MAX_CONNECTIONS)
         settings.load()
