@@ -85,6 +85,7 @@ async def test_no_request_changes_state(pool, config, rclient, me, fake_gpus):
         paths = ["/", "/static/app.js", "/healthz", "/metrics", "/api/v1/hosts",
                  f"/api/v1/hosts/{HOST}/status", f"/api/v1/hosts/{HOST}/queue",
                  "/api/v1/report?days=1"]
+        assert (await client.head("/api/v1/events")).status_code == 200
         for path in paths:
             for method in ("GET", "HEAD"):
                 assert (await client.request(method, path)).status_code == 200, (method, path)

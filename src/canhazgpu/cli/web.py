@@ -9,12 +9,13 @@ from .main import cli
 
 @cli.command(epilog="""\b
 Examples:
-  canhazgpu web                              # this host, on http://127.0.0.1:8080/
-  canhazgpu web --listen 0.0.0.0:8080        # every interface: the team's dashboard
-  canhazgpu web --host gpu01,gpu02           # hosts that share this Redis
-  canhazgpu web --demo                       # fake GPUs and simulated users, to try it
+  canhazgpu web                         # this host, on http://127.0.0.1:8080/
+  canhazgpu web --listen 0.0.0.0:8080   # every interface: the team's page
+  canhazgpu web --host gpu01,gpu02      # hosts that share this Redis
+  canhazgpu web --demo                  # fake GPUs and simulated users
   curl -s localhost:8080/api/v1/hosts/$(hostname -s)/status | jq .summary
-Exit code: 0 after SIGTERM/SIGINT; 1 when the address cannot be bound; 2 for bad options.
+Exit code: 0 after SIGTERM/SIGINT; 1 when the address cannot be bound;
+2 for bad options.
 """)
 @click.option("--listen", default="127.0.0.1:8080", show_default=True, metavar="ADDR",
               help="Address and port to serve on; 0.0.0.0:PORT for every interface.")
@@ -22,7 +23,7 @@ Exit code: 0 after SIGTERM/SIGINT; 1 when the address cannot be bound; 2 for bad
               help="Show these hosts (repeat or comma-separate) instead of this one.")
 @click.option("--demo", is_flag=True,
               help="Serve a demo: a private Redis, fake GPUs and simulated users.")
-@click.option("--verbose", "-v", is_flag=True, help="Log every request's problems in detail.")
+@click.option("--verbose", "-v", is_flag=True, help="Log debug details too.")
 @click.pass_obj
 async def web(state, listen, host_names, demo, verbose):
     """Serve a live, read-only web page of the GPUs, an HTTP API and /metrics."""

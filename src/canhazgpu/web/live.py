@@ -9,11 +9,14 @@ event stream, or says `resync` when it cannot.
 
 from __future__ import annotations
 
+import json
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import anyio
+from redis.exceptions import RedisError
 
 from .. import render
 from ..errors import CanHazGpuError
@@ -49,8 +52,11 @@ async def read_host(hosts: Hosts, host: str) -> HostState:
         view = await core.view()
         return HostState(host, render.render_json(view), await queue_rows(view),
                          await daemon_up(core.store))
-    except CanHazGpuError as err:
+    except (CanHazGpuError, RedisError) as err:
         return HostState(host, error=str(err))
+    except Exception:  # a bug must not take the page down for every host: log it, show it
+        log.exception("reading host %s", host)
+        return HostState(host, error="internal error reading this host: see the server's log")
 
 
 async def read_all(hosts: Hosts, names: list[str]) -> list[HostState]:
@@ -75,6 +81,12 @@ class Item:
     kind: str
     host: str
     data: object = None
+
+    @cached_property
+    def json(self) -> str:
+        """The event's or the state's document as JSON, made once for every client."""
+        doc = self.data.data if self.kind == "event" else self.data.doc()
+        return json.dumps(doc, separators=(",", ":"))
 
 
 class Live:
@@ -193,7 +205,7 @@ class HostFeed:
                     seqs[self.host] = latest
                     self.live.publish(Item("resync", self.host, latest))
             seqs[self.host] = latest
-        except CanHazGpuError as err:
+        except (CanHazGpuError, RedisError) as err:
             log.warning("%s: %s", self.host, err)
         self.dirty.set()
 

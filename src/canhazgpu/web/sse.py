@@ -14,8 +14,9 @@ import json
 from urllib.parse import quote, unquote
 
 import anyio
+from redis.exceptions import RedisError
 from starlette.requests import Request
-from starlette.responses import StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from ..errors import CanHazGpuError, InvalidRequest
 from .adapters import events_since
@@ -47,8 +48,10 @@ def parse_cursor(text: str, hosts: list[str]) -> dict[str, int]:
 
 
 def message(kind: str, data, cursor: dict[str, int] | None = None) -> str:
+    """One SSE message; `data` is a document, or an Item whose JSON is made once for all."""
+    text = data.json if isinstance(data, Item) else json.dumps(data, separators=(",", ":"))
     head = f"id: {encode_cursor(cursor)}\n" if cursor else ""
-    return f"{head}event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+    return f"{head}event: {kind}\ndata: {text}\n\n"
 
 
 class Stream:
@@ -70,7 +73,8 @@ class Stream:
                     yield text
             if self.view:
                 for host in self.hosts:
-                    yield message("state", self.live.state(host).doc(), self.cursor)
+                    yield message("state", Item("state", host, self.live.state(host)),
+                                  self.cursor)
             while True:
                 item = None
                 with anyio.move_on_after(KEEPALIVE_S):
@@ -93,8 +97,8 @@ class Stream:
             try:
                 missed = [e for e in await events_since(self.live.hosts.core(host).store, seq)
                           if e.seq <= latest]
-            except CanHazGpuError:
-                pass
+            except (CanHazGpuError, RedisError):
+                pass  # the resync below covers it
         out = [self._render(Item("event", host, e)) for e in missed]
         if not missed or missed[0].seq != seq + 1:
             out.append(self._render(Item("resync", host, latest)))
@@ -107,16 +111,16 @@ class Stream:
             if item.data.seq <= self.cursor.get(item.host, -1):
                 return ""  # sent by the replay already
             self.cursor[item.host] = item.data.seq
-            return message("event", item.data.data, self.cursor)
+            return message("event", item, self.cursor)
         if item.kind == "resync":
             self.cursor[item.host] = item.data
             return message("resync", {"host": item.host}, self.cursor)
         if self.view:
-            return message("state", item.data.doc(), self.cursor)
+            return message("state", item, self.cursor)
         return ""
 
 
-async def events_endpoint(request: Request, live: Live, hosts: list[str]) -> StreamingResponse:
+async def events_endpoint(request: Request, live: Live, hosts: list[str]) -> Response:
     """The SSE response for `hosts` (already validated)."""
     header = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
     cursor = parse_cursor(header, hosts) if header else {}
@@ -124,6 +128,8 @@ async def events_endpoint(request: Request, live: Live, hosts: list[str]) -> Str
     if view not in ("0", "1"):
         raise InvalidRequest(f"invalid view {view!r}: use view=1 for status documents, "
                              "or leave it out")
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    if request.method == "HEAD":
+        return Response(media_type="text/event-stream", headers=headers)
     return StreamingResponse(Stream(live, hosts, cursor, view == "1"),
-                             media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                             media_type="text/event-stream", headers=headers)
