@@ -130,9 +130,9 @@ async def test_sweep_finalizes_into_history(pool, me):
     assert await pool.sweep() == [0, 1]
     assert await pool.sweep() == []
     rows = await pool.store.history(0)
-    assert sorted((r["gpu"], r["reason"]) for r in rows) == [(0, "expired"), (1, "expired")]
+    assert sorted((r.gpu, r.reason) for r in rows) == [(0, "expired"), (1, "expired")]
     # the end time is when the lease ran out, not when the sweep noticed
-    assert all(r["end_ms"] - r["start_ms"] <= 80 for r in rows)
+    assert all(r.end_ms - r.start_ms <= 80 for r in rows)
 
 
 async def test_heartbeat_extends_and_reestablishes_a_lapsed_lease(pool, me, rclient):

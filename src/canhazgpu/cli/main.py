@@ -10,7 +10,7 @@ import anyio
 import asyncclick as click
 from asyncclick.exceptions import NoArgsIsHelpError
 
-from ..errors import CanHazGpuError
+from ..errors import CanHazGpuError, boundary
 from . import output
 
 EPILOG = """\b
@@ -77,13 +77,14 @@ def _closer(state: Context):
 
 
 def _register() -> None:
-    from . import (admin, events, report, reserve, run, serve, status,  # noqa: F401
+    from . import (admin, events, queue, report, reserve, run, serve, status,  # noqa: F401
                    wait, web)  # (commands attach)
 
 
 async def _amain(args: list[str]) -> int:
     try:
-        result = await cli.main(args=args, prog_name="canhazgpu", standalone_mode=False)
+        with boundary():  # the CLI's edge: one expected error, however deep it was raised
+            result = await cli.main(args=args, prog_name="canhazgpu", standalone_mode=False)
     except CanHazGpuError as err:
         output.error(str(err))
         return err.exit_code

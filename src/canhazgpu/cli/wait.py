@@ -1,4 +1,4 @@
-"""`canhazgpu wait` and `canhazgpu queue`: first come, first served."""
+"""`canhazgpu wait`: queue for GPUs, first come, first served."""
 
 from __future__ import annotations
 
@@ -49,19 +49,12 @@ class ProgressLine:
 
 async def acquire(state, req, caller, wait_s: float | None, quiet: bool = False):
     """Allocate now, or queue for at most wait_s (None: fail at once when short)."""
-    if wait_s is None:
-        return await state.core.allocate(req, caller)
-    from ..waitqueue import Waiter
-    line = None if quiet else ProgressLine()
-    waiter = Waiter(state.core, req, caller, progress=line, warn=output.warn)
+    line = None if quiet or wait_s is None else ProgressLine()
     try:
-        res = await waiter.wait(None if wait_s == float("inf") else wait_s)
+        return await state.core.acquire(req, caller, wait_s, progress=line, warn=output.warn)
     finally:
         if line is not None:
             line.done()
-    if req.kind == "manual":  # the grant held GPUs on the queue lease: now the real duration
-        await state.core.heartbeat(res)
-    return res
 
 
 def wait_option(func):
@@ -106,43 +99,3 @@ async def wait(state, count, gpu_ids, note, timeout_text, duration_text, short, 
     output.emit(res.env_value() if short else
                 f"Reserved {len(res.gpus)} GPU(s): {res.env_value()}")
 
-
-@cli.command(epilog="""\b
-Examples:
-  canhazgpu queue
-  canhazgpu queue --json | jq length
-""")
-@click.option("--json", "as_json", is_flag=True, help="Print the queue as JSON.")
-@click.pass_obj
-async def queue(state, as_json):
-    """Show who is waiting for GPUs, in order."""
-    from ..timefmt import short
-    view_state = await state.core.store.read_state()
-    now = view_state["now_ms"]
-    holds = view_state["holds"]
-    rows = []
-    for pos, wid in enumerate(view_state["queue"], 1):
-        w = view_state["waiters"].get(wid)
-        if not w or int(w.get("deadline_ms", 0)) < now:
-            continue
-        granted = sorted(i for i, h in holds.items() if h.get("rid") == wid)
-        requested = w["ids"] if w.get("mode") == "ids" else int(w["count"])
-        rows.append({"position": len(rows) + 1, "id": wid, "user": w["user"],
-                     "requested": requested, "granted": granted,
-                     "waiting_s": round((now - int(w["enqueued_ms"])) / 1000, 1),
-                     "type": w.get("kind", ""), "note": w.get("note", "")})
-    if as_json:
-        output.emit_json(rows)
-        return
-    if not rows:
-        output.emit("The queue is empty.")
-        return
-    header = ("POS", "USER", "REQUESTED", "GRANTED", "WAITING", "NOTE")
-    table = [header] + [(
-        str(r["position"]), r["user"],
-        f"GPUs {','.join(map(str, r['requested']))}" if isinstance(r["requested"], list)
-        else f"{r['requested']} GPU(s)",
-        ",".join(map(str, r["granted"])) or "-", short(r["waiting_s"]), r["note"]) for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        output.emit("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())

@@ -1,55 +1,31 @@
 """Reads the web server needs that the core does not offer yet (thin; for the core to adopt).
 
-- `queue_rows`: the rows of `canhazgpu queue --json`, from a PoolView (cli/wait.py builds
-  the same rows inline from read_state; one function should serve both), plus `eta_s`.
-- `last_seq` and `events_since`: the host's event counter and the replay of its capped
-  event stream (Store.events_since, once the scripts XADD every event; until then this
-  reads the stream key itself, and finds it empty).
+- `queue_rows`: `canhazgpu queue --json`'s rows from a PoolView (render.queue_json), with
+  `eta_s` per row (waitqueue.eta_ms, as `wait` estimates it), so the page's queue and its
+  status come from one read;
+- `last_seq`: the host's event counter (Store has no reader for it);
+- `events_since`: Store.events_since, decoded to Event values;
 - `daemon_up`: whether a daemon holds the host's lock.
 """
 
 from __future__ import annotations
 
+import json
+
 from ..events import Event
 from ..model import PoolView
-from ..request import QueueStatus
+from ..render import queue_json
 from ..store import Store
-from ..waitqueue import estimate
-
-STREAM_BATCH = 200  # entries read per XREVRANGE while looking for a sequence number
+from ..waitqueue import eta_ms
 
 
-class _Fixed:
-    """A stand-in core whose view is one we already read (estimate() asks a core for it)."""
-
-    def __init__(self, view: PoolView) -> None:
-        self._view = view
-
-    async def view(self) -> PoolView:
-        return self._view
-
-
-async def queue_rows(view: PoolView) -> list[dict]:
-    """Who waits, in order: `queue --json`'s rows, and `eta_s` for the head of the queue
-    (when enough GPUs should be free, from manual reservations' expiry; None: unknown)."""
-    now = view.now_ms
-    rows: list[dict] = []
-    for w in view.queue:
-        if int(w.get("deadline_ms", 0)) < now:
-            continue  # its waiter stopped heart-beating: gone, whether finalized or not
-        wid = w["wid"]
-        granted = sorted(g.gpu for g in view.gpus if g.hold is not None and g.hold.rid == wid)
-        requested = w["ids"] if w.get("mode") == "ids" else int(w["count"])
-        rows.append({"position": len(rows) + 1, "id": wid, "user": w["user"],
-                     "requested": requested, "granted": granted,
-                     "waiting_s": round((now - int(w["enqueued_ms"])) / 1000, 1),
-                     "type": w.get("kind", ""), "note": w.get("note", ""), "eta_s": None})
-    if rows:
-        head = rows[0]
-        want = len(head["requested"]) if isinstance(head["requested"], list) \
-            else head["requested"]
-        status = QueueStatus(1, tuple(head["granted"]), False, len(rows))
-        head["eta_s"] = (await estimate(_Fixed(view), status, want)).eta_s
+def queue_rows(view: PoolView) -> list[dict]:
+    """Who waits, in order, and `eta_s`: seconds until each should have its GPUs (0: now;
+    None: cannot be told)."""
+    rows = queue_json(view.now_ms, view.queue)
+    for row in rows:
+        eta = eta_ms(view, row["id"])
+        row["eta_s"] = None if eta is None else max(0.0, (eta - view.now_ms) / 1000)
     return rows
 
 
@@ -60,22 +36,8 @@ async def last_seq(store: Store) -> int:
 
 async def events_since(store: Store, seq: int) -> list[Event]:
     """The host's events after `seq`, oldest first, as far back as its stream reaches."""
-    own = getattr(store, "events_since", None)
-    if own is not None:
-        return list(await own(seq))
-    key, found, top = store.key("stream"), [], "+"
-    while True:
-        entries = await store.guard(store.redis.xrevrange(key, top, "-", count=STREAM_BATCH))
-        for entry_id, fields in entries:
-            event = Event.decode(fields.get("doc", ""))
-            if event is None:
-                continue
-            if event.seq <= seq:
-                return found[::-1]
-            found.append(event)
-        if len(entries) < STREAM_BATCH:
-            return found[::-1]
-        top = "(" + entries[-1][0]
+    found = (Event.decode(json.dumps(doc)) for doc in await store.events_since(seq))
+    return [event for event in found if event is not None]
 
 
 async def daemon_up(store: Store) -> bool:

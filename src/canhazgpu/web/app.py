@@ -171,7 +171,7 @@ def create_app(web: Web):
     async def queue(request: Request) -> JSONResponse:
         from .adapters import queue_rows
         core = hosts.core(await known(request.path_params["host"]))
-        return JSONResponse(await queue_rows(await core.view()))
+        return JSONResponse(queue_rows(await core.view()))
 
     async def report(request: Request) -> JSONResponse:
         text = request.query_params.get("days", "30")

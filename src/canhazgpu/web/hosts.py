@@ -20,10 +20,8 @@ class SnapshotCore(Core):
     stored last (however old), never a scan of our own GPUs. No snapshot: no usage known."""
 
     async def usage(self) -> Usage:
-        snap = await self.store.read_usage()
-        if snap:
-            return Usage.from_json(snap)
-        return Usage(None, (), "none")  # scanned_ms None: the status document says "unknown"
+        now_ms, snap = await self.store.read_usage()
+        return snap if snap is not None else Usage(now_ms, (), "none")
 
 
 class Hosts:

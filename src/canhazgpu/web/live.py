@@ -50,7 +50,7 @@ async def read_host(hosts: Hosts, host: str) -> HostState:
     core = hosts.core(host)
     try:
         view = await core.view()
-        return HostState(host, render.render_json(view), await queue_rows(view),
+        return HostState(host, render.render_json(view), queue_rows(view),
                          await daemon_up(core.store))
     except (CanHazGpuError, RedisError) as err:
         return HostState(host, error=str(err))
