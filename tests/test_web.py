@@ -361,6 +361,11 @@ async def test_the_command_serves_until_sigterm(pool, env):
         async with httpx.AsyncClient(base_url=base) as client:
             assert (await client.get(f"/api/v1/hosts/{HOST}/status")).json()["summary"][
                 "total"] == 8
+        taken = await anyio.run_process(canhazgpu("web", "--listen", base.split("//")[1]),
+                                        env=env, check=False)
+        assert taken.returncode == 1
+        assert taken.stderr.decode().startswith("Error: cannot listen on 127.0.0.1:")
+        assert "Address already in use" in taken.stderr.decode()
         assert await stop(proc) == 0
     finally:
         await reap(proc)

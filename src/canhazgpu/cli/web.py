@@ -52,24 +52,15 @@ async def _serve(config, listen, names, demo) -> None:
 
     import anyio
 
-    from ..errors import CanHazGpuError
     from ..web.server import serve_web
     from . import output
 
-    outcome = None
     async with AsyncExitStack() as stack:
         if demo:
             from ..web.demo import demo as run_demo
             config, names = await stack.enter_async_context(run_demo(config))
         async with anyio.create_task_group() as tg:
-            try:
-                host, port = await tg.start(serve_web, config, listen, names)
-            except CanHazGpuError as err:
-                outcome = err  # raised out here, not wrapped by the task groups
-                tg.cancel_scope.cancel()
-            else:
-                shown = f"[{host}]" if ":" in host else host
-                output.warn(f"serving http://{shown}:{port}/ for "
-                            f"{', '.join(names) or config.host_name} (Ctrl+C to stop)")
-    if outcome is not None:
-        raise outcome
+            host, port = await tg.start(serve_web, config, listen, names)
+            shown = f"[{host}]" if ":" in host else host
+            output.warn(f"serving http://{shown}:{port}/ for "
+                        f"{', '.join(names) or config.host_name} (Ctrl+C to stop)")
