@@ -81,7 +81,7 @@ def test_reserve_and_release(admin):
     (("reserve", "--duration", "0"), "'0'"),
     (("reserve", "--duration", "0m"), "'0m'"),
     (("reserve", "--duration", "9999d"), "'9999d'"),
-    (("reserve", "--gpus", "1", "--gpu-ids", "1"), "--gpu-ids"),
+    (("reserve", "--gpus", "2", "--gpu-ids", "1"), "--gpu-ids 1"),
     (("run", "--gpus", "1"), "needs a command"),
     (("run", "--gpus", "1", "--timeout", "soon", "--", "true"), "'soon'"),
     (("report", "--days", "-3"), "'-3'"),

@@ -10,7 +10,7 @@ import pytest
 
 from canhazgpu.core import Request
 from conftest import lease_expiry
-from canhazgpu.errors import (GpusUnavailable, InvalidRequest, NotEnoughGpus, NotOwner,
+from canhazgpu.errors import (GpusUnavailable, NotEnoughGpus, NotHeld, NotOwner,
                               PoolBusy, PoolNotInitialized)
 
 pytestmark = pytest.mark.anyio
@@ -91,7 +91,7 @@ async def test_release_checks_the_owner(pool, me):
     await pool.allocate(Request(ids=(4,)), other(me))
     with pytest.raises(NotOwner, match="GPU 4 is reserved by bob"):
         await pool.release(me, ids=(4,))
-    with pytest.raises(InvalidRequest, match="not reserved"):
+    with pytest.raises(NotHeld, match="not reserved"):
         await pool.release(me, ids=(5,))
     assert (await pool.view()).gpus[4].hold.user == "bob"
 

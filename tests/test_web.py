@@ -234,7 +234,7 @@ async def test_last_event_id_replays_exactly_the_missed_events(pool, config, me)
 
 
 async def test_each_host_is_followed(pool, config, me, redis_url):
-    """--host: only the named hosts; a host without a pool shows its error, not a crash."""
+    """--hosts: only the named hosts; a host without a pool shows its error, not a crash."""
     async with served(config, hosts=(HOST, "elsewhere")) as client:
         hosts = (await client.get("/api/v1/hosts")).json()["hosts"]
         assert [(h["host"], h["local"]) for h in hosts] == [(HOST, True), ("elsewhere", False)]
@@ -374,8 +374,8 @@ async def test_the_command_serves_until_sigterm(pool, env):
 def test_bad_options_are_usage_errors(cli):
     for args, text in ((("--listen", "nowhere"), "invalid --listen 'nowhere'"),
                        (("--listen", "1.2.3.4:99999"), "invalid --listen"),
-                       (("--host", "a:b"), "invalid host name 'a:b'"),
-                       (("--demo", "--host", "gpu01"), "--demo shows its own hosts")):
+                       (("--hosts", "a:b"), "invalid host name 'a:b'"),
+                       (("--demo", "--hosts", "gpu01"), "--demo shows its own hosts")):
         proc = cli("web", *args, check=2)
         assert proc.stderr.startswith(f"Error: ") and text in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr

@@ -16,7 +16,7 @@ from . import gpu
 from .accounting import summarize
 from .config import Config
 from .errors import (CanHazGpuError, CorruptState, GpusUnavailable, InvalidRequest,
-                     NotEnoughGpus, NotOwner, PoolBusy, PoolNotInitialized, boundary)
+                     NotEnoughGpus, NotHeld, NotOwner, PoolBusy, PoolNotInitialized, boundary)
 from .identity import Caller
 from .model import GpuState, GpuUsage, PoolView, Record, Usage, Waiter
 from .request import QueueStatus, Request, Reservation, parse_count, parse_ids
@@ -202,9 +202,12 @@ class Core:
         threshold = self.config.memory_threshold
         mode, want = ("ids", ",".join(map(str, req.ids))) if req.ids is not None \
             else ("count", req.count)
+        own = {g.index for g in usage.gpus  # reserve --force: claim our own stray job
+               if req.claim_own and set(g.users) == {caller.user}}
         status, data = await self._script(
             "allocate", ("OK", "SHORT", "UNAVAILABLE"), check=self.check(req),
-            mode=mode, want=want, unreserved=",".join(map(str, usage.busy(threshold))),
+            mode=mode, want=want,
+            unreserved=",".join(str(i) for i in usage.busy(threshold) if i not in own),
             errored=",".join(map(str, usage.errors())), record=json.dumps(record),
             ttl_ms=int(ttl * 1000), strategy=self.config.strategy,
             # our own scan tells the queue which GPUs are busy (the daemon's is stored)
@@ -242,8 +245,8 @@ class Core:
             return json.loads(data)
         if status == "NOTHELD":
             ids = ", ".join(map(str, json.loads(data)))
-            raise InvalidRequest(f"GPU {ids} is not reserved: nothing to release "
-                                 "(see 'canhazgpu status')")
+            raise NotHeld(f"GPU {ids} is not reserved: nothing to release "
+                          "(see 'canhazgpu status')")
         who = "; ".join(f"GPU {r['gpu']} is reserved by {r['user']}" for r in json.loads(data))
         raise NotOwner(f"{who}: only its owner can release it "
                        "(an admin can use 'release --user NAME --force')")

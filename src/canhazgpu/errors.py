@@ -42,6 +42,10 @@ class GpusUnavailable(CanHazGpuError):
     """Specific GPUs asked for by id are held or in unreserved use."""
 
 
+class NotHeld(CanHazGpuError):
+    """Releasing a GPU that nobody holds: nothing changed, but not a usage error."""
+
+
 class NotOwner(CanHazGpuError):
     """Releasing a reservation that belongs to someone else."""
 

@@ -26,7 +26,7 @@ Examples:
   canhazgpu events --since 41 --json                # what came after event 41, then live
 Event types and fields: docs/events.md.
 """)
-@click.option("--json", "as_json", is_flag=True,
+@click.option("--json", "-j", "as_json", is_flag=True,
               help="One JSON document per event (JSON Lines), as published.")
 @click.option("--type", "types", multiple=True, metavar="T",
               help="Only these types (repeat, or comma-separate).")

@@ -11,7 +11,7 @@ from .main import cli
 Examples:
   canhazgpu web                         # this host, on http://127.0.0.1:8080/
   canhazgpu web --listen 0.0.0.0:8080   # every interface: the team's page
-  canhazgpu web --host gpu01,gpu02      # hosts that share this Redis
+  canhazgpu web --hosts gpu01,gpu02     # hosts that share this Redis
   canhazgpu web --demo                  # fake GPUs and simulated users
   curl -s localhost:8080/api/v1/hosts/$(hostname -s)/status | jq .summary
 Exit code: 0 after SIGTERM/SIGINT; 1 when the address cannot be bound;
@@ -19,8 +19,9 @@ Exit code: 0 after SIGTERM/SIGINT; 1 when the address cannot be bound;
 """)
 @click.option("--listen", default="127.0.0.1:8080", show_default=True, metavar="ADDR",
               help="Address and port to serve on; 0.0.0.0:PORT for every interface.")
-@click.option("--host", "host_names", multiple=True, metavar="H[,H...]",
-              help="Show these hosts (repeat or comma-separate) instead of this one.")
+@click.option("--hosts", "host_names", multiple=True, metavar="H[,H...]",
+              help="Show these hosts (repeat or comma-separate) instead of this one "
+                   "(--host).")
 @click.option("--demo", is_flag=True,
               help="Serve a demo: a private Redis, fake GPUs and simulated users.")
 @click.option("--verbose", "-v", is_flag=True, help="Log debug details too.")
@@ -38,7 +39,7 @@ async def web(state, listen, host_names, demo, verbose):
     names = parse_hosts(host_names)
     parse_listen(listen)  # a bad address is a usage error before anything starts
     if demo and names:
-        raise InvalidRequest("--demo shows its own hosts: leave out --host")
+        raise InvalidRequest("--demo shows its own hosts: leave out --hosts")
     logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s")
     for noisy in ("redis", "uvicorn", "uvicorn.error", "canhazgpu.serve"):

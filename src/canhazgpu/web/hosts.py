@@ -1,7 +1,7 @@
 """The hosts the web server shows, and a core for each.
 
 `Hosts` is the seam where the host registry (issue 11) plugs in: today it is the local
-host, or the hosts named with `--host`. Everything else in the web package asks it for
+host, or the hosts named with `--hosts`. Everything else in the web package asks it for
 `names()` and `core(host)` and never cares where the list came from.
 """
 
@@ -25,7 +25,7 @@ class SnapshotCore(Core):
 
 
 class Hosts:
-    """A fixed list of hosts: `web` shows this host, `web --host A,B` shows A and B."""
+    """A fixed list of hosts: `web` shows this host, `web --hosts A,B` shows A and B."""
 
     def __init__(self, config: Config, names: tuple[str, ...] = ()) -> None:
         self.config = config
@@ -62,7 +62,7 @@ class UnknownHost(InvalidRequest):
 
 
 def parse_hosts(values: tuple[str, ...]) -> tuple[str, ...]:
-    """`--host a,b --host c` -> ('a', 'b', 'c'), each a plausible host name."""
+    """`--hosts a,b --hosts c` -> ('a', 'b', 'c'), each a plausible host name."""
     names = tuple(n.strip() for v in values for n in v.split(",") if n.strip())
     for name in names:
         if any(c in name for c in "{}:/ \t") or len(name) > 253:
