@@ -81,7 +81,7 @@ def global_options() -> list[click.Option]:
         flag("--config", "FILE", "Config file to read (env CANHAZGPU_CONFIG)."),
         flag("--redis-url", "URL", "Redis to use (env CANHAZGPU_REDIS_URL)."),
         flag("--host", "NAME", "Host name used in keys (env CANHAZGPU_HOST)."),
-        flag("--memory-threshold", "MB", "Used memory above which a GPU is in use "
+        flag("--memory-threshold", "MB", "Used memory at or above which a GPU is in use "
                                           "(default 1024)."),
         GlobalOption(["--no-color"], is_flag=True, expose_value=False, callback=_no_color,
                      help="No colours, even on a terminal (like NO_COLOR=1)."),
