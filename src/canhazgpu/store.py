@@ -45,8 +45,10 @@ def _load_sources() -> dict[str, str]:
 class Store:
     """One Redis connection pool plus the scripts, for the keys of one host."""
 
-    def __init__(self, url: str, host: str, *, client: aioredis.Redis | None = None) -> None:
+    def __init__(self, url: str, host: str, *, client: aioredis.Redis | None = None,
+                 explain=None) -> None:
         self.url = check_url(url)
+        self._explain = explain  # err -> the "cannot reach" line naming where the URL came from
         self.host = host
         self.prefix = f"canhazgpu:{{{host}}}"
         self.channel = f"{self.prefix}:events"
@@ -117,6 +119,8 @@ class Store:
             raise
 
     def unreachable(self, err: BaseException) -> str:
+        if self._explain is not None:
+            return self._explain(err)
         return (
             f"cannot reach Redis at {redacted(self.url)} ({err or type(err).__name__}): "
             "start one with 'canhazgpu serve --embedded-redis', or point "
