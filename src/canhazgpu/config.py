@@ -31,7 +31,7 @@ class RedisChoice:
     """The Redis this configuration names, and where that came from (for every message)."""
 
     url: str
-    origin: str  # "--redis-url", "$CANHAZGPU_REDIS_URL", a config file, a URL file, "default"
+    origin: str  # "--redis-url", "$CANHAZGPU_REDIS_URL", a file, "default"; "": set in code
     published: Path | None = None  # the daemon's URL file the URL was read from
 
     def unreachable(self, err: BaseException) -> str:
@@ -46,6 +46,9 @@ class RedisChoice:
                     f"and no 'canhazgpu serve --embedded-redis' ran on this host ({why}): "
                     "start one with 'canhazgpu serve --embedded-redis', or set "
                     "CANHAZGPU_REDIS_URL")
+        if not self.origin:  # set in code: the daemon's own embedded Redis, tests
+            return (f"cannot reach Redis at {url} ({why}): start it, or point "
+                    "CANHAZGPU_REDIS_URL at a running Redis")
         where = self.origin if self.origin.startswith(("-", "$")) \
             else f"redis_url in {self.origin}"
         return (f"cannot reach Redis at {url} (set by {self.origin}) ({why}): start that "
@@ -91,7 +94,7 @@ class Config:
     def redis(self) -> RedisChoice:
         """The configured URL, else the one the embedded daemon published, else the default."""
         if self.redis_url:
-            return RedisChoice(self.redis_url, self.origin("redis_url"))
+            return RedisChoice(self.redis_url, self.origins.get("redis_url", ""))
         for directory in dict.fromkeys((self.state_path, SYSTEM_STATE)):  # in this order
             found = directory / URL_FILE
             text = _read(found, "the canhazgpu daemon's URL file",

@@ -197,6 +197,20 @@ class Store:
     async def close(self) -> None:
         await self.redis.aclose()
 
+    async def persistence(self) -> dict | None:
+        """This Redis's appendonly, appendfsync and save settings; None when it refuses
+        CONFIG (managed services often do)."""
+        try:
+            found = await self.guard(self.redis.config_get("append*"))
+            found.update(await self.guard(self.redis.config_get("save")))
+        except rexc.ResponseError:
+            return None
+        return {k: found.get(k, "") for k in ("appendonly", "appendfsync", "save")}
+
+    async def daemon_holder(self) -> str | None:
+        """What the host's daemon wrote into its lock (machine, PID, start), or None."""
+        return await self.guard(self.redis.get(self.key("daemon")))
+
 
 class HostLock:
     """The host's one-daemon lock: a key holding its owner's token, with a TTL that the owner
