@@ -108,7 +108,7 @@ class Config:
                                          f"{url[:80]!r}, not a Redis URL: delete it and "
                                          "start 'canhazgpu serve --embedded-redis' again"
                                          ) from None
-                return RedisChoice(url, str(found), published=found)
+                return RedisChoice(url, f"published by the daemon in {found}", published=found)
         return RedisChoice(DEFAULT_URL, DEFAULT)
 
     @property

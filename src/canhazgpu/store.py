@@ -197,15 +197,18 @@ class Store:
     async def close(self) -> None:
         await self.redis.aclose()
 
-    async def persistence(self) -> dict | None:
-        """This Redis's appendonly, appendfsync and save settings; None when it refuses
-        CONFIG (managed services often do)."""
+    async def server_info(self) -> dict:
+        """The Redis version, and its appendonly, appendfsync and save settings under
+        "persistence" (None when it refuses CONFIG, as managed services often do)."""
+        info = await self.guard(self.redis.info("server"))
         try:
             found = await self.guard(self.redis.config_get("append*"))
             found.update(await self.guard(self.redis.config_get("save")))
         except rexc.ResponseError:
-            return None
-        return {k: found.get(k, "") for k in ("appendonly", "appendfsync", "save")}
+            found = None
+        return {"version": info.get("redis_version", "unknown"),
+                "persistence": found and {k: found.get(k, "") for k in
+                                          ("appendonly", "appendfsync", "save")}}
 
     async def daemon_holder(self) -> str | None:
         """What the host's daemon wrote into its lock (machine, PID, start), or None."""

@@ -23,7 +23,7 @@ Examples:
   canhazgpu events --json | jq -c 'select(.user == "alice")'
   canhazgpu events --type unreserved_detected,gpu_error
   canhazgpu events --type expired --count 1         # wait for the next expiry, then exit
-Event types and fields: docs/events.md.
+Event types and fields: canhazgpu help events
 """)
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON document per event (JSON Lines), as published.")

@@ -77,8 +77,8 @@ def _closer(state: Context):
 
 
 def _register() -> None:
-    from . import (admin, events, report, reserve, run, serve, status,  # noqa: F401
-                   wait)  # (commands attach)
+    from . import (admin, doctor, events, manual, report, reserve, run, serve,  # noqa: F401
+                   status, wait)  # (commands attach)
 
 
 async def _amain(args: list[str]) -> int:

@@ -83,7 +83,7 @@ async def _warn_unless_persistent(core) -> None:
     """Say once, at start, when a restart of this Redis would lose reservations."""
     import logging
     log = logging.getLogger("canhazgpu.serve")
-    found = await core.store.persistence()
+    found = (await core.store.server_info())["persistence"]
     if found is None:
         log.info("cannot check Redis persistence (CONFIG GET refused): make sure it has "
                  "'appendonly yes'")
