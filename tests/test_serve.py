@@ -104,3 +104,25 @@ def test_the_systemd_unit_runs_this_canhazgpu(cli, tmp_path):
     verify = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
                             text=True, timeout=60)
     assert verify.returncode == 0, verify.stderr
+
+
+async def test_the_first_embedded_daemon_says_when_clients_leave_a_pool_behind(
+        pool, env, tmp_path, monkeypatch, caplog):
+    import logging
+
+    from canhazgpu import config as settings
+    from canhazgpu.cli.serve import _warn_if_clients_move
+    monkeypatch.setattr(settings, "DEFAULT_URL", env["CANHAZGPU_REDIS_URL"])  # "localhost"
+    fresh = settings.load(env=local_env(env, tmp_path))
+    caplog.set_level(logging.INFO, logger="canhazgpu.serve")
+    await _warn_if_clients_move(fresh)
+    [record] = caplog.records
+    assert record.levelname == "WARNING"
+    assert record.message.startswith(
+        f"host testhost has a pool of 8 GPUs in Redis at {env['CANHAZGPU_REDIS_URL']} "
+        "(default), which clients used until now; from now on they use this daemon's Redis")
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "redis.url").write_text("unix:///x.sock\n")  # set up already
+    caplog.clear()
+    await _warn_if_clients_move(settings.load(env=local_env(env, tmp_path)))
+    assert caplog.records == []

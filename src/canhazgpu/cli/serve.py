@@ -47,14 +47,14 @@ async def serve(state, embedded_redis, fake, scan_interval, print_unit, verbose)
         return 0
     count = parse_count(fake) if fake is not None else None
     config = load({**state.flags, "scan_interval": scan_interval})
-    if embedded_redis:
-        _check_one_redis(config)
     logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("redis").setLevel(logging.WARNING)
     caller = state.caller()
-    if embedded_redis:  # its own private Redis: whoever runs it is that Redis's admin
-        from dataclasses import replace
+    if embedded_redis:
+        _check_one_redis(config)
+        await _warn_if_clients_move(config)
+        from dataclasses import replace  # its own private Redis: whoever runs it is its admin
         caller = replace(caller, is_admin=True)
 
     async def prepare(core) -> None:
@@ -77,6 +77,30 @@ def _check_one_redis(config) -> None:
             f"--embedded-redis serves {own}, but redis_url is {config.redis.url} (set by "
             f"{config.redis.origin}), which clients would use instead: unset it, or drop "
             "--embedded-redis")
+
+
+async def _warn_if_clients_move(config) -> None:
+    """The first `serve --embedded-redis` of a host moves its clients from the default Redis
+    to the daemon's (configuration.md, "Which Redis"): say so when a pool was there."""
+    import logging
+
+    from ..core import Core
+    from ..errors import CanHazGpuError
+    before = config.redis
+    if before.published is not None or config.redis_url:
+        return  # set up already, or the URL is configured (as this daemon's own)
+    core = Core(config)
+    try:
+        pool = await core.pool()
+    except CanHazGpuError:
+        return  # nothing there, or no Redis at all
+    finally:
+        await core.aclose()
+    logging.getLogger("canhazgpu.serve").warning(
+        "host %s has a pool of %s GPUs in Redis at %s (%s), which clients used until now; "
+        "from now on they use this daemon's Redis. To keep that one instead, stop this "
+        "daemon, delete %s/redis.url and set redis_url", config.host_name, pool["count"],
+        before.url, before.origin, config.state_path)
 
 
 async def _warn_unless_persistent(core) -> None:
