@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from canhazgpu.core import Request
-from canhazgpu.errors import GpusUnavailable, InvalidRequest, NotEnoughGpus, NotOwner
+from canhazgpu.errors import GpusUnavailable, NotEnoughGpus, NotHeld, NotOwner
 
 pytestmark = pytest.mark.anyio
 
@@ -62,7 +62,7 @@ async def test_pool_matches_the_model(core, me, rclient, ops):
         elif kind == "release_ids":
             ids = tuple(sorted(arg))
             if any(i not in owner for i in ids):
-                with pytest.raises(InvalidRequest):
+                with pytest.raises(NotHeld):
                     await core.release(caller, ids=ids)
             elif any(owner[i] != user for i in ids):
                 with pytest.raises(NotOwner):

@@ -75,10 +75,10 @@ async def test_serve_warns_once_when_redis_does_not_persist(pool, env):
     daemon = await anyio.open_process(canhazgpu("serve"), env=env, stdout=subprocess.DEVNULL)
     try:
         log = Lines(daemon.stderr)
-        warning = await log.until(lambda line: "appendonly" in line, timeout=20)
+        await log.until(lambda line: "serving host" in line, timeout=20)
+        warning = await log.next()
         assert "WARNING" in warning and "has appendonly no" in warning
         assert "set 'appendonly yes'" in warning
-        await log.until(lambda line: "serving host" in line, timeout=20)
         assert await stop(daemon) == 0
         assert "appendonly" not in await rest(log.stream)
     finally:

@@ -58,12 +58,21 @@ async def serve(state, embedded_redis, fake, scan_interval, print_unit, verbose)
         caller = replace(caller, is_admin=True)
 
     async def prepare(core) -> None:
-        await _warn_unless_persistent(core)
         if count is not None:
             await _fake_pool(core, count, caller)
 
-    await until_signalled(partial(run_daemon, prepare=prepare), config, embedded_redis)
+    await until_signalled(_serving, partial(run_daemon, prepare=prepare), config,
+                          embedded_redis, state.flags)
     return 0
+
+
+async def _serving(run_daemon, config, embedded: bool, flags: dict) -> None:
+    """The daemon; once it serves, a word on persistence (a daemon refused at start says
+    only why)."""
+    import anyio
+    async with anyio.create_task_group() as tg:
+        await tg.start(run_daemon, config, embedded)
+        await _warn_unless_persistent(flags)
 
 
 def _check_one_redis(config) -> None:
@@ -103,11 +112,21 @@ async def _warn_if_clients_move(config) -> None:
         before.url, before.origin, config.state_path)
 
 
-async def _warn_unless_persistent(core) -> None:
+async def _warn_unless_persistent(flags: dict) -> None:
     """Say once, at start, when a restart of this Redis would lose reservations."""
     import logging
+
+    from ..config import load
+    from ..core import Core
+    from ..errors import CanHazGpuError
     log = logging.getLogger("canhazgpu.serve")
-    found = (await core.store.server_info())["persistence"]
+    core = Core(load(flags))  # the daemon's Redis: with --embedded-redis, the published one
+    try:
+        found = (await core.store.server_info())["persistence"]
+    except CanHazGpuError:
+        return  # gone again already: the daemon's journal says so
+    finally:
+        await core.aclose()
     if found is None:
         log.info("cannot check Redis persistence (CONFIG GET refused): make sure it has "
                  "'appendonly yes'")
