@@ -49,3 +49,12 @@ def test_wait_gives_up_at_its_deadline(cli):
                extra_env={"CANHAZGPU_REDIS_URL": "redis://127.0.0.1:1/0"})
     assert proc.returncode == 1 and json.loads(proc.stdout)["checks"]["redis"]["status"] == "fail"
     assert cli("doctor", "--wait", "soon").returncode == 2
+
+
+def test_the_config_option_names_the_file(cli, tmp_path):
+    chosen = tmp_path / "chosen.toml"
+    chosen.write_text("memory_threshold = 2048\n")
+    doc = json.loads(cli("config", "--json", "--config", chosen).stdout)
+    assert doc["config_files"] == [{"path": str(chosen), "chosen_by": "--config",
+                                    "exists": True}]
+    assert doc["settings"]["memory_threshold"] == {"value": 2048, "from": str(chosen)}

@@ -22,6 +22,7 @@ Examples:
   canhazgpu release
   eval "$(canhazgpu completion bash)"      # tab completion (also zsh, fish)
 The global options work before or after the command name: canhazgpu status --host gpu7
+Documentation: canhazgpu help TOPIC; settings and checks: canhazgpu doctor
 """
 
 

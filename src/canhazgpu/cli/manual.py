@@ -13,8 +13,8 @@ from . import output
 from .main import cli
 
 # commands documented together with another one
-ALIASES = {"release": "reserve", "queue": "wait", "config": "configuration",
-           "doctor": "configuration", "systemd": "serve"}
+ALIASES = {"release": "reserve", "config": "configuration", "doctor": "configuration",
+           "systemd": "serve"}
 
 
 def _docs():
@@ -48,7 +48,8 @@ async def help_command(topic):
         output.emit("Topics (canhazgpu help TOPIC):\n" + "\n".join(
             f"  {name:<{width}}  {what}" for name, what in known.items()))
         return 0
-    name = ALIASES.get(topic.removesuffix(".md"), topic.removesuffix(".md"))
+    name = topic.removesuffix(".md")
+    name = name if name in known else ALIASES.get(name, name)
     if name not in known:
         raise InvalidRequest(f"no help topic {topic!r}: use one of {', '.join(known)}")
     text = (_docs() / f"{name}.md").read_text(encoding="utf-8")
