@@ -22,6 +22,7 @@ Examples:
   canhazgpu release
   eval "$(canhazgpu completion bash)"      # tab completion (also zsh, fish)
 The global options work before or after the command name: canhazgpu status --host gpu7
+Documentation: canhazgpu help TOPIC; settings and checks: canhazgpu doctor
 """
 
 
@@ -133,8 +134,8 @@ def _closer(state: Context):
 
 
 def _register() -> None:
-    from . import (admin, completion, events, queue, report, reserve, run,  # noqa: F401
-                   serve, status, wait, web)  # (commands attach)
+    from . import (admin, completion, doctor, events, manual, queue, report,  # noqa: F401
+                   reserve, run, serve, status, wait, web)  # (commands attach)
 
 
 async def _amain(args: list[str]) -> int:
