@@ -135,7 +135,7 @@ def _closer(state: Context):
 
 def _register() -> None:
     from . import (admin, completion, doctor, events, manual, queue, report,  # noqa: F401
-                   reserve, run, serve, status, wait)  # (commands attach)
+                   reserve, run, serve, status, wait, web)  # (commands attach)
 
 
 async def _amain(args: list[str]) -> int:
