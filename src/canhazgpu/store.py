@@ -106,8 +106,10 @@ class Store:
     scripts go through the cluster client, which follows slot moves; transactions and the
     keyspace notifications of the host's keys need the node serving that slot (node())."""
 
-    def __init__(self, url: str, host: str, *, client=None, nodes: dict | None = None) -> None:
+    def __init__(self, url: str, host: str, *, client=None, nodes: dict | None = None,
+                 explain=None) -> None:
         self.url = check_url(url)
+        self._explain = explain  # err -> the "cannot reach" line naming where the URL came from
         self.host = host
         self.prefix = f"canhazgpu:{{{host}}}"
         self.channel = f"{self.prefix}:events"
@@ -119,7 +121,8 @@ class Store:
 
     def for_host(self, host: str) -> Store:
         """The store of another host, on this store's connections (closed with this one)."""
-        return Store(self.url, host, client=self.redis, nodes=self._nodes)
+        return Store(self.url, host, client=self.redis, nodes=self._nodes,
+                     explain=self._explain)
 
     async def node(self) -> aioredis.Redis:
         """The client of the node serving this host's slot: the one client when not on a
@@ -235,6 +238,8 @@ class Store:
                 f"Redis at {redacted(self.url)} refused a command: {err}") from None
 
     def unreachable(self, err: BaseException) -> str:
+        if self._explain is not None:
+            return self._explain(err)
         return (
             f"cannot reach Redis at {redacted(self.url)} ({err or type(err).__name__}): "
             "start one with 'canhazgpu serve --embedded-redis', or point "
@@ -417,6 +422,24 @@ class Store:
             for client in self._nodes.values():
                 await client.aclose()
             await self.redis.aclose()
+
+    async def server_info(self) -> dict:
+        """The Redis version, and its appendonly, appendfsync and save settings under
+        "persistence" (None when it refuses CONFIG, as managed services often do)."""
+        node = await self.node()  # on a cluster: the node serving this host's slot
+        info = await self.guard(node.info("server"))
+        try:
+            found = await self.guard(node.config_get("append*"))
+            found.update(await self.guard(node.config_get("save")))
+        except rexc.ResponseError:
+            found = None
+        return {"version": info.get("redis_version", "unknown"),
+                "persistence": found and {k: found.get(k, "") for k in
+                                          ("appendonly", "appendfsync", "save")}}
+
+    async def daemon_holder(self) -> str | None:
+        """What the host's daemon wrote into its lock (machine, PID, start), or None."""
+        return await self.guard(self.redis.get(self.key("daemon")))
 
 
 async def _raise(err: BaseException):

@@ -1,4 +1,4 @@
-"""`canhazgpu admin`: create or resize the pool."""
+"""`canhazgpu admin`: create or resize the pool (root or the admin group)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ Examples:
   canhazgpu admin --gpus 8              # a pool of 8 GPUs
   canhazgpu admin                       # as many GPUs as the provider finds
   canhazgpu admin --gpus 4 --force      # shrink, ending live reservations
-  canhazgpu admin --retire --host gpu7  # gpu7 is gone: off 'canhazgpu hosts' (admin only)
+  canhazgpu admin --retire --host gpu7  # gpu7 is gone: off 'canhazgpu hosts'
+  canhazgpu admin --gpus 4 --provider fake   # 4 idle fake GPUs, to try things out
+Changing the pool needs root or the admin group (admin_group). More: canhazgpu help admin
 """)
 @click.option("--gpus", "count", metavar="N", help="Pool size (default: GPUs the provider sees).")
 @click.option("--provider", type=click.Choice(["nvidia", "amd", "fake"]),
@@ -25,7 +27,7 @@ Examples:
                    "daemon stopped (docs/hosts.md).")
 @click.pass_obj
 async def admin(state, count, provider, force, as_json, retire):
-    """Initialise or resize the GPU pool of this host."""
+    """Initialise or resize the GPU pool of this host (root or the admin group)."""
     from .. import hosts
     from ..request import parse_count
     hosts.one_host(state.core)
@@ -40,7 +42,7 @@ async def admin(state, count, provider, force, as_json, retire):
         return
     if count is not None:
         count = parse_count(count)
-    result = await state.core.setup_pool(count, provider, force)
+    result = await state.core.setup_pool(count, provider, force, state.caller())
     await hosts.register(state.core, "admin")
     if as_json:
         output.emit_json(result)
