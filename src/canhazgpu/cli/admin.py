@@ -24,7 +24,7 @@ Changing the pool needs root or the admin group (admin_group). More: canhazgpu h
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--retire", is_flag=True,
               help="Take this host (or --host NAME) off the host registry; admin only, its "
-                   "daemon stopped (docs/hosts.md).")
+                   "daemon stopped (canhazgpu help hosts).")
 @click.pass_obj
 async def admin(state, count, provider, force, as_json, retire):
     """Initialise or resize the GPU pool of this host (root or the admin group)."""

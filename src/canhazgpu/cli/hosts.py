@@ -51,9 +51,9 @@ Examples:
   canhazgpu hosts --json | jq -r '.hosts[] | select(.daemon != "up") | .host'
   canhazgpu status --all-hosts          # every host's GPUs (also queue, report, events)
   canhazgpu status --host gpu1,gpu2     # some hosts
-Set-up for a team and failure modes: docs/hosts.md.
+Set-up for a team and failure modes: canhazgpu help hosts
 """)
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON document (docs/hosts.md).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON document (canhazgpu help hosts).")
 @click.pass_obj
 async def hosts(state, as_json):
     """Every host sharing this Redis: GPUs available/reserved/unreserved, queue, daemon."""
