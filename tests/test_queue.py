@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import signal
+import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -20,10 +21,6 @@ from canhazgpu.events import Event, EventHub
 from canhazgpu.waitqueue import LostPlace, Waiter, WaitTimedOut
 
 pytestmark = pytest.mark.anyio
-
-
-def person(me, name):
-    return replace(me, user=name)
 
 
 async def fill(pool, me, n=8):
@@ -42,8 +39,8 @@ async def held_by(pool):
 class Waiters:
     """Waiters running as tasks; `granted` lists (name, gpus) in the order they were served."""
 
-    def __init__(self, tg, pool, me):
-        self.tg, self.pool, self.me = tg, pool, me
+    def __init__(self, tg, pool, caller):
+        self.tg, self.pool, self.caller = tg, pool, caller
         self.granted: list[tuple[str, tuple]] = []
         self.changed = anyio.Event()
         self.errors: dict[str, BaseException] = {}
@@ -51,7 +48,7 @@ class Waiters:
     def start(self, name, req, timeout_s=None):
         async def run():
             try:
-                res = await Waiter(self.pool, req, person(self.me, name)).wait(timeout_s)
+                res = await Waiter(self.pool, req, self.caller(name)).wait(timeout_s)
                 self.granted.append((name, res.gpus))
             except Exception as err:  # recorded for the test to assert on
                 self.errors[name] = err
@@ -78,10 +75,10 @@ async def wait_queue(pool, n, timeout=10):
                 await stream.receive()
 
 
-async def test_fifo_order_with_mixed_sizes_and_partial_grants(pool, me):
+async def test_fifo_order_with_mixed_sizes_and_partial_grants(pool, me, caller):
     holds = await fill(pool, me)
     async with anyio.create_task_group() as tg:
-        w = Waiters(tg, pool, me)
+        w = Waiters(tg, pool, caller)
         for name, count in (("a", 3), ("b", 1), ("c", 2)):
             w.start(name, Request(count=count, kind="run"))
             await wait_queue(pool, len(w.granted) + {"a": 1, "b": 2, "c": 3}[name])
@@ -104,10 +101,10 @@ async def test_fifo_order_with_mixed_sizes_and_partial_grants(pool, me):
     assert holds  # the fill reservations are what we released
 
 
-async def test_a_large_request_is_not_starved_by_small_ones(pool, me):
+async def test_a_large_request_is_not_starved_by_small_ones(pool, me, caller):
     await fill(pool, me)
     async with anyio.create_task_group() as tg:
-        w = Waiters(tg, pool, me)
+        w = Waiters(tg, pool, caller)
         w.start("big", Request(count=4, kind="run"))
         await wait_queue(pool, 1)
         for k in range(4):
@@ -123,10 +120,10 @@ async def test_a_large_request_is_not_starved_by_small_ones(pool, me):
         assert [n for n, _ in w.granted] == ["big", "small0", "small1", "small2", "small3"]
 
 
-async def test_id_requests_wait_for_their_ids_and_others_pass_them(pool, me):
+async def test_id_requests_wait_for_their_ids_and_others_pass_them(pool, me, caller):
     holds = await fill(pool, me)
     async with anyio.create_task_group() as tg:
-        w = Waiters(tg, pool, me)
+        w = Waiters(tg, pool, caller)
         w.start("wants3", Request(ids=(3,), kind="run"))
         await wait_queue(pool, 1)
         w.start("any", Request(count=1, kind="run"))
@@ -140,16 +137,16 @@ async def test_id_requests_wait_for_their_ids_and_others_pass_them(pool, me):
     assert holds
 
 
-async def test_direct_allocations_do_not_jump_the_queue(pool, me):
+async def test_direct_allocations_do_not_jump_the_queue(pool, me, caller):
     await fill(pool, me)
     async with anyio.create_task_group() as tg:
-        w = Waiters(tg, pool, me)
+        w = Waiters(tg, pool, caller)
         w.start("head", Request(count=2, kind="run"))
         await wait_queue(pool, 1)
         await pool.release(me, ids=(4,))
         from canhazgpu.errors import NotEnoughGpus
         with pytest.raises(NotEnoughGpus):
-            await pool.allocate(Request(count=1), person(me, "pushy"))
+            await pool.allocate(Request(count=1), caller("pushy"))
         await pool.release(me, ids=(5,))
         await w.until(lambda: len(w.granted) == 1)
         assert w.granted == [("head", (4, 5))]
@@ -173,10 +170,10 @@ async def test_requests_that_can_never_be_met_are_refused(pool, me):
         await pool.enqueue(pool.new_reservation(Request(ids=(8,)), me), Request(ids=(8,)))
 
 
-async def test_a_waiter_that_lost_its_place_says_so(pool, me, rclient):
+async def test_a_waiter_that_lost_its_place_says_so(pool, me, rclient, caller):
     await fill(pool, me)
     async with anyio.create_task_group() as tg:
-        w = Waiters(tg, pool, me)
+        w = Waiters(tg, pool, caller)
         w.start("a", Request(count=1, kind="run"))
         await wait_queue(pool, 1)
         rclient.delete(pool.store.key("queue"), pool.store.key("waiters"))
@@ -185,7 +182,7 @@ async def test_a_waiter_that_lost_its_place_says_so(pool, me, rclient):
     assert isinstance(w.errors["a"], LostPlace)
 
 
-async def test_randomized_200_waiters_are_each_served_once_in_order(pool, me, env):
+async def test_randomized_200_waiters_are_each_served_once_in_order(pool, me, env, caller):
     """200 queued requests of random sizes; releases in random order; strict FIFO service."""
     rng = random.Random(5)
     holds = await fill(pool, me)
@@ -194,7 +191,7 @@ async def test_randomized_200_waiters_are_each_served_once_in_order(pool, me, en
     order = []
     for k, size in enumerate(sizes):
         req = Request(count=size, kind="run")
-        res = core.new_reservation(req, person(me, f"u{k}"))
+        res = core.new_reservation(req, caller(f"u{k}"))
         await core.enqueue(res, req)
         order.append(res.rid)
     served: list[str] = []
@@ -236,7 +233,7 @@ def test_cli_wait_runs_the_command_when_gpus_free_up(cli, tmp_path):
     out = tmp_path / "out"
     proc = cli.popen("wait", "--gpus", 2, "--", sys.executable, "-c",
                      f"import os, pathlib; pathlib.Path({str(out)!r}).write_text("
-                     f"os.environ['CUDA_VISIBLE_DEVICES'])", stderr=__import__("subprocess").PIPE,
+                     f"os.environ['CUDA_VISIBLE_DEVICES'])", stderr=subprocess.PIPE,
                      text=True)
     wait_until(lambda: json.loads(cli("queue", "--json").stdout))
     assert json.loads(cli("queue", "--json").stdout)[0]["requested"] == 2
@@ -300,14 +297,14 @@ async def test_estimate_comes_from_manual_expiry_times(pool, me):
     assert behind.eta_s is None
 
 
-async def test_plain_release_leaves_a_waiting_request_alone(pool, me):
+async def test_plain_release_leaves_a_waiting_request_alone(pool, me, caller):
     holds = await fill(pool, me)
     async with anyio.create_task_group() as tg:
-        w = Waiters(tg, pool, me)
+        w = Waiters(tg, pool, caller)
         w.start("me", Request(count=2, kind="manual"))
         await wait_queue(pool, 1)
         await pool.release(me, ids=(0,))  # the waiter now holds GPU 0 and waits for one more
-        released = await pool.release(person(me, "me"))  # `canhazgpu release` by the waiter
+        released = await pool.release(caller("me"))  # `canhazgpu release` by the waiter
         assert 0 not in released
         await pool.release(me, ids=(1,))
         await w.until(lambda: len(w.granted) == 1)
@@ -327,10 +324,10 @@ async def test_shrinking_the_pool_drops_requests_it_can_never_meet(pool, me):
     assert set(state["holds"]) == {0, 1}
 
 
-async def test_a_waiter_hears_at_once_that_a_shrunk_pool_cannot_meet_it(pool, me):
+async def test_a_waiter_hears_at_once_that_a_shrunk_pool_cannot_meet_it(pool, me, caller):
     await fill(pool, me)
     async with anyio.create_task_group() as tg:
-        w = Waiters(tg, pool, me)
+        w = Waiters(tg, pool, caller)
         w.start("big", Request(count=6, kind="run"))
         await wait_queue(pool, 1)
         await pool.setup_pool(4, "fake", force=True)
