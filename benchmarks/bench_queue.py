@@ -34,7 +34,7 @@ def start_waiter(out: Path) -> subprocess.Popen:
 
 async def queued(core: Core, n: int, stream) -> None:
     with anyio.fail_after(120):
-        while len((await core.store.read_state())["queue"]) < n:
+        while len((await core.store.read_state()).queue) < n:
             await stream.receive()
 
 

@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 from canhazgpu.core import Request
-from canhazgpu.errors import (GpusUnavailable, InvalidRequest, NotEnoughGpus, NotOwner,
+from canhazgpu.errors import (GpusUnavailable, NotEnoughGpus, NotHeld, NotOwner,
                               PoolBusy, PoolNotInitialized)
 from conftest import lease_expiry
 
@@ -96,7 +96,7 @@ async def test_release_checks_the_owner(pool, me, caller):
     await pool.allocate(Request(ids=(4,)), caller("bob"))
     with pytest.raises(NotOwner, match="GPU 4 is reserved by bob"):
         await pool.release(me, ids=(4,))
-    with pytest.raises(InvalidRequest, match="not reserved"):
+    with pytest.raises(NotHeld, match="not reserved"):
         await pool.release(me, ids=(5,))
     assert (await pool.view()).gpus[4].hold.user == "bob"
 
@@ -135,9 +135,9 @@ async def test_sweep_finalizes_into_history(pool, me):
     assert await pool.sweep() == [0, 1]
     assert await pool.sweep() == []
     rows = await pool.store.history(0)
-    assert sorted((r["gpu"], r["reason"]) for r in rows) == [(0, "expired"), (1, "expired")]
+    assert sorted((r.gpu, r.reason) for r in rows) == [(0, "expired"), (1, "expired")]
     # the end time is when the lease ran out, not when the sweep noticed
-    assert all(r["end_ms"] - r["start_ms"] <= 80 for r in rows)
+    assert all(r.end_ms - r.start_ms <= 80 for r in rows)
 
 
 async def test_heartbeat_extends_and_reestablishes_a_lapsed_lease(pool, me, rclient):

@@ -111,7 +111,7 @@ async def test_a_lease_is_finalized_within_a_second_of_its_ttl(pool, config, me)
     elapsed, rid = await time_to_expiry(pool, config, me, 0.5, scan_interval="30s")
     assert elapsed <= 0.5 + 1.0
     history = await pool.store.history(0)
-    assert [h["reason"] for h in history if h["rid"] == rid] == ["expired"]
+    assert [h.reason for h in history if h.rid == rid] == ["expired"]
 
 
 async def test_the_daemon_turns_expiry_notifications_on_keeping_other_flags(pool, config,
@@ -240,9 +240,10 @@ async def test_corrupt_state_is_reported_with_its_key_and_survived(pool, config,
     caplog.set_level(logging.INFO, logger="canhazgpu.serve")
     async with running_daemon(config) as daemon, Recorder(pool.store).running() as rec:
         rclient.hset("canhazgpu:{testhost}:holds", "5", "{not json")
-        assert await daemon.scanner.scan_once() == []
+        await daemon.scanner.scan_once()
         assert any("canhazgpu:{testhost}:holds" in r.message for r in caplog.records)
-        rclient.hdel("canhazgpu:{testhost}:holds", "5")
+        (healed,) = await rec.expect("expired")  # no lease names it: finalized at once
+        assert healed.gpus == (5,)
         await pool.allocate(Request(ids=(1,), duration_s=0.2), me)
         await rec.expect("reserved", "expired")  # still serving
 
@@ -320,7 +321,7 @@ async def test_redis_restart_under_a_daemon_and_a_follower(tmp_path, env, fake_g
         assert doc["gpus"][2]["status"] == "unreserved"
 
         history = await core.store.history(0)
-        assert [h["reason"] for h in history if h["rid"] == short.rid] == ["expired"]
+        assert [h.reason for h in history if h.rid == short.rid] == ["expired"]
         for proc in procs:
             assert await stop(proc) == 0
     finally:

@@ -10,7 +10,8 @@ import anyio
 import pytest
 
 from canhazgpu.core import Request
-from canhazgpu.events import TYPES, Disconnected, Event, EventHub, Resync, describe, line
+from canhazgpu.events import TYPES, Disconnected, Event, EventHub, Resync
+from canhazgpu.render import describe, line
 from canhazgpu.model import GpuProcess, GpuState, GpuUsage, Hold, PoolView
 from canhazgpu.scanner import diff, facts_of
 from conftest import wait_until

@@ -39,7 +39,7 @@ def test_access_denied_fields(monkeypatch):
 def test_uid_without_passwd_entry(monkeypatch):
     def missing(uid):
         raise KeyError(uid)
-    monkeypatch.setattr(procinfo.pwd, "getpwuid", missing)
+    monkeypatch.setattr(pwd, "getpwuid", missing)
     assert describe(os.getpid()).user == "unknown"
     assert procinfo.user_name(123456) == "unknown"
 

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from canhazgpu.core import Core, Request
-from canhazgpu.errors import GpusUnavailable, InvalidRequest, NotEnoughGpus, NotOwner
+from canhazgpu.errors import GpusUnavailable, NotEnoughGpus, NotHeld, NotOwner
 from conftest import lease_expiry
 
 pytestmark = pytest.mark.anyio
@@ -145,7 +145,7 @@ class Run:
         actual = {g.gpu: g.hold.rid for g in view.gpus if g.hold}
         users = {g.gpu: g.hold.user for g in view.gpus if g.hold}
         keys = {g.gpu: (g.last_released_ms or 0, g.gpu) for g in view.gpus}
-        return actual, keys, users, [w["wid"] for w in view.queue]
+        return actual, keys, users, [w.wid for w in view.queue]
 
     async def allocate(self, who, sel, kind):
         req = request(sel, kind)
@@ -186,7 +186,7 @@ class Run:
     async def release_ids(self, who, ids):
         ids = tuple(sorted(ids))
         if any(g not in self.m.holds for g in ids):
-            with pytest.raises(InvalidRequest):
+            with pytest.raises(NotHeld):
                 await self.core.release(self.caller(who), ids=ids)
             return
         if any(self.m.holds[g].user != who for g in ids):

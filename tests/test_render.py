@@ -7,12 +7,13 @@ import json
 import os
 import re
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from canhazgpu import render
-from canhazgpu.model import GpuProcess, GpuState, GpuUsage, Hold, PoolView
+from canhazgpu.model import GpuProcess, GpuState, GpuUsage, Hold, PoolView, Usage
 
 NOW = 1_700_000_000_000
 SCRIPTS = Path(__file__).parent / "fixtures" / "seed_scripts"
@@ -116,7 +117,9 @@ SAME_PROCESS = proc(11111, "python3", "alice", 2000)
     # seeds/003 "Planning Allocations": no usage known, no bracket
     (gpu(0, released_s=7200), "GPU 0: AVAILABLE (last released 2h 0m 0s ago)"),
     # shapes the documents imply
-    (gpu(0, usage=use(0, 45)), "GPU 0: AVAILABLE (never reserved) [validated: 45MB used]"),
+    # never reserved: as the original prints it (DESIGN.md)
+    (gpu(0, usage=use(0, 45)), "GPU 0: AVAILABLE [validated: 45MB used]"),
+    (gpu(0), "GPU 0: AVAILABLE"),
     (gpu(6, usage=use(6, 2048)), "GPU 6: IN USE WITHOUT RESERVATION by user unknown - 2048MB used"),
     (gpu(5, usage=GpuUsage(index=5, error="GPU is lost")), "GPU 5: ERROR (GPU is lost)"),
     (gpu(7, hold=run(7, "dave", 60, 2)), "GPU 7: IN USE by dave for 0h 1m 0s "
@@ -124,13 +127,13 @@ SAME_PROCESS = proc(11111, "python3", "alice", 2000)
     (gpu(7, hold=run(7, "dave", 60, 2), usage=GpuUsage(index=7, error="GPU is lost")),
      "GPU 7: IN USE by dave for 0h 1m 0s (run, last heartbeat 0h 0m 2s ago) "
      "[validation failed: GPU is lost]"),
-    # reserved: idle up to the threshold, used above it even without visible processes
-    (gpu(4, hold=manual(4, "frank", 60, 60), usage=use(4, OLD)),
+    # reserved: idle below the threshold, used from it on even without visible processes
+    (gpu(4, hold=manual(4, "frank", 60, 60), usage=use(4, OLD - 1)),
      "GPU 4: IN USE by frank for 0h 1m 0s (manual, expires in 0h 1m 0s) "
      "[validated: no actual usage detected]"),
-    (gpu(4, hold=manual(4, "frank", 60, 60), usage=use(4, OLD + 1)),
+    (gpu(4, hold=manual(4, "frank", 60, 60), usage=use(4, OLD)),
      "GPU 4: IN USE by frank for 0h 1m 0s (manual, expires in 0h 1m 0s) "
-     "[validated: 101MB, 0 processes]"),
+     "[validated: 100MB, 0 processes]"),
     # granted to a queued request that still waits for the rest of its GPUs
     (gpu(2, hold=run(2, "gina", 10, 1, waiting=True)),
      "GPU 2: IN USE by gina for 0h 0m 10s (run, waiting for more GPUs)"),
@@ -143,12 +146,21 @@ def test_every_line_shape(state, line):
     assert render.render_lines(view(state)) == line
 
 
-def test_threshold_decides_unreserved_and_is_exclusive():
-    """Over the threshold is in use; at or under it the GPU is available (1024 MB newer)."""
+def test_threshold_decides_unreserved_and_is_inclusive():
+    """At or above the threshold is in use; below it the GPU is available (DESIGN.md)."""
+    under = gpu(2, usage=use(2, 1023, *BOB_TWO), threshold=1024)
     at = gpu(2, usage=use(2, 1024, *BOB_TWO), threshold=1024)
-    over = gpu(2, usage=use(2, 1025, *BOB_TWO), threshold=1024)
-    assert render.render_lines(view(at)).startswith("GPU 2: AVAILABLE (never reserved)")
-    assert "WITHOUT RESERVATION by user bob - 1025MB" in render.render_lines(view(over))
+    assert render.render_lines(view(under)) == "GPU 2: AVAILABLE [validated: 1023MB used]"
+    assert "WITHOUT RESERVATION by user bob - 1024MB" in render.render_lines(view(at))
+    assert (under.status, at.status) == ("available", "unreserved")
+    usage = Usage(scanned_ms=NOW, gpus=(use(0, 1023), use(1, 1024), use(2, 5000)))
+    assert usage.busy(1024) == [1, 2]
+
+
+def test_document_003_example_at_the_newer_threshold():
+    """The documents' scene with the default 1 GB threshold: bob's 1024MB is in use."""
+    newer = view(*(replace(g, threshold_mb=1024) for g in DOC_003.gpus))
+    assert render.render_lines(newer) == DOC_003_TEXT
 
 
 # ---------------------------------------------------------------- the documents' scripts
@@ -264,15 +276,20 @@ def columns(table: str) -> list[list[str]]:
     return [[line[a:b].strip() for a, b in zip(starts, ends)] for line in lines]
 
 
+QWEN = proc(31337, "python3", "dave", 9000, ["vllm", "serve", "Qwen/Qwen2-7B"])
+
+
 def test_table_matches_the_document_where_values_fit():
     table = render.render_table(view(gpu(3, hold=manual(3, "charlie", 2700, 26100),
-                                         usage=use(3, 0), threshold=1024)))
-    header, rule, row = table.split("\n")
+                                         usage=use(3, 0), threshold=1024),
+                                     gpu(6, hold=run(6, "dave", 60, 5), usage=use(6, 9000, QWEN),
+                                         threshold=1024)), width=200)
+    header, rule, charlie, _ = table.split("\n")
     assert (header, rule) == (DOC_000_HEADER, DOC_000_RULE)
     # The document's row starts VALIDATION one column left of its own header; ours follows
     # the header.
-    assert row == DOC_000_CHARLIE.replace(" 0s      no", " 0s       no")
-    assert row.index("no usage") == header.index("VALIDATION")
+    assert charlie == DOC_000_CHARLIE.replace(" 0s      no", " 0s       no")
+    assert charlie.index("no usage") == header.index("VALIDATION")
 
 
 def test_table_cells_of_the_documents():
@@ -300,9 +317,9 @@ def test_table_columns_grow_with_content_and_stay_aligned():
         assert line[offset - 1] == " " and line[offset] != " "
     assert all(line == line.rstrip() for line in lines)
     assert columns(render.render_table(view(gpu(0))))[2] == [
-        "0", "available", "", "", "", "", "free", ""]
+        "0", "available", "", "", "", "free", ""]
     waiting = view(gpu(2, hold=manual(2, "gina", 10, 50, waiting=True)))
-    assert columns(render.render_table(waiting))[2][6] == "waiting for more GPUs"
+    assert columns(render.render_table(waiting))[2][5] == "waiting for more GPUs"
     assert render.render_json(waiting)["gpus"][0]["reservation"]["waiting"] is True
 
 
@@ -314,6 +331,73 @@ def test_table_color_only_when_asked():
     rows = colored.split("\n")[2:]
     assert [re.match(r"\S+\s+\033\[(\d+)m", row).group(1) for row in rows] == [
         "33", "31", "32", "33", "31", "31"]  # reserved yellow, unreserved/error red
+
+
+def test_table_shows_model_and_note_only_when_some_gpu_has_one():
+    """Without models and notes the table is 91 columns, not 108 or more."""
+    plain = render.render_table(view(gpu(0, usage=use(0, 45)),
+                                     gpu(1, hold=manual(1, "charlie", 60, 60))))
+    assert plain.split("\n")[0].split() == ["GPU", "STATUS", "USER", "DURATION", "TYPE",
+                                            "DETAILS", "VALIDATION"]
+    assert max(map(len, plain.split("\n")[:2])) == 91
+    noted = view(gpu(0, usage=use(0, 45)),
+                 gpu(1, hold=manual(1, "charlie", 60, 60, note="paper deadline\nfriday")))
+    header, _, free, held = columns(render.render_table(noted))
+    assert header[-1] == "NOTE" and "MODEL" not in header
+    assert (free[-1], held[-1]) == ("", "paper deadline friday")  # one line, always
+    # the lines keep the documents' format: no note there
+    assert render.render_lines(noted).split("\n")[1] == \
+        "GPU 1: IN USE by charlie for 0h 1m 0s (manual, expires in 0h 1m 0s)"
+    assert render.render_json(noted)["gpus"][1]["reservation"]["note"] == \
+        "paper deadline\nfriday"
+
+
+NOTED = view(*MIXED.gpus[:3], gpu(3, hold=manual(3, "charlie", 2700, 26100, note="fine-tuning "
+                                                 "llama for the paper, please keep"),
+                                  usage=use(3, 0)), *MIXED.gpus[4:])
+
+
+def cut_from(full: str, shown: str) -> bool:
+    """`shown` is `full`, or its start with an ellipsis."""
+    return shown == full or (shown.endswith("…") and full.startswith(shown[:-1]))
+
+
+@pytest.mark.parametrize("width", [80, 120])
+@pytest.mark.parametrize("pool", [MIXED, NOTED, view(*MIXED.gpus[2:])], ids=["models", "note",
+                                                                           "plain"])
+def test_table_fits_the_terminal(pool, width):
+    full, fitted = render.render_table(pool), render.render_table(pool, width=width)
+    lines = fitted.split("\n")
+    assert len(full) > len(fitted) and all(len(line) <= width for line in lines)
+    want, got = columns(full), columns(fitted)
+    assert got[0] == want[0]  # every column still there, the titles whole
+    for full_row, row in zip(want[2:], got[2:]):
+        assert all(cut_from(a, b) for a, b in zip(full_row, row)), row
+        assert row[:2] == full_row[:2] and row[3:5] == full_row[3:5]  # GPU STATUS DURATION TYPE
+        assert row[2] == full_row[2] or len(full_row[2]) > 8  # USER: names of up to 8 whole
+    # what says what is going on keeps the most room: at 120 DETAILS whole, VALIDATION at
+    # least 12 wide even at 80 with every column shown
+    details, validation = want[0].index("DETAILS"), want[0].index("VALIDATION")
+    assert [r[details] for r in got[2:]] == [r[details] for r in want[2:]] or width == 80
+    assert all(len(r[validation]) >= min(12, len(w[validation]))
+               for r, w in zip(got[2:], want[2:]))
+
+
+def test_table_at_80_columns_without_models():
+    assert render.render_table(view(*MIXED.gpus[2:]), width=80) == """\
+GPU STATUS    USER     DURATION TYPE   DETAILS              VALIDATION
+--- --------- -------- -------- ------ -------------------- --------------------
+2   available                          free for 2h          45MB used
+3   in use    charlie  45m 0s   manual expires in 7h 15m 0s no usage detected
+4   in use    root,al…                 WITHOUT RESERVATION  3072MB used by PID …
+5   error                                                   error: GPU is lost"""
+
+
+def test_table_that_fits_is_not_cut_and_colour_survives_the_cut():
+    assert render.render_table(MIXED, width=200) == render.render_table(MIXED)
+    assert "teknium/OpenHermes-2.5-Mistral-7B" in render.render_table(MIXED, width=200)
+    colored = render.render_table(MIXED, color=True, width=80)
+    assert re.sub(r"\033\[\d+m", "", colored) == render.render_table(MIXED, width=80)
 
 
 # ---------------------------------------------------------------- JSON
@@ -373,3 +457,59 @@ def test_summary_lines():
         "Available GPUs: 2 out of 8\nIn use with reservations: 4 GPUs\nUnreserved usage: 2 GPUs")
     assert render.render_summary(MIXED).split("\n")[1:] == [
         "In use with reservations: 2 GPUs", "Unreserved usage: 2 GPUs", "In error: 1 GPU"]
+
+
+# ---------------------------------------------------------------- queue and report tables
+QUEUE = [{"position": 1, "id": "w1", "user": "alice", "requested": [1, 3], "granted": [3],
+          "waiting_s": 95.0, "type": "run", "note": "eval for the paper, please let me in"},
+         {"position": 2, "id": "w2", "user": "bob", "requested": 2, "granted": [],
+          "waiting_s": 4.2, "type": "manual", "note": ""}]
+
+
+def test_queue_table():
+    assert render.render_queue(QUEUE) == """\
+POS  USER   REQUESTED  GRANTED  WAITING  NOTE
+1    alice  GPUs 1,3   3        1m 35s   eval for the paper, please let me in
+2    bob    2 GPU(s)   -        4s"""
+    narrow = render.render_queue(QUEUE, 60).split("\n")
+    assert max(map(len, narrow)) == 60 and narrow[1].endswith("  eval for the paper…")
+    assert render.render_queue([]) == "The queue is empty."
+
+
+REPORT = {"days": 7, "since_ms": 0, "now_ms": 0, "total_gpu_hours": 41.5, "users": [
+    {"user": "alice", "gpu_hours": 30.25, "run": 4, "manual": 1, "percent": 72.9},
+    {"user": "bob", "gpu_hours": 11.25, "run": 0, "manual": 2, "percent": 27.1}]}
+
+
+def test_report_text_of_the_documentation():
+    assert render.render_report(REPORT) == """\
+GPU usage over the last 7 days: 41.50 GPU hours
+USER   GPU HOURS   SHARE   RUN  MANUAL
+alice      30.25   72.9%     4       1
+bob        11.25   27.1%     0       2"""
+    assert render.render_report({**REPORT, "days": 1, "total_gpu_hours": 0.0, "users": []}) \
+        == "GPU usage over the last 1 day: 0.00 GPU hours\nNo reservations in this period."
+
+
+def record(user, start_s, end_s, rid="r", kind="run"):
+    return {"user": user, "rid": rid, "kind": kind, "start_ms": int(start_s * 1000),
+            "end_ms": int(end_s * 1000)}
+
+
+def test_report_of_a_short_run_never_shows_zero_hours_and_a_share():
+    from canhazgpu.accounting import summarize
+    data = summarize([record("me", 100, 101)], 0, 200_000, 0.5)  # one GPU for a second
+    (me,) = data["users"]
+    assert me["gpu_hours"] == data["total_gpu_hours"] == round(1 / 3600, 6)
+    assert me["percent"] == 100.0
+    head, _, row = render.render_report(data).split("\n")
+    assert head == "GPU usage over the last 0.5 days: <0.01 GPU hours"
+    assert row.split() == ["me", "<0.01", "100.0%", "1", "0"]
+    # nothing at all (a reservation that ended as it began): no share either
+    none = summarize([record("me", 100, 100)], 0, 200_000, 1)
+    assert (none["users"][0]["gpu_hours"], none["users"][0]["percent"]) == (0.0, 0.0)
+    assert render.render_report(none).split("\n")[2].split() == ["me", "0.00", "0.0%", "1", "0"]
+    # shares are of the hours shown: they add up to 100
+    data = summarize([record("a", 0, 3600, "1"), record("b", 0, 7200, "2")], 0, 10_000_000, 1)
+    assert [(u["user"], u["gpu_hours"], u["percent"]) for u in data["users"]] == [
+        ("b", 2.0, 66.7), ("a", 1.0, 33.3)]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +32,7 @@ def staged(cli, fake_gpus, tmp_path):
     3 manual and idle, 4 three users unreserved, 5-7 idle."""
     me_proc = [{"pid": os.getpid(), "name": "python3", "user": "me", "used_memory_mb": 8000}]
     scene = [{"index": 0, "memory_used_mb": 45},
-             {"index": 2, "memory_used_mb": 1069, "processes": BOB},
+             {"index": 2, "memory_used_mb": 1024, "processes": BOB},
              {"index": 4, "memory_used_mb": 2048, "processes": CROWD}]
     fake_gpus.write(scene)
     cli("admin", "--gpus", 8, check=0)
@@ -50,11 +52,12 @@ def staged(cli, fake_gpus, tmp_path):
 def test_plain_status_in_a_pipe_is_the_line_format(staged):
     lines = staged("status", check=0).stdout.splitlines()
     assert len(lines) == 8 and all(line.startswith("GPU ") for line in lines)
-    assert lines[0] == "GPU 0: AVAILABLE (never reserved) [validated: 45MB used]"
+    assert lines[0] == "GPU 0: AVAILABLE [validated: 45MB used]"
     assert lines[1].startswith("GPU 1: IN USE by ") and \
         "(run, last heartbeat 0h 0m " in lines[1] and \
         lines[1].endswith("[validated: 8452MB, 1 processes]")
-    assert lines[2] == ("GPU 2: IN USE WITHOUT RESERVATION by user bob - 1069MB used by "
+    # seeds/003 line by line: 1024MB is in use at the default 1024 MB threshold
+    assert lines[2] == ("GPU 2: IN USE WITHOUT RESERVATION by user bob - 1024MB used by "
                         "PID 12345 (python3), PID 67890 (jupyter)")
     assert "(manual, expires in 3h 59m" in lines[3] and \
         lines[3].endswith("[validated: no actual usage detected]")
@@ -100,7 +103,7 @@ def test_the_documents_scripts_work_unchanged_against_the_real_command(staged, e
                                             3: "reserved", 4: "unauthorized", 5: "available",
                                             6: "available", 7: "available"}
         assert [(v["users"], v["memory_mb"]) for v in parsers.check_unreserved_usage()] == [
-            ("bob", 1069), ("alice, bob and charlie", 2048)]
+            ("bob", 1024), ("alice, bob and charlie", 2048)]
     finally:
         os.environ.clear()
         os.environ.update(old)
@@ -113,3 +116,35 @@ def test_unreserved_gpus_are_excluded_from_allocation(staged):
                            "(2 GPUs in use without reservation - run 'canhazgpu status' for "
                            "details)\n")
     assert staged("reserve", "--gpus", 4, "--short", check=0).stdout == "0,5,6,7\n"
+
+
+def test_a_note_is_a_table_column_and_in_json_but_not_in_the_lines(staged):
+    staged("reserve", "--gpu-ids", 5, "--note", "paper deadline", check=0)
+    table = staged("status", "--format", "table", check=0).stdout.splitlines()
+    assert table[0].split()[-1] == "NOTE"
+    assert table[2 + 5].endswith(" paper deadline") and table[2 + 3].endswith("no usage detected")
+    lines = staged("status", check=0).stdout.splitlines()
+    assert re.fullmatch(r"GPU 5: IN USE by \S+ for 0h 0m \d+s \(manual, expires in 0h \d+m \d+s\) "
+                        r"\[validated: no actual usage detected\]", lines[5]), lines[5]
+    doc = json.loads(staged("status", "--json", check=0).stdout)
+    assert doc["gpus"][5]["reservation"]["note"] == "paper deadline"
+    assert doc["gpus"][3]["reservation"]["note"] == ""
+
+
+@pytest.mark.parametrize("columns", [80, 200])
+def test_the_table_fits_the_terminal(staged, env, columns):
+    from test_tty import Terminal
+    script = f"{shlex.join([sys.executable, '-m', 'canhazgpu', 'status'])}; echo END"
+    term = Terminal(["sh", "-c", script], {k: v for k, v in env.items() if k != "NO_COLOR"}
+                    | {"TERM": "xterm", "COLUMNS": str(columns)})
+    term.expect(b"END")
+    assert term.close() == 0
+    rows = re.sub(r"\x1b\[\d+m", "", term.seen.decode()).replace("\r\n", "\n").splitlines()
+    rows = rows[:rows.index("END")]
+    assert rows[0].startswith("GPU STATUS") and len(rows) == 2 + 8
+    assert max(map(len, rows)) <= columns
+    model = "mistralai/Mistral-7B-Instruct-v0.1"
+    if columns == 80:
+        assert model not in rows[2 + 2] and "mistr…" in rows[2 + 2] and "…" in rows[2 + 4]
+    else:
+        assert model in rows[2 + 2] and "2 more" in rows[2 + 4]

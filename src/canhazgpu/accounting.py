@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+HOURS_DECIMALS = 6
+
 
 def summarize(rows: list[dict], since_ms: int, now_ms: int, days: float) -> dict:
     """GPU hours per user from per-GPU reservation records (ended or in progress).
@@ -22,10 +24,13 @@ def summarize(rows: list[dict], since_ms: int, now_ms: int, days: float) -> dict
             seen.add(key)
             if row.get("kind") in ("run", "manual"):
                 entry[row["kind"]] += 1
-    total = sum(u["gpu_hours"] for u in users.values())
+    # Shares of the hours as reported (6 decimals: 3.6 ms), so that no one has 0 hours and a
+    # share at once; text shows what two decimals would hide as "<0.01" (render.tables).
+    for u in users.values():
+        u["gpu_hours"] = round(u["gpu_hours"], HOURS_DECIMALS)
+    total = round(sum(u["gpu_hours"] for u in users.values()), HOURS_DECIMALS)
     for u in users.values():
         u["percent"] = round(100 * u["gpu_hours"] / total, 1) if total else 0.0
-        u["gpu_hours"] = round(u["gpu_hours"], 3)
     ordered = sorted(users.values(), key=lambda u: (-u["gpu_hours"], u["user"]))
     return {"days": days, "since_ms": since_ms, "now_ms": now_ms,
-            "total_gpu_hours": round(total, 3), "users": ordered}
+            "total_gpu_hours": total, "users": ordered}

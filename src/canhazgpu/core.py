@@ -10,32 +10,19 @@ from __future__ import annotations
 import json
 import secrets
 import socket
-import time
+from dataclasses import asdict
 
 from . import gpu
 from .accounting import summarize
 from .config import Config
-from .errors import (CorruptState, GpusUnavailable, InvalidRequest, NotEnoughGpus, NotOwner,
-                     PoolBusy, PoolNotInitialized)
+from .errors import (CanHazGpuError, CorruptState, GpusUnavailable, InvalidRequest,
+                     NotEnoughGpus, NotHeld, NotOwner, PoolBusy, PoolNotInitialized, boundary)
 from .identity import Caller
-from .model import GpuState, Hold, PoolView, Usage
+from .model import GpuState, GpuUsage, PoolView, Record, Usage, Waiter
 from .request import QueueStatus, Request, Reservation, parse_count, parse_ids
 from .store import Store
 
 __all__ = ["Core", "QueueStatus", "Request", "Reservation", "Usage", "parse_count", "parse_ids"]
-
-
-def _hold(gpu_id: int, raw: dict) -> Hold:
-    try:
-        return Hold(gpu=gpu_id, rid=raw["rid"], user=raw["user"], kind=raw["kind"],
-                    start_ms=int(raw["start_ms"]), uid=int(raw.get("uid", -1)),
-                    host=raw.get("host", ""), pid=int(raw.get("pid", 0)),
-                    pid_start=float(raw.get("pid_start", 0.0)),
-                    heartbeat_ms=int(raw.get("heartbeat_ms", 0)),
-                    expires_ms=int(raw["expires_ms"]) if raw.get("expires_ms") else None,
-                    note=raw.get("note", "") or "", waiting=bool(raw.get("waiting")))
-    except (KeyError, TypeError, ValueError):
-        raise CorruptState(f"corrupt reservation for GPU {gpu_id}: {raw!r}") from None
 
 
 class Core:
@@ -53,7 +40,7 @@ class Core:
     # ------------------------------------------------------------------ pool
     async def pool(self) -> dict:
         """The pool's settings (count, provider); PoolNotInitialized when there is none."""
-        pool = await self.store.guard(self.store.redis.hgetall(self.store.key("pool")))
+        pool = await self.store.read_pool()
         if not pool or int(pool.get("count", 0) or 0) < 1:
             raise PoolNotInitialized(
                 "no GPU pool on this host yet: run 'canhazgpu admin --gpus N' first"
@@ -70,23 +57,25 @@ class Core:
             self._size = int((await self.pool())["count"])
         return self._size
 
-    async def _script(self, name: str, args: list, check=None) -> tuple[str, str]:
+    async def _script(self, name: str, /, replies: tuple[str, ...] = ("OK",), check=None,
+                      **args) -> tuple[str, str]:
         """Run a state-change script at the cached pool size, re-reading it when stale.
 
+        `replies` are the statuses the caller maps (anything else is a loud failure);
         `check(size)` validates the request against the pool size before each attempt.
         """
         while True:
             size = await self.pool_size()
             if check is not None:
                 check(size)
-            status, data = await self.store.run(name, size, args)
+            status, data = await self.store.run(name, size, **args)
             if status == "STALE":
-                self._size = int(data) if data else None
+                self._size = int(data) if data.isdigit() else None
                 continue
             if status == "NOPOOL":
                 self._size = None
                 await self.pool()  # raises PoolNotInitialized
-            if status in ("OK", "SHORT", "UNAVAILABLE", "NOTHELD", "NOTOWNER", "GONE"):
+            if status in replies:
                 return status, data
             raise CorruptState(f"unexpected reply {status!r} from Redis script {name}")
 
@@ -97,9 +86,10 @@ class Core:
         if count is None:
             count = await prov.count()
         count = parse_count(count)
-        current = await self.store.guard(self.store.redis.hget(self.store.key("pool"), "count"))
-        span = max(count, int(current or 0))
-        status, data = await self.store.run("pool", span, [count, prov.name, int(force)])
+        current = (await self.store.read_pool()).get("count", "0")
+        span = max(count, int(current) if str(current).isdigit() else 0)
+        status, data = await self.store.run("pool", span, count=count, provider=prov.name,
+                                            force=int(force))
         if status == "STALE":
             return await self.setup_pool(count, provider, force)
         if status == "BUSY":
@@ -120,55 +110,61 @@ class Core:
         if self._provider is None:
             name = self.config.provider
             if not name:
-                pool = await self.store.guard(self.store.redis.hgetall(self.store.key("pool")))
-                name = pool.get("provider") or None
+                name = (await self.store.read_pool()).get("provider") or None
             self._provider = self.provider_named(name)
         return self._provider
 
     async def usage(self) -> Usage:
-        """Current GPU usage: the daemon's snapshot when fresh, else a scan of our own."""
-        snap = await self.store.read_usage()
+        """Current GPU usage: the daemon's snapshot while fresh (by Redis's clock), else a
+        scan of our own."""
+        now_ms, snap = await self.store.read_usage()
         max_age_ms = self.config.seconds("snapshot_max_age") * 1000
-        if snap and snap.get("source") == "daemon" and \
-                time.time() * 1000 - int(snap.get("scanned_ms", 0)) <= max_age_ms:
-            return Usage.from_json(snap)
-        return await self.scan()
+        if snap is not None and snap.source == "daemon" and now_ms - snap.scanned_ms <= max_age_ms:
+            return snap
+        return await self.scan(now_ms)
 
-    async def scan(self, source: str = "cli") -> Usage:
-        """Read every GPU now (the snapshot is stored by the allocate or usage script)."""
+    async def scan(self, now_ms: int = 0, source: str = "cli") -> Usage:
+        """Read every GPU now (stored by the allocate or usage script, stamped there)."""
         provider = await self.provider()
-        return Usage(int(time.time() * 1000), tuple(await provider.scan()), source)
+        return Usage(now_ms, tuple(await provider.scan()), source)
 
-    async def publish_usage(self, usage: Usage, events: list[dict]) -> int:
-        """Store a scan as the host's snapshot and publish the events derived from it."""
-        _, data = await self._script("usage", [
-            json.dumps(usage.to_json(self.config.memory_threshold)), json.dumps(events)])
-        return int(data)
+    async def publish_usage(self, usage: Usage, events: list[dict]) -> list[int]:
+        """Store a scan as the host's snapshot and publish the events derived from it;
+        returns the GPUs whose unreserved_detected was dropped (reserved meanwhile)."""
+        threshold = self.config.memory_threshold
+        _, data = await self._script("usage", snapshot=json.dumps(usage.to_json(threshold)),
+                                     busy=usage.busy_csv(threshold), events=json.dumps(events))
+        return json.loads(data)["dropped"]
 
     # ------------------------------------------------------------------ views
     async def view(self, usage: Usage | None = None) -> PoolView:
-        """Holds, releases and usage of every GPU, as status shows them."""
+        """Holds, releases and usage of every GPU, as status shows them. A GPU whose
+        stored state cannot be read is shown in error (naming the key); when the provider
+        fails, the GPUs are shown unreadable and the reservations still listed."""
         state = await self.store.read_state()
-        count = int(state["pool"].get("count", 0) or 0)
-        if count < 1:
+        if state.count < 1:
             await self.pool()  # raises PoolNotInitialized
-        usage = usage or await self.usage()
+        if usage is None:
+            try:
+                usage = await self.usage()
+            except PoolNotInitialized:
+                raise
+            except CanHazGpuError as err:  # the provider failed, or its snapshot is corrupt
+                usage = Usage(state.now_ms, tuple(GpuUsage(index=i, error=str(err))
+                                                  for i in range(state.count)))
         by_index = {g.index: g for g in usage.gpus}
-        gpus = []
-        for i in range(count):
-            raw = state["live"].get(i)
-            released = state["released"].get(str(i))
-            gpus.append(GpuState(
-                gpu=i,
-                hold=_hold(i, raw) if raw is not None else None,
-                last_released_ms=int(released.split("|")[0]) if released else None,
-                usage=by_index.get(i),
-                threshold_mb=self.config.memory_threshold,
-            ))
-        queue = tuple(state["waiters"][w] for w in state["queue"] if w in state["waiters"])
-        return PoolView(now_ms=state["now_ms"], gpus=tuple(gpus),
-                        provider=state["pool"].get("provider", ""),
-                        scanned_ms=usage.scanned_ms, queue=queue)
+        gpus = tuple(GpuState(
+            gpu=i, hold=state.holds.get(i),
+            last_released_ms=state.released[i][0] if i in state.released else None,
+            usage=by_index.get(i), threshold_mb=self.config.memory_threshold,
+            corrupt=state.corrupt.get(i)) for i in range(state.count))
+        return PoolView(now_ms=state.now_ms, gpus=gpus, provider=state.provider,
+                        scanned_ms=usage.scanned_ms or state.now_ms, queue=state.queue)
+
+    async def queue(self) -> tuple[int, tuple[Waiter, ...]]:
+        """(Redis time, the live waiters in arrival order with what each holds so far)."""
+        state = await self.store.read_state()
+        return state.now_ms, state.queue
 
     # ------------------------------------------------------------------ changes
     def record(self, caller: Caller, req: Request, rid: str | None = None) -> dict:
@@ -206,13 +202,16 @@ class Core:
         threshold = self.config.memory_threshold
         mode, want = ("ids", ",".join(map(str, req.ids))) if req.ids is not None \
             else ("count", req.count)
-        # our own scan tells the queue which GPUs are busy (the daemon's is stored already)
-        snapshot = json.dumps(usage.to_json(threshold, full=False)) \
-            if usage.source != "daemon" else ""
-        status, data = await self._script("allocate", [
-            mode, want, ",".join(map(str, usage.busy(threshold))),
-            ",".join(map(str, usage.errors())), json.dumps(record), int(ttl * 1000),
-            self.config.strategy, snapshot], check=self.check(req))
+        own = {g.index for g in usage.gpus  # reserve --force: claim our own stray job
+               if req.claim_own and set(g.users) == {caller.user}}
+        status, data = await self._script(
+            "allocate", ("OK", "SHORT", "UNAVAILABLE"), check=self.check(req),
+            mode=mode, want=want,
+            unreserved=",".join(str(i) for i in usage.busy(threshold) if i not in own),
+            errored=",".join(map(str, usage.errors())), record=json.dumps(record),
+            ttl_ms=int(ttl * 1000), strategy=self.config.strategy,
+            # our own scan tells the queue which GPUs are busy (the daemon's is stored)
+            busy="-" if usage.source == "daemon" else usage.busy_csv(threshold))
         if status == "OK":
             return Reservation(record["rid"], tuple(json.loads(data)), caller.user, req.kind,
                                ttl, record)
@@ -222,16 +221,32 @@ class Core:
         reasons = "; ".join(f"GPU {r['gpu']} is {r['reason']}" for r in json.loads(data))
         raise GpusUnavailable(f"{reasons} - run 'canhazgpu status' for details")
 
-    async def _release(self, mode: str, arg: str, caller: Caller, force: bool,
+    async def acquire(self, req: Request, caller: Caller, wait_s: float | None = None, *,
+                      progress=None, warn=lambda text: None) -> Reservation:
+        """The allocate-or-queue policy: allocate now when wait_s is None (fail at once when
+        short), else queue first come first served for at most wait_s (inf: no limit).
+        `progress` (None: quiet) and `warn` are the waiter's callbacks."""
+        if wait_s is None:
+            return await self.allocate(req, caller)
+        from .waitqueue import Waiter as QueueWaiter
+        waiter = QueueWaiter(self, req, caller, progress=progress, warn=warn)
+        with boundary():  # callers want the one error, not the waiter's task group
+            res = await waiter.wait(None if wait_s == float("inf") else wait_s)
+        if req.kind == "manual":  # the grant held GPUs on the queue lease: now the duration
+            await self.heartbeat(res)
+        return res
+
+    async def _release(self, mode: str, target: str, caller: Caller, force: bool,
                        reason: str = "released") -> list[int]:
         status, data = await self._script(
-            "release", [mode, arg, caller.user, int(force), reason])
+            "release", ("OK", "NOTHELD", "NOTOWNER"), mode=mode, target=target,
+            caller=caller.user, force=int(force), reason=reason)
         if status == "OK":
             return json.loads(data)
         if status == "NOTHELD":
             ids = ", ".join(map(str, json.loads(data)))
-            raise InvalidRequest(f"GPU {ids} is not reserved: nothing to release "
-                                 "(see 'canhazgpu status')")
+            raise NotHeld(f"GPU {ids} is not reserved: nothing to release "
+                          "(see 'canhazgpu status')")
         who = "; ".join(f"GPU {r['gpu']} is reserved by {r['user']}" for r in json.loads(data))
         raise NotOwner(f"{who}: only its owner can release it "
                        "(an admin can use 'release --user NAME --force')")
@@ -258,13 +273,14 @@ class Core:
 
     async def heartbeat(self, res: Reservation, ttl_s: float | None = None) -> list[int]:
         """Refresh a reservation's leases (re-establishing lapsed ones); returns lost GPUs."""
-        _, data = await self._script("heartbeat", [
-            res.rid, res.env_value(), json.dumps(res.record), int((ttl_s or res.ttl_s) * 1000)])
+        _, data = await self._script("heartbeat", rid=res.rid, ids=res.env_value(),
+                                     record=json.dumps(res.record),
+                                     ttl_ms=int((ttl_s or res.ttl_s) * 1000))
         return json.loads(data)
 
     async def sweep(self) -> list[int]:
         """Finalize every reservation whose lease is gone; returns the GPUs finalized."""
-        _, data = await self._script("sweep", [])
+        _, data = await self._script("sweep")
         return json.loads(data)
 
     # ------------------------------------------------------------------ queue
@@ -281,28 +297,31 @@ class Core:
                   "kind": req.kind, "base": record,
                   **({"mode": "ids", "ids": list(req.ids)} if req.ids is not None
                      else {"mode": "count", "count": req.count})}
-        _, data = await self._script("enqueue", [
-            json.dumps(waiter), int(self.config.seconds("queue_lease") * 1000)],
-            check=self.check(req))
+        _, data = await self._script(
+            "enqueue", check=self.check(req), waiter=json.dumps(waiter),
+            ttl_ms=int(self.config.seconds("queue_lease") * 1000))
         return QueueStatus.decode(data)
 
     async def queue_heartbeat(self, wid: str) -> QueueStatus | None:
         """Keep a waiter's place; None when it is no longer in the queue nor granted."""
-        status, data = await self._script("queue_heartbeat", [
-            wid, int(self.config.seconds("queue_lease") * 1000)])
+        status, data = await self._script(
+            "queue_heartbeat", ("OK", "GONE"), wid=wid,
+            ttl_ms=int(self.config.seconds("queue_lease") * 1000))
         return None if status == "GONE" else QueueStatus.decode(data)
 
     async def leave(self, wid: str, reason: str) -> list[int]:
-        """Leave the queue, giving back whatever was granted so far."""
-        _, data = await self._script("leave", [wid, reason])
+        """Leave the queue, giving back whatever was granted so far (also a grant that
+        completed just before)."""
+        _, data = await self._script("leave", wid=wid, reason=reason)
         return json.loads(data)
 
     # ------------------------------------------------------------------ report
     async def report(self, days: float) -> dict:
         """GPU hours per user over the last `days`, in-progress reservations up to now."""
         state = await self.store.read_state()
-        now = state["now_ms"]
+        now = state.now_ms
         since = now - int(days * 86400 * 1000)
         rows = await self.store.history(since)
-        rows += [{**raw, "end_ms": now} for raw in state["live"].values()]
-        return summarize(rows, since, now, days)
+        rows += [Record(gpu=h.gpu, rid=h.rid, user=h.user, kind=h.kind, start_ms=h.start_ms,
+                        end_ms=now) for h in state.holds.values()]
+        return summarize([asdict(r) for r in rows], since, now, days)

@@ -28,11 +28,12 @@ from . import identity
 from .config import Config
 from .core import Core
 from .embedded import RedisServer
-from .errors import BackendUnavailable, CanHazGpuError, PoolNotInitialized
-from .events import Disconnected, Event, EventHub, Message, Resync, line
+from .errors import BackendUnavailable, CanHazGpuError, PoolNotInitialized, boundary
+from .events import Disconnected, Event, EventHub, Message, Resync
+from .render import line
 from .scanner import Scanner
 from .store import HostLock, redacted
-from .watch import Owner, OwnerWatcher, same_process
+from .watch import Owner, OwnerWatcher, exited, pidfd, same_process
 
 log = logging.getLogger("canhazgpu.serve")
 
@@ -54,8 +55,7 @@ class Daemon:
         self.watcher: OwnerWatcher | None = None  # needs our identity: made in run()
         self.lock: HostLock | None = None
         self.notifications = True  # False: CONFIG refused, expiry found by periodic sweeps
-        self.outcome: CanHazGpuError | None = None
-        self.tg: anyio.abc.TaskGroup | None = None  # set while serving
+        self.serving = False
         self._problems: set[str] = set()  # where something is failing now
 
     def trouble(self, where: str, err: BaseException | str | None) -> None:
@@ -82,44 +82,31 @@ class Daemon:
         try:
             hub = EventHub(store, (store.expired_channel,))
             async with hub.running():
-                # Errors are kept in self.outcome and raised out here: from inside a task
-                # group they would come out wrapped in an ExceptionGroup.
-                if await self._prepare(hub):
-                    async with anyio.create_task_group() as tg:
-                        self.tg = tg
-                        await tg.start(self._listening, hub, self._journal)
-                        await tg.start(self._listening, hub, self._expiry_listener)
-                        await tg.start(self._listening, hub, self.watcher.run)
-                        await tg.start(self.scanner.run)
-                        tg.start_soon(self._keep_lock)
-                        log.info("serving host %s: Redis %s, scanning every %gs",
-                                 self.config.host_name, redacted(store.url),
-                                 self.scanner.interval_s)
-                        task_status.started()
+                await self._prepare(hub)
+                async with anyio.create_task_group() as tg:
+                    await tg.start(self._listening, hub, self._journal)
+                    await tg.start(self._listening, hub, self._expiry_listener)
+                    await tg.start(self._listening, hub, self.watcher.run)
+                    await tg.start(self.scanner.run)
+                    tg.start_soon(self._keep_lock)
+                    self.serving = True
+                    log.info("serving host %s: Redis %s, scanning every %gs",
+                             self.config.host_name, redacted(store.url),
+                             self.scanner.interval_s)
+                    task_status.started()
         finally:
             with anyio.CancelScope(shield=True):
                 await self._drop_lock()
-            if self.tg is not None:
+            if self.serving:
                 log.info("stopped")
-        if self.outcome is not None:
-            raise self.outcome
 
-    async def _prepare(self, hub: EventHub) -> bool:
+    async def _prepare(self, hub: EventHub) -> None:
         """Subscribed, notifications on, leases that ran out meanwhile finalized."""
-        try:
-            if not hub.connected.is_set():
-                raise BackendUnavailable(self.core.store.unreachable(
-                    ConnectionError("the subscription failed")))
-            await self._enable_notifications()
-        except CanHazGpuError as err:
-            self.outcome = err
-            return False
+        if not hub.connected.is_set():
+            raise BackendUnavailable(self.core.store.unreachable(
+                ConnectionError("the subscription failed")))
+        await self._enable_notifications()
         await self._sweep()
-        return True
-
-    def _stop(self, outcome: CanHazGpuError) -> None:
-        self.outcome = outcome
-        self.tg.cancel_scope.cancel()
 
     async def _listening(self, hub: EventHub, consumer, *,
                          task_status=anyio.TASK_STATUS_IGNORED) -> None:
@@ -157,10 +144,10 @@ class Daemon:
                 if await self.lock.renew() or await self.lock.acquire():
                     continue  # renewed, or re-taken after Redis lost it
                 holder = await self.lock.holder()
-            except BackendUnavailable:
+            except CanHazGpuError:
                 continue  # the journal reports the outage
-            self._stop(DaemonRunning(f"another daemon took over host {self.config.host_name} "
-                                     f"({_who(holder)}); stopping"))
+            raise DaemonRunning(f"another daemon took over host {self.config.host_name} "
+                                f"({_who(holder)}); stopping")
 
     async def _drop_lock(self) -> None:
         with anyio.move_on_after(5):
@@ -288,18 +275,10 @@ async def _keep_running(server: RedisServer) -> None:
 async def _exited(proc) -> None:
     """Return once our child `proc` has exited (and reap it)."""
     try:
-        fd = os.pidfd_open(proc.pid)
+        with pidfd(proc.pid) as fd:
+            await exited(fd, lambda: proc.poll() is None)
     except ProcessLookupError:
-        fd = None
-    except (AttributeError, OSError):  # no pidfds: poll
-        while proc.poll() is None:
-            await anyio.sleep(1)
-        return
-    if fd is not None:
-        try:
-            await anyio.wait_readable(fd)
-        finally:
-            os.close(fd)
+        pass
     proc.wait()  # it has exited: this only reaps it
 
 
@@ -321,17 +300,13 @@ def _answers(path: Path) -> bool:
 # ---------------------------------------------------------------------- the process
 async def serve(config: Config, embedded: bool = False, *,
                 task_status=anyio.TASK_STATUS_IGNORED) -> None:
-    """The `serve` command: a daemon (and its private Redis) until cancelled."""
-    outcome: CanHazGpuError | None = None
-    async with AsyncExitStack() as stack:
-        if embedded:
-            url = await stack.enter_async_context(embedded_redis(config.state_path))
-            config = replace(config, redis_url=url)
-        daemon = Daemon(config)
-        stack.push_async_callback(daemon.core.aclose)
-        try:
+    """The `serve` command: a daemon (and its private Redis) until cancelled. Its errors
+    come out as the one error they stand for (the daemon's edge)."""
+    with boundary():
+        async with AsyncExitStack() as stack:
+            if embedded:
+                url = await stack.enter_async_context(embedded_redis(config.state_path))
+                config = replace(config, redis_url=url)
+            daemon = Daemon(config)
+            stack.push_async_callback(daemon.core.aclose)
             await daemon.run(task_status=task_status)
-        except CanHazGpuError as err:
-            outcome = err  # raised out here: embedded_redis's task group would wrap it
-    if outcome is not None:
-        raise outcome

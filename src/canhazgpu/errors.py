@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+from contextlib import contextmanager
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
 
 class CanHazGpuError(Exception):
     """Base of every expected failure; str(error) is the one-line message for the user."""
@@ -36,6 +42,10 @@ class GpusUnavailable(CanHazGpuError):
     """Specific GPUs asked for by id are held or in unreserved use."""
 
 
+class NotHeld(CanHazGpuError):
+    """Releasing a GPU that nobody holds: nothing changed, but not a usage error."""
+
+
 class NotOwner(CanHazGpuError):
     """Releasing a reservation that belongs to someone else."""
 
@@ -58,3 +68,44 @@ class CorruptState(CanHazGpuError):
 
 class ProviderUnavailable(CanHazGpuError):
     """The GPU provider cannot be read (no NVIDIA driver, amd-smi failing); names the fix."""
+
+
+# ---------------------------------------------------------------------- the edge
+def expected(exc: BaseException) -> CanHazGpuError | None:
+    """The one error a user should read for `exc`, or None when it is a bug (or a
+    cancellation) that must not be hidden.
+
+    Task groups wrap what their tasks raise in (nested) exception groups; a group whose
+    every error is expected stands for its first one. Redis and file errors that escaped
+    the store become one-line messages here, so no expected failure shows a traceback.
+    """
+    if isinstance(exc, CanHazGpuError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        # cancellations beside an error are the error's doing: they do not count
+        found = [expected(e) for e in exc.exceptions if isinstance(e, Exception)]
+        if found and all(f is not None for f in found):
+            return found[0]
+        return None
+    from redis import exceptions as rexc  # the store maps most; this catches the rest
+    if isinstance(exc, (rexc.ConnectionError, rexc.TimeoutError)):
+        return BackendUnavailable(f"lost the connection to Redis ({exc})")
+    if isinstance(exc, rexc.RedisError):
+        return BackendUnavailable(f"Redis refused a command ({exc})")
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return CanHazGpuError(f"cannot use {exc.filename}: {exc.strerror or exc}")
+    return None
+
+
+@contextmanager
+def boundary():
+    """Raise the one expected error that a block's (possibly grouped) failure stands for;
+    anything else passes through unchanged. Used at each edge: the CLI, the daemon, and
+    the queue's grant (whose caller wants a plain error)."""
+    try:
+        yield
+    except BaseException as exc:
+        err = expected(exc)
+        if err is None or err is exc:
+            raise
+        raise err from None

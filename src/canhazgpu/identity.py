@@ -17,11 +17,12 @@ class Caller:
     is_admin: bool
 
 
-def user_name(uid: int) -> str:
+def user_name(uid: int, unknown: str | None = None) -> str:
+    """The account name of a uid; `unknown` (default: the uid itself) without an entry."""
     try:
         return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
+    except (KeyError, OverflowError, TypeError):
+        return str(uid) if unknown is None else unknown
 
 
 def process_start(pid: int) -> float:

@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+DEFAULT_THRESHOLD_MB = 1024  # a GPU with this much memory used (or more) is in use
+
+
+def at_threshold(memory_used_mb: int, threshold_mb: int) -> bool:
+    """The one rule for "in use": at or above the threshold. The documents show a GPU with
+    1024MB used as IN USE WITHOUT RESERVATION under their 1 GB threshold (DESIGN.md)."""
+    return memory_used_mb >= threshold_mb
+
 
 @dataclass(frozen=True)
 class GpuProcess:
@@ -51,6 +59,7 @@ class Hold:
     expires_ms: int | None = None  # manual reservations: when the lease runs out
     note: str = ""
     waiting: bool = False  # granted to a queued request that still waits for the rest
+    machine: str = ""  # the real machine that made it (a daemon judges only its own PIDs)
 
 
 @dataclass(frozen=True)
@@ -61,17 +70,27 @@ class GpuState:
     hold: Hold | None = None
     last_released_ms: int | None = None
     usage: GpuUsage | None = None
-    threshold_mb: int = 1024
+    threshold_mb: int = DEFAULT_THRESHOLD_MB
+    corrupt: str | None = None  # its stored state cannot be read: the message names the key
+
+    @property
+    def error(self) -> str | None:
+        """Why this GPU cannot be judged: its state in Redis or its provider reading."""
+        if self.corrupt:
+            return self.corrupt
+        return self.usage.error if self.usage is not None else None
 
     @property
     def in_use(self) -> bool:
-        """Used memory above the threshold: someone is computing on it."""
-        return self.usage is not None and self.usage.memory_used_mb > self.threshold_mb
+        """Used memory at or above the threshold: someone is computing on it."""
+        return self.usage is not None and at_threshold(self.usage.memory_used_mb,
+                                                       self.threshold_mb)
 
     @property
     def errored(self) -> bool:
         """Not held and unreadable by the provider: never handed out, like unreserved use."""
-        return self.hold is None and self.usage is not None and self.usage.error is not None
+        return self.corrupt is not None or (
+            self.hold is None and self.usage is not None and self.usage.error is not None)
 
     @property
     def unreserved(self) -> bool:
@@ -85,7 +104,7 @@ class GpuState:
     @property
     def status(self) -> str:
         """'reserved', 'error', 'unreserved' or 'available': exactly one per GPU."""
-        if self.hold is not None:
+        if self.corrupt is None and self.hold is not None:
             return "reserved"
         if self.errored:
             return "error"
@@ -102,22 +121,6 @@ class PoolView:
     scanned_ms: int | None = None  # when the usage was scanned (None: no usage known)
     queue: tuple = field(default=())
 
-    @property
-    def available(self) -> tuple[GpuState, ...]:
-        return tuple(g for g in self.gpus if g.available)
-
-    @property
-    def reserved(self) -> tuple[GpuState, ...]:
-        return tuple(g for g in self.gpus if g.hold is not None)
-
-    @property
-    def unreserved(self) -> tuple[GpuState, ...]:
-        return tuple(g for g in self.gpus if g.unreserved)
-
-    @property
-    def errored(self) -> tuple[GpuState, ...]:
-        return tuple(g for g in self.gpus if g.errored)
-
 
 @dataclass(frozen=True)
 class Usage:
@@ -128,21 +131,22 @@ class Usage:
     source: str = "cli"
 
     def busy(self, threshold_mb: int) -> list[int]:
-        return [g.index for g in self.gpus if g.memory_used_mb > threshold_mb]
+        return [g.index for g in self.gpus if at_threshold(g.memory_used_mb, threshold_mb)]
 
     def errors(self) -> list[int]:
         return [g.index for g in self.gpus if g.error]
 
-    def to_json(self, threshold_mb: int, *, full: bool = True) -> dict:
-        """The stored snapshot. `busy` is what the queue's grants need; `full` adds every
-        GPU's facts (the daemon's snapshot, which status reads instead of scanning)."""
-        doc = {"scanned_ms": self.scanned_ms, "source": self.source,
-               "threshold_mb": threshold_mb, "busy": self.busy(threshold_mb) + self.errors()}
-        if full:
-            doc["gpus"] = [{**vars(g), "processes": [{**vars(p), "cmdline": list(p.cmdline)}
-                                                     for p in g.processes]}
-                           for g in self.gpus]
-        return doc
+    def busy_csv(self, threshold_mb: int) -> str:
+        """What the queue's grants need from a scan: GPUs in use or unreadable."""
+        return ",".join(map(str, self.busy(threshold_mb) + self.errors()))
+
+    def to_json(self, threshold_mb: int) -> dict:
+        """The stored snapshot (every GPU's facts), which status reads instead of scanning;
+        the script that stores it stamps it with Redis's clock."""
+        return {"source": self.source, "threshold_mb": threshold_mb,
+                "gpus": [{**vars(g), "processes": [{**vars(p), "cmdline": list(p.cmdline)}
+                                                    for p in g.processes]}
+                         for g in self.gpus]}
 
     @classmethod
     def from_json(cls, data: dict) -> Usage:
@@ -152,3 +156,50 @@ class Usage:
                           for p in g.get("processes", []))
             gpus.append(GpuUsage(**{**g, "processes": procs}))
         return cls(int(data["scanned_ms"]), tuple(gpus), data.get("source", "cli"))
+
+
+@dataclass(frozen=True)
+class Waiter:
+    """A request waiting in the FIFO queue, with what it was granted so far."""
+
+    wid: str
+    user: str
+    kind: str  # what it becomes once granted: "run" or "manual"
+    enqueued_ms: int
+    deadline_ms: int  # its heartbeat moves this; past it, the waiter leaves
+    count: int | None = None
+    ids: tuple[int, ...] | None = None
+    note: str = ""
+    uid: int = -1
+    granted: tuple[int, ...] = ()
+
+    @property
+    def want(self) -> int:
+        return len(self.ids) if self.ids is not None else int(self.count or 0)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One GPU of one reservation in the accounting: ended (history) or in progress."""
+
+    gpu: int
+    rid: str
+    user: str
+    kind: str
+    start_ms: int
+    end_ms: int
+    reason: str = ""
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class State:
+    """The host's pool, reservations and queue, read at one instant `now_ms` (Redis time)."""
+
+    now_ms: int
+    count: int
+    provider: str
+    holds: dict  # gpu -> Hold: live reservations only
+    released: dict  # gpu -> (ms, user) of the last release
+    queue: tuple  # Waiter, in arrival order, live ones only
+    corrupt: dict  # gpu -> message naming the key, for GPUs whose state cannot be read

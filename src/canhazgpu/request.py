@@ -17,6 +17,7 @@ class Request:
     kind: str = "manual"  # "run" or "manual"
     duration_s: float = 1800.0  # manual: the reservation's length
     note: str = ""
+    claim_own: bool = False  # GPUs in unreserved use by the caller's own processes too
 
     @property
     def size(self) -> int:

@@ -9,13 +9,13 @@ share one script and one sequence. What counts as a change is decided on a few f
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import anyio
 
 from .core import Core
 from .errors import CanHazGpuError, PoolNotInitialized
-from .model import GpuState, PoolView, Usage
+from .model import GpuState, PoolView
 
 log = logging.getLogger("canhazgpu.serve")
 
@@ -109,14 +109,13 @@ class Scanner:
     async def baseline(self) -> None:
         """Start from the stored snapshot, so a daemon restart neither repeats nor misses."""
         try:
-            snap = await self.core.store.read_usage()
-            if snap and snap.get("source") == "daemon":  # a CLI's holds only `busy`
-                self.published = facts_of(await self.core.view(Usage.from_json(snap)))
+            _, snap = await self.core.store.read_usage()
+            if snap is not None and snap.source == "daemon":
+                self.published = facts_of(await self.core.view(snap))
         except PoolNotInitialized:
             pass  # nothing to compare with: the first scan is the baseline
-        except (CanHazGpuError, KeyError, TypeError, ValueError) as err:
-            log.warning("ignoring the stored usage snapshot (%s): %s",
-                        self.core.store.key("usage"), err)
+        except CanHazGpuError as err:
+            log.warning("ignoring the stored usage snapshot: %s", err)
 
     async def run(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
         await self.baseline()
@@ -140,10 +139,16 @@ class Scanner:
         try:
             view = await self.core.view(usage)
             events = diff(self.published, view)
-            await self.core.publish_usage(usage, events)
+            dropped = await self.core.publish_usage(usage, events)
         except CanHazGpuError as err:
             self.trouble("snapshot", err)  # nothing published: the same changes next time
             return []
         self.trouble("snapshot", None)
-        self.published = facts_of(view)
-        return events
+        # unreadable state is shown as an error row by status; the log names its key once
+        self.trouble("state", "; ".join(g.corrupt for g in view.gpus if g.corrupt) or None)
+        facts = facts_of(view)
+        for gpu in dropped:  # reserved while we scanned: not unreserved, nothing published
+            facts[gpu] = replace(facts[gpu], unreserved=False)
+        self.published = facts
+        return [e for e in events
+                if not (e["type"] == "unreserved_detected" and e["gpus"][0] in dropped)]

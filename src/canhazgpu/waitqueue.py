@@ -10,14 +10,18 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import anyio
 
-from .core import Core
-from .request import QueueStatus, Request, Reservation
 from .errors import BackendUnavailable, CanHazGpuError
 from .events import Disconnected, Event, EventHub, Message, Resync
 from .identity import Caller
+from .model import PoolView
+from .request import QueueStatus, Request, Reservation
+
+if TYPE_CHECKING:
+    from .core import Core
 
 WAKING = ("released", "expired", "reclaimed", "forced", "left", "granted", "unreserved_cleared")
 
@@ -65,17 +69,22 @@ class Waiter:
     trouble: bool = False  # Redis unreachable: said once, until it is back
 
     async def wait(self, timeout_s: float | None = None) -> Reservation:
-        """Queue for the request; return the granted reservation (leases on the queue TTL)."""
+        """Queue for the request; return the granted reservation (leases on the queue TTL).
+
+        Errors come out of the waiter's task group as raised there (Core.acquire is the
+        edge that unwraps them); whatever ends the wait without a grant gives the place
+        back, and any GPUs granted so far with it."""
         store = self.core.store
         res = self.core.new_reservation(self.req, self.caller)
+        self.wid, self.granted, enqueued, timed_out = res.rid, None, False, False
         # A quiet waiter listens only to its own channel (its grant) and to lease expiry:
         # a hundred waiters must not all wake up for every change on the host.
-        hub = EventHub(store, (f"{store.channel}:{res.rid}", store.expired_channel),
+        hub = EventHub(store, (store.waiter_channel(res.rid), store.expired_channel),
                        host_events=self.progress is not None)
-        async with hub.running(), hub.listen() as stream:
-            status = await self.core.enqueue(res, self.req)
-            self.wid, self.outcome = res.rid, None
-            try:
+        try:
+            async with hub.running(), hub.listen() as stream:
+                status = await self.core.enqueue(res, self.req)
+                enqueued = True
                 with anyio.move_on_after(timeout_s) as deadline:
                     async with anyio.create_task_group() as tg:
                         self.tg = tg
@@ -83,33 +92,29 @@ class Waiter:
                         tg.start_soon(self._heartbeat)
                         tg.start_soon(self._signals)
                         await self._follow(stream)
-                if deadline.cancelled_caught and self.outcome is None:
-                    self.outcome = WaitTimedOut(
-                        f"gave up waiting after {timeout_s:g}s; left the queue")
-            finally:
-                if not isinstance(self.outcome, QueueStatus):
-                    with anyio.CancelScope(shield=True):
-                        await self._leave()
-        # raised outside the hub's task group, so callers see it unwrapped
-        if not isinstance(self.outcome, QueueStatus):
-            raise self.outcome
-        return replace(res, gpus=tuple(sorted(self.outcome.gpus)))
+                timed_out = deadline.cancelled_caught and self.granted is None
+            if timed_out:
+                raise WaitTimedOut(f"gave up waiting after {timeout_s:g}s; left the queue")
+        finally:
+            if enqueued and self.granted is None:
+                with anyio.CancelScope(shield=True):
+                    await self._leave("timeout" if timed_out else "cancelled")
+        return replace(res, gpus=tuple(sorted(self.granted)))
 
-    def _stop(self, outcome) -> None:
-        if self.outcome is None:
-            self.outcome = outcome
+    def _grant(self, gpus) -> None:
+        self.granted = tuple(gpus)
         self.tg.cancel_scope.cancel()
 
     async def _update(self, st: QueueStatus | None) -> None:
         if st is None:
-            self._stop(LostPlace("lost our place in the queue (Redis lost its data or our "
-                                 "entry expired): run the command again"))
-        elif st.done:
-            self._stop(st)
-        else:
-            self.position = st.position
-            if self.progress is not None:
-                self.progress(await estimate(self.core, st, self.req.size))
+            raise LostPlace("lost our place in the queue (Redis lost its data or our "
+                            "entry expired): run the command again")
+        if st.done:
+            self._grant(st.gpus)
+            return
+        self.position = st.position
+        if self.progress is not None:
+            self.progress(await estimate(self.core, st, self.req.size, self.wid))
 
     async def _refresh(self) -> None:
         try:
@@ -136,29 +141,31 @@ class Waiter:
     async def _signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
-                self._stop(Interrupted(signum))
+                raise Interrupted(signum)
 
     async def _follow(self, stream) -> None:
         async for item in stream:
             if isinstance(item, Event):
                 if item.rid == self.wid and item.type == "granted" and item.data.get("complete"):
-                    self._stop(QueueStatus(0, item.gpus, True, 0))
+                    self._grant(item.gpus)
                 elif item.rid == self.wid and item.type == "left":
-                    self._stop(LostPlace(LEFT.get(item.data.get("reason"), LEFT[None])))
+                    raise LostPlace(LEFT.get(item.data.get("reason"), LEFT[None]))
                 elif item.type in WAKING and self.progress is not None:
                     await self._refresh()  # our position or estimate may have changed
             elif isinstance(item, Message):
                 # A lease ran out and maybe no daemon is running: the head finalizes it,
                 # which grants the queue. Grants themselves arrive as events.
                 if self.position == 1 and self.core.store.gpu_of_lease_key(item.data) is not None:
-                    await self.core.sweep()
+                    try:
+                        await self.core.sweep()
+                    except BackendUnavailable as err:
+                        self._trouble(str(err))
             elif isinstance(item, Resync) and item.reconnected:
                 await self._refresh()
             elif isinstance(item, Disconnected):
                 self._trouble(item.error)
 
-    async def _leave(self) -> None:
-        reason = "timeout" if isinstance(self.outcome, WaitTimedOut) else "cancelled"
+    async def _leave(self, reason: str) -> None:
         try:
             with anyio.move_on_after(5):
                 await self.core.leave(self.wid, reason)
@@ -166,17 +173,40 @@ class Waiter:
             pass  # our entry and any partial grant expire with the queue lease anyway
 
 
-async def estimate(core: Core, st: QueueStatus, want: int) -> Progress:
-    """Estimate when `want` GPUs could be ours, from the manual reservations' expiry times."""
-    view = await core.view()
-    free = sum(1 for g in view.gpus if g.available)
-    need = want - len(st.gpus)
-    expiries = sorted(g.hold.expires_ms for g in view.gpus
-                      if g.hold is not None and g.hold.expires_ms and not g.hold.waiting)
-    eta = None
-    if st.position <= 1 and need > 0:
-        if free >= need:
-            eta = 0.0
-        elif len(expiries) >= need - free:
-            eta = max(0.0, (expiries[need - free - 1] - view.now_ms) / 1000)
-    return Progress(st, want, eta)
+async def estimate(core: Core, st: QueueStatus, want: int, wid: str) -> Progress:
+    """Progress with a guess of when; no guess when the state cannot be read right now."""
+    try:
+        view = await core.view()
+    except CanHazGpuError:
+        return Progress(st, want, None)
+    eta = eta_ms(view, wid)
+    return Progress(st, want, None if eta is None else max(0.0, (eta - view.now_ms) / 1000))
+
+
+def eta_ms(view: PoolView, wid: str) -> int | None:
+    """When waiter `wid` should have its GPUs: the waiters ahead take, in order, the GPUs
+    they can use as they come free (manual reservations end at their expiry; a run, a
+    reservation made by a grant, unreserved use or an error: unknown). Only GPUs the
+    request can actually get count. None when that cannot be told."""
+    never = float("inf")
+    free_at = {}
+    for g in view.gpus:
+        if g.available:
+            free_at[g.gpu] = view.now_ms
+        elif g.hold is not None and g.hold.kind == "manual" and g.hold.expires_ms \
+                and not g.hold.waiting:
+            free_at[g.gpu] = g.hold.expires_ms
+        else:
+            free_at[g.gpu] = never
+    for w in view.queue:
+        usable = sorted((t, i) for i, t in free_at.items()
+                        if w.ids is None or i in w.ids)
+        need = w.want - len(w.granted)
+        if need > len(usable) or (need > 0 and usable[need - 1][0] == never):
+            return None
+        done = max([t for t, _ in usable[:need]], default=view.now_ms)
+        if w.wid == wid:
+            return int(done)
+        for _, i in usable[:need]:
+            free_at[i] = never  # becomes that waiter's reservation: no known end
+    return None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import anyio
@@ -24,6 +25,7 @@ from .core import Core
 from .errors import CanHazGpuError
 from .events import Event, Resync
 from .identity import Caller
+from .model import State
 
 log = logging.getLogger("canhazgpu.serve")
 
@@ -59,28 +61,44 @@ def same_process(owner: Owner) -> bool:
     return not owner.pid_start or abs(started - owner.pid_start) <= START_TOLERANCE_S
 
 
-async def wait_gone(owner: Owner, alive: anyio.Event) -> str:
-    """Return once owner's process is gone (a reason for the log); sets `alive` when seen."""
+@contextmanager
+def pidfd(pid: int):
+    """A pidfd of `pid` (None where the kernel has none: the caller polls); raises
+    ProcessLookupError when there is no such process."""
     try:
-        fd = os.pidfd_open(owner.pid)
+        fd = os.pidfd_open(pid)
     except ProcessLookupError:
-        return f"supervisor PID {owner.pid} no longer exists"
-    except (AttributeError, OSError):  # not Linux >= 5.3: poll
+        raise
+    except (AttributeError, OSError):  # not Linux >= 5.3
         fd = None
     try:
-        # Opened first, checked second: if the check passes, the pidfd is that process.
-        if not await anyio.to_thread.run_sync(same_process, owner):
-            return f"PID {owner.pid} is no longer the supervisor (exited or reused)"
-        alive.set()
-        if fd is not None:
-            await anyio.wait_readable(fd)
-        else:
-            while await anyio.to_thread.run_sync(same_process, owner):
-                await anyio.sleep(POLL_S)
-        return f"supervisor PID {owner.pid} exited"
+        yield fd
     finally:
         if fd is not None:
             os.close(fd)
+
+
+async def exited(fd: int | None, still_there) -> None:
+    """Return once the process of `fd` has exited; without a pidfd, poll still_there()."""
+    if fd is not None:
+        await anyio.wait_readable(fd)
+        return
+    while await anyio.to_thread.run_sync(still_there):
+        await anyio.sleep(POLL_S)
+
+
+async def wait_gone(owner: Owner, alive: anyio.Event) -> str:
+    """Return once owner's process is gone (a reason for the log); sets `alive` when seen."""
+    try:
+        with pidfd(owner.pid) as fd:
+            # Opened first, checked second: if the check passes, the pidfd is that process.
+            if not await anyio.to_thread.run_sync(same_process, owner):
+                return f"PID {owner.pid} is no longer the supervisor (exited or reused)"
+            alive.set()
+            await exited(fd, lambda: same_process(owner))
+    except ProcessLookupError:
+        return f"supervisor PID {owner.pid} no longer exists"
+    return f"supervisor PID {owner.pid} exited"
 
 
 class OwnerWatcher:
@@ -111,21 +129,12 @@ class OwnerWatcher:
             self._dirty = anyio.Event()
             await self.reconcile()
 
-    def wanted(self, state: dict) -> dict[str, Owner]:
+    def wanted(self, state: State) -> dict[str, Owner]:
         """The live, complete `run` reservations made on this machine, by reservation id."""
         host, machine = self.core.config.host_name, socket.gethostname()
-        out: dict[str, Owner] = {}
-        for gpu, hold in state["live"].items():
-            here = hold.get("host") == host and hold.get("machine", machine) == machine
-            try:
-                if here and hold.get("kind") == "run" and not hold.get("waiting") \
-                        and int(hold.get("pid", 0)) > 0:
-                    out[hold["rid"]] = Owner(int(hold["pid"]),
-                                             float(hold.get("pid_start") or 0.0))
-            except (KeyError, TypeError, ValueError):
-                log.warning("corrupt reservation for GPU %s in %s: %.80r", gpu,
-                            self.core.store.key("holds"), hold)
-        return out
+        return {h.rid: Owner(h.pid, h.pid_start) for h in state.holds.values()
+                if h.host == host and (h.machine or machine) == machine and h.kind == "run"
+                and not h.waiting and h.pid > 0}
 
     async def reconcile(self) -> None:
         """Watch exactly the reservations that need it, from a fresh read of the state."""

@@ -8,25 +8,14 @@ import sys
 
 import anyio
 
-from ..errors import CanHazGpuError
 
 
 async def until_signalled(func, *args) -> None:
-    """Run func(*args) until it returns or SIGINT/SIGTERM arrives.
-
-    Errors of the core come out as themselves (a task group would wrap them in an
-    ExceptionGroup), so the CLI maps them to their one-line message and exit code.
-    """
-    outcome: CanHazGpuError | None = None
+    """Run func(*args) until it returns or SIGINT/SIGTERM arrives (a normal, clean exit)."""
     async with anyio.create_task_group() as tg:
         tg.start_soon(_cancel_on_signal, tg.cancel_scope)
-        try:
-            await func(*args)
-        except CanHazGpuError as err:
-            outcome = err
+        await func(*args)
         tg.cancel_scope.cancel()
-    if outcome is not None:
-        raise outcome
 
 
 async def _cancel_on_signal(scope: anyio.CancelScope) -> None:

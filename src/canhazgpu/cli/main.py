@@ -10,7 +10,7 @@ import anyio
 import asyncclick as click
 from asyncclick.exceptions import NoArgsIsHelpError
 
-from ..errors import CanHazGpuError
+from ..errors import CanHazGpuError, boundary
 from . import output
 
 EPILOG = """\b
@@ -20,14 +20,16 @@ Examples:
   canhazgpu run --gpus 2 -- python train.py
   canhazgpu reserve --gpus 1 --duration 4h
   canhazgpu release
+  eval "$(canhazgpu completion bash)"      # tab completion (also zsh, fish)
+The global options work before or after the command name: canhazgpu status --host gpu7
 """
 
 
 class Context:
     """Built lazily so `--help` and bad flags never touch Redis or the GPUs."""
 
-    def __init__(self, flags: dict) -> None:
-        self.flags = flags
+    def __init__(self) -> None:
+        self.flags: dict = {}  # the global options given (config keys, and "config")
         self._config = None
         self._core = None
 
@@ -54,19 +56,73 @@ class Context:
             await self._core.aclose()
 
 
-@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"],
-                                               "max_content_width": 100})
-@click.option("--redis-url", metavar="URL", help="Redis to use (env CANHAZGPU_REDIS_URL).")
-@click.option("--host", metavar="NAME", help="Host name used in keys (env CANHAZGPU_HOST).")
-@click.option("--memory-threshold", metavar="MB", type=str,
-              help="Used memory above which a GPU is in use (default 1024).")
+# ---------------------------------------------------------------------- global options
+class GlobalOption(click.Option):
+    """An option of every command, before or after its name (`canhazgpu --host X status` is
+    `canhazgpu status --host X`); given in both places, the later one wins."""
+
+
+def _set_flag(ctx, param, value) -> None:
+    if value is not None:
+        ctx.ensure_object(Context).flags[param.name] = value
+
+
+def _no_color(ctx, param, value) -> None:
+    if value:
+        output.disable_color()
+
+
+def global_options() -> list[click.Option]:
+    """A fresh set of the global options, for the group and for each command."""
+    def flag(name, metavar, text):
+        return GlobalOption([name], metavar=metavar, help=text, expose_value=False,
+                            callback=_set_flag)
+    return [
+        flag("--config", "FILE", "Config file to read (env CANHAZGPU_CONFIG)."),
+        flag("--redis-url", "URL", "Redis to use (env CANHAZGPU_REDIS_URL)."),
+        flag("--host", "NAME", "Host name used in keys (env CANHAZGPU_HOST)."),
+        flag("--memory-threshold", "MB", "Used memory above which a GPU is in use "
+                                          "(default 1024)."),
+        GlobalOption(["--no-color"], is_flag=True, expose_value=False, callback=_no_color,
+                     help="No colours, even on a terminal (like NO_COLOR=1)."),
+    ]
+
+
+class Command(click.Command):
+    """A command of canhazgpu: its own options, then the global ones."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.extend(global_options())
+
+    def format_options(self, ctx, formatter) -> None:
+        own, common = [], []
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                (common if isinstance(param, GlobalOption) else own).append(record)
+        for title, records in (("Options", own), ("Global options", common)):
+            with formatter.section(title):
+                formatter.write_dl(records)
+
+    def shell_complete(self, ctx, incomplete):
+        if ctx.params.get("command"):  # inside the command line of run/wait: not our options
+            from .completion import files
+            return files(incomplete)
+        return super().shell_complete(ctx, incomplete)
+
+
+class Group(click.Group):
+    command_class = Command
+
+
+@click.group(cls=Group, params=global_options(), epilog=EPILOG,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="canhazgpu")
 @click.pass_context
-async def cli(ctx, redis_url, host, memory_threshold):
+async def cli(ctx):
     """canhazgpu: exclusive GPUs on a shared machine, given back when your job ends."""
-    state = Context({"redis_url": redis_url, "host": host,
-                     "memory_threshold": memory_threshold})
-    ctx.obj = state
+    state = ctx.ensure_object(Context)
     ctx.call_on_close(_closer(state))
 
 
@@ -77,13 +133,14 @@ def _closer(state: Context):
 
 
 def _register() -> None:
-    from . import (admin, events, report, reserve, run, serve, status,  # noqa: F401
-                   wait)  # (commands attach)
+    from . import (admin, completion, events, queue, report, reserve, run,  # noqa: F401
+                   serve, status, wait)  # (commands attach)
 
 
 async def _amain(args: list[str]) -> int:
     try:
-        result = await cli.main(args=args, prog_name="canhazgpu", standalone_mode=False)
+        with boundary():  # the CLI's edge: one expected error, however deep it was raised
+            result = await cli.main(args=args, prog_name="canhazgpu", standalone_mode=False)
     except CanHazGpuError as err:
         output.error(str(err))
         return err.exit_code

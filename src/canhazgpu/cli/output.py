@@ -1,4 +1,5 @@
-"""Terminal output: colour only on a terminal (NO_COLOR honoured), one-line errors."""
+"""Terminal output: colour only on a terminal (NO_COLOR and --no-color honoured), one-line
+errors."""
 
 from __future__ import annotations
 
@@ -15,8 +16,18 @@ def is_tty(stream=None) -> bool:
         return False
 
 
+_color_off = False  # --no-color
+
+
+def disable_color() -> None:
+    global _color_off
+    _color_off = True
+
+
 def use_color(stream=None) -> bool:
-    return is_tty(stream) and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+    # no-color.org: only a NO_COLOR with a value turns colours off; NO_COLOR= does not
+    return (is_tty(stream) and not _color_off and not os.environ.get("NO_COLOR")
+            and os.environ.get("TERM") != "dumb")
 
 
 def emit(text: str = "") -> None:
@@ -27,10 +38,10 @@ def emit_json(data) -> None:
     print(json.dumps(data, indent=2, sort_keys=False), flush=True)
 
 
-def warn(text: str) -> None:
+def warn(text: str, stream=None) -> None:
     """A note on stderr that must never kill us (the terminal may be gone after a hang-up)."""
     try:
-        print(f"canhazgpu: {text}", file=sys.stderr, flush=True)
+        print(f"canhazgpu: {text}", file=stream or sys.stderr, flush=True)
     except (OSError, ValueError):
         pass
 

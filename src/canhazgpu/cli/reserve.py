@@ -4,32 +4,40 @@ from __future__ import annotations
 
 import asyncclick as click
 
+from ..errors import InvalidRequest
 from . import output
+from .jobs import acquire, parse_wait, wait_option
 from .main import cli
 from .options import build_request, duration, gpu_selection
-from .wait import acquire, parse_wait, wait_option
 
 
 @cli.command(epilog="""\b
 Examples:
   canhazgpu reserve                          # 1 GPU for 30m
-  canhazgpu reserve --gpus 2 --duration 4h
+  canhazgpu reserve --gpus 2 --duration 4h   # or: canhazgpu reserve -g 2 -d 4h
   canhazgpu reserve --gpu-ids 1,3 --note "debugging"
   export CUDA_VISIBLE_DEVICES=$(canhazgpu reserve --short)
   canhazgpu reserve --gpus 2 --wait 15m      # queue up to 15m if GPUs are short
+  canhazgpu reserve --gpu-ids 2 --force      # GPU 2 runs your own unreserved job: claim it
 """)
 @gpu_selection
-@click.option("--duration", "-d", "duration_text", metavar="D", help="How long: 30s, 30m, 2h, 1d, 0.5h (default 30m).")
-@click.option("--short", is_flag=True, help="Print only the GPU ids, comma-separated.")
-@click.option("--json", "as_json", is_flag=True, help="Print the reservation as JSON.")
+@click.option("--duration", "-d", "duration_text", metavar="D",
+              help="How long: 30s, 30m, 2h, 1d, 0.5h (default 30m).")
+@click.option("--short", "-s", is_flag=True, help="Print only the GPU ids, comma-separated.")
+@click.option("--json", "-j", "as_json", is_flag=True, help="Print the reservation as JSON.")
+@click.option("--force", is_flag=True,
+              help="Also take GPUs in unreserved use by your own processes (never anyone "
+                   "else's).")
 @wait_option
 @click.pass_obj
-async def reserve(state, count, gpu_ids, note, duration_text, short, as_json, wait_text,
-                  quiet):
+async def reserve(state, count, gpu_ids, note, duration_text, short, as_json, force, wait_text,
+                  nonblock, quiet):
     """Reserve GPUs for interactive work until released or expired."""
     seconds = duration(duration_text, "duration", state.config.default_duration)
-    wait_s = parse_wait(wait_text)
-    req, _ = await build_request(state, count, gpu_ids, "manual", seconds, note)
+    wait_s = parse_wait(wait_text, nonblock)
+    if force and wait_s is not None:
+        raise InvalidRequest("--force claims GPUs now: use it without --wait")
+    req = await build_request(state, count, gpu_ids, "manual", seconds, note, claim_own=force)
     res = await acquire(state, req, state.caller(), wait_s, quiet)
     if as_json:
         output.emit_json({"id": res.rid, "gpus": list(res.gpus), "user": res.user,
@@ -48,10 +56,10 @@ Examples:
   canhazgpu release --gpu-ids 1,3       # these GPUs (yours, run-type too)
   sudo canhazgpu release --user bob --force
 """)
-@click.option("--gpu-ids", metavar="IDS", help="Only these GPUs, comma-separated.")
+@click.option("--gpu-ids", "-G", metavar="IDS", help="Only these GPUs, comma-separated.")
 @click.option("--user", metavar="NAME", help="Someone else's reservations (admin, with --force).")
 @click.option("--force", is_flag=True, help="Release reservations you do not own (admin only).")
-@click.option("--json", "as_json", is_flag=True, help="Print the released ids as JSON.")
+@click.option("--json", "-j", "as_json", is_flag=True, help="Print the released ids as JSON.")
 @click.pass_obj
 async def release(state, gpu_ids, user, force, as_json):
     """Release your reservations."""

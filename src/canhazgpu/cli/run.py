@@ -5,46 +5,36 @@ from __future__ import annotations
 import asyncclick as click
 
 from ..errors import InvalidRequest
-from . import output
+from .jobs import acquire, parse_wait, supervise, wait_option
 from .main import cli
-from .options import build_request, duration, gpu_selection
-from .wait import acquire, parse_wait, wait_option
+from .options import COMMAND_LINE, build_request, command_line, duration, gpu_selection
 
 
-@cli.command(context_settings={"ignore_unknown_options": True}, epilog="""\b
+@cli.command(context_settings=COMMAND_LINE, epilog="""\b
 Examples:
   canhazgpu run --gpus 2 -- python train.py --epochs 10
+  canhazgpu run -g 2 python train.py --gpus 2    # the second --gpus is train.py's
   canhazgpu run --gpu-ids 1,3 -- ./serve.sh
   canhazgpu run --gpus 1 --timeout 2h -- python sweep.py
   canhazgpu run --gpus 4 --wait 30m -- python big.py   # queue up to 30m if GPUs are short
+Our options go before the command: from its first word on, everything is the command's.
 Exit code: the command's own (128+N if killed by signal N); 127 when it cannot start.
 """)
 @gpu_selection
-@click.option("--timeout", "timeout_text", metavar="D",
+@click.option("--timeout", "-t", "timeout_text", metavar="D",
               help="Stop the command after D (SIGTERM, then SIGKILL after a grace period).")
 @wait_option
-@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@command_line
 @click.pass_obj
-async def run(state, count, gpu_ids, note, timeout_text, wait_text, quiet, command):
+async def run(state, count, gpu_ids, note, timeout_text, wait_text, nonblock, quiet, command):
     """Run a command on GPUs nobody else will get, and release them when it ends."""
     if not command:
-        raise InvalidRequest("run needs a command after --, e.g. canhazgpu run --gpus 1 -- "
+        raise InvalidRequest("run needs a command, e.g. canhazgpu run --gpus 1 -- "
                              "python train.py")
     timeout_s = duration(timeout_text, "timeout", "1s") if timeout_text is not None else None
-    wait_s = parse_wait(wait_text)
-    req, _ = await build_request(state, count, gpu_ids, "run", 0, note)
+    wait_s = parse_wait(wait_text, nonblock)
+    req = await build_request(state, count, gpu_ids, "run", 0, note)
     caller = state.caller()
     res = await acquire(state, req, caller, wait_s, quiet)
     return await supervise(state, res, caller, list(command), timeout_s,
                            queued=wait_s is not None)
-
-
-async def supervise(state, res, caller, command, timeout_s, queued=False) -> int:
-    from ..supervisor import Supervisor
-    if output.is_tty(__import__("sys").stderr):
-        output.warn(f"running on GPU {res.env_value()} (CUDA_VISIBLE_DEVICES={res.env_value()})")
-    sup = Supervisor(state.core, res, caller, output.warn,
-                     heartbeat_s=state.config.seconds("heartbeat_interval"),
-                     timeout_s=timeout_s, kill_grace_s=state.config.seconds("kill_grace"),
-                     renew_at_start=queued)
-    return await sup.run(command)

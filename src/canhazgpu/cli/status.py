@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import asyncclick as click
 
 from . import output
@@ -37,6 +39,8 @@ async def status(state, fmt, as_json, summary, follow):
     elif summary:
         output.emit(render.render_summary(view))
     elif (fmt or ("table" if output.is_tty() else "lines")) == "table":
-        output.emit(render.render_table(view, color=output.use_color()))
+        # fitted to a terminal; whole in a pipe or a file
+        width = shutil.get_terminal_size().columns if output.is_tty() else None
+        output.emit(render.render_table(view, color=output.use_color(), width=width))
     else:
         output.emit(render.render_lines(view))

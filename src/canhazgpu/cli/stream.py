@@ -16,8 +16,9 @@ import time
 import anyio
 
 from .. import render
-from ..errors import BackendUnavailable, CanHazGpuError
-from ..events import Disconnected, Event, EventHub, Resync, line
+from ..errors import BackendUnavailable
+from ..events import Disconnected, Event, EventHub, Resync
+from ..render import line
 from . import output
 from .lifetime import ReaderGone, until_signalled, write_line
 
@@ -36,17 +37,12 @@ class Consumer:
 
     async def run(self) -> None:
         hub = EventHub(self.state.core.store)
-        outcome: CanHazGpuError | None = None
         async with hub.running(), hub.listen() as items:
             try:
                 await self.start()
                 await self._loop(items)
-            except CanHazGpuError as err:
-                outcome = err  # raised out here, not wrapped by the hub's task group
             except ReaderGone:
                 pass
-        if outcome is not None:
-            raise outcome
 
     async def _loop(self, items) -> None:
         while True:
@@ -91,15 +87,31 @@ class Consumer:
 
 # ---------------------------------------------------------------------- events
 class EventPrinter(Consumer):
-    def __init__(self, state, types: frozenset[str], as_json: bool, count: int | None) -> None:
+    def __init__(self, state, types: frozenset[str], as_json: bool, count: int | None,
+                 since: int | None = None) -> None:
         super().__init__(state)
-        self.types, self.as_json, self.left = types, as_json, count
+        self.types, self.as_json, self.left, self.since = types, as_json, count, since
+        self.shown = 0  # the last seq printed: a replayed event is not printed again live
 
     async def start(self) -> None:
-        store = self.state.core.store
-        await store.guard(store.redis.ping())
+        """Replay what came after --since from the host's stream (subscribed already, so
+        nothing falls between the replay and the live events)."""
+        if self.since is None:
+            await self.state.core.store.ping()  # fails now, in one line, if Redis is down
+            return
+        missed = await self.state.core.store.events_since(self.since)
+        if missed and missed[0]["seq"] > self.since + 1:
+            self.note(f"events {self.since + 1} to {missed[0]['seq'] - 1} are no longer kept "
+                      "(the stream keeps the newest ~10,000)")
+        for doc in missed:
+            event = Event.decode(json.dumps(doc))
+            if event is not None and await self.on_event(event):
+                raise ReaderGone()  # --count reached during the replay: done
 
     async def on_event(self, event) -> bool:
+        if event.seq <= self.shown and self.since is not None:
+            return False
+        self.shown = max(self.shown, event.seq)
         if self.types and event.type not in self.types:
             return False
         if self.as_json:
@@ -158,7 +170,8 @@ class StatusFollower(Consumer):
         elif self.mode == "lines":
             body = render.render_lines(view)
         else:
-            body = render.render_table(view, color=output.use_color())
+            body = render.render_table(view, color=output.use_color(),
+                                       width=shutil.get_terminal_size().columns)
         self.redraw(self.header(view, event) + "\n" + body)
 
     def header(self, view, event) -> str:

@@ -9,12 +9,12 @@ Blocking: call from a worker thread.
 
 from __future__ import annotations
 
-import pwd
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import psutil
 
+from .. import identity
 from ..model import GpuProcess
 
 UNKNOWN = "unknown"
@@ -29,10 +29,7 @@ class ProcessFacts:
 
 def user_name(uid: int) -> str:
     """The account name of a uid; "unknown" when the passwd database has no entry."""
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except (KeyError, OverflowError, TypeError):
-        return UNKNOWN
+    return identity.user_name(uid, UNKNOWN)
 
 
 def describe(pid: int) -> ProcessFacts:

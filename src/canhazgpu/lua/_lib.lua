@@ -1,34 +1,34 @@
--- Shared prelude, prepended by store.py to every script (Redis has no includes).
--- KEYS: 1 pool, 2 holds, 3 released, 4 history, 5 seq, 6 queue, 7 waiters, 8 usage,
---       9 ended, 10.. lease:0..N-1
--- ARGV: 1 events channel, 2 host, 3.. the operation's own values
-local K_POOL, K_HOLDS, K_RELEASED, K_HISTORY, K_SEQ, K_QUEUE, K_WAITERS, K_USAGE, K_ENDED =
-  1, 2, 3, 4, 5, 6, 7, 8, 9
-local LEASE0 = 10
+-- Shared prelude, prepended by store.py to every script (Redis has no includes), after the
+-- generated constants: K_* (key positions, from store.KEYS), LEASE0, CHANNEL, HOST and ARG
+-- (this script's values by name, from store.ARGS). KEYS after the fixed ones: lease:0..N-1,
+-- then q:wants:0..N-1 (the id-waiters wanting GPU i, by arrival).
 local ENDED_KEEP_MS = 86400000
-local CHANNEL, HOST = ARGV[1], ARGV[2]
 local HISTORY_CAP = 100000
+local STREAM_CAP = 10000
 
 local t = redis.call('TIME')
 local NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local SPAN = (#KEYS - LEASE0 + 1) / 2  -- GPUs whose keys the caller passed
+local N = SPAN  -- the pool size the script works on (pool.lua changes it)
 
 local function lease_key(i) return KEYS[LEASE0 + i] end
+local function wants_key(i) return KEYS[LEASE0 + SPAN + i] end
 
 local function pool_count()
-  return tonumber(redis.call('HGET', KEYS[K_POOL], 'count') or '0')
+  return tonumber(redis.call('HGET', KEYS[K_POOL], 'count') or '0') or 0
 end
 
 -- Scripts run against a pool size the caller read earlier; a resize in between is STALE.
 local function check_pool()
   local n = pool_count()
   if n == 0 then return nil, {'NOPOOL', ''} end
-  if #KEYS - LEASE0 + 1 ~= n then return nil, {'STALE', tostring(n)} end
+  if N ~= n then return nil, {'STALE', tostring(n)} end
   return n, nil
 end
 
 local function csv_ids(s)
   local out = {}
-  if s == nil or s == '' then return out end
+  if not s or s == '' then return out end
   for x in string.gmatch(s, '[^,]+') do out[#out + 1] = tonumber(x) end
   return out
 end
@@ -39,38 +39,71 @@ local function set_of(list)
   return s
 end
 
--- Publish on the host's channel; also on `also` (a waiter's own channel), if given.
+local function ids_json(list)
+  if #list == 0 then return '[]' end
+  return cjson.encode(list)
+end
+
+-- Publish on the host's channel (and on `also`, a waiter's own channel) and append to the
+-- host's capped stream, from which a reader that was away replays what it missed.
 local function publish(ev, also)
   ev.v = 1
   ev.host = HOST
   ev.time_ms = NOW
   ev.seq = redis.call('INCR', KEYS[K_SEQ])
   local doc = cjson.encode(ev)
+  redis.call('XADD', KEYS[K_STREAM], 'MAXLEN', '~', STREAM_CAP, '*', 'doc', doc)
   redis.call('PUBLISH', CHANNEL, doc)
   if also then redis.call('PUBLISH', CHANNEL .. ':' .. also, doc) end
 end
 
-local function get_hold(i)
-  local raw = redis.call('HGET', KEYS[K_HOLDS], tostring(i))
-  if not raw then return nil end
-  local ok, h = pcall(cjson.decode, raw)
-  if not ok then return {rid = '?', user = '?', kind = '?', start_ms = NOW, corrupt = true} end
-  return h
-end
-
--- A hold is live while its lease key exists and names the same reservation.
-local function is_live(i, h)
-  return h ~= nil and redis.call('GET', lease_key(i)) == h.rid
-end
-
--- All current holds: {gpu -> hold}, live or not.
-local function all_holds(n)
-  local out = {}
-  for i = 0, n - 1 do
-    local h = get_hold(i)
-    if h then out[i] = h end
+-- ---------------------------------------------------------------- holds, read once
+-- S.holds: gpu -> hold (decoded; an unreadable one is a stand-in that no lease names, so
+-- the sweep finalizes it), S.leases: gpu -> the rid its lease names (or false).
+local function load_state(n)
+  local S = {holds = {}, leases = {}}
+  local raw = redis.call('HGETALL', KEYS[K_HOLDS])
+  for k = 1, #raw, 2 do
+    local i = tonumber(raw[k])
+    if i then
+      local ok, h = pcall(cjson.decode, raw[k + 1])
+      if not ok or type(h) ~= 'table' or type(h.rid) ~= 'string' then
+        h = {rid = '?', user = '?', kind = '?', start_ms = NOW, corrupt = true}
+      end
+      S.holds[i] = h
+    end
   end
+  if n > 0 then
+    local keys = {}
+    for i = 0, n - 1 do keys[#keys + 1] = lease_key(i) end
+    local vals = redis.call('MGET', unpack(keys))
+    for i = 0, n - 1 do S.leases[i] = vals[i + 1] end
+  end
+  return S
+end
+
+local function gpus_of(S, rid)
+  local out = {}
+  for i, h in pairs(S.holds) do
+    if h.rid == rid then out[#out + 1] = i end
+  end
+  table.sort(out)
   return out
+end
+
+-- Write one GPU's hold for `base` (a reservation record or the current hold) with a fresh
+-- lease of ttl ms: the one place a lease is granted or renewed.
+local function put_hold(S, i, base, ttl_ms)
+  local h = {}
+  for k, v in pairs(base) do h[k] = v end
+  h.gpu = i
+  h.start_ms = h.start_ms or NOW
+  h.heartbeat_ms = NOW
+  h.deadline_ms = NOW + ttl_ms
+  if h.kind == 'manual' then h.expires_ms = NOW + ttl_ms end
+  redis.call('HSET', KEYS[K_HOLDS], tostring(i), cjson.encode(h))
+  redis.call('SET', lease_key(i), h.rid, 'PX', ttl_ms)
+  S.holds[i], S.leases[i] = h, h.rid
 end
 
 -- Reservations ended on purpose (released, reclaimed, forced), by rid: a heartbeat must not
@@ -84,10 +117,12 @@ local function was_ended(rid)
   return redis.call('ZSCORE', KEYS[K_ENDED], rid) ~= false
 end
 
--- End one GPU's hold: history record, last-released time, lease gone. No event (grouped by caller).
-local function end_hold(i, h, reason)
+-- End one GPU's hold: history record, last-released time, lease gone. The caller publishes
+-- (publish_ended), so that one reservation ending is one event.
+local function end_hold(S, i, reason)
+  local h = S.holds[i]
   local end_ms = NOW
-  if reason == 'expired' and h.deadline_ms and tonumber(h.deadline_ms) < NOW then
+  if reason == 'expired' and tonumber(h.deadline_ms) and tonumber(h.deadline_ms) < NOW then
     end_ms = tonumber(h.deadline_ms)
   end
   redis.call('HDEL', KEYS[K_HOLDS], tostring(i))
@@ -98,9 +133,10 @@ local function end_hold(i, h, reason)
     gpu = i, rid = h.rid, user = h.user, kind = h.kind, start_ms = h.start_ms,
     end_ms = end_ms, reason = reason, note = h.note}))
   redis.call('ZREMRANGEBYRANK', KEYS[K_HISTORY], 0, -HISTORY_CAP - 1)
+  S.holds[i], S.leases[i] = nil, false
+  return {gpu = i, h = h}
 end
 
--- Group ended GPUs by reservation so one reservation ending is one event.
 local function publish_ended(ended, reason)
   local by_rid, order = {}, {}
   for _, e in ipairs(ended) do
@@ -111,41 +147,44 @@ local function publish_ended(ended, reason)
     end
     table.insert(by_rid[rid].gpus, e.gpu)
   end
-  for _, rid in ipairs(order) do publish(by_rid[rid]) end
+  for _, rid in ipairs(order) do
+    table.sort(by_rid[rid].gpus)
+    publish(by_rid[rid])
+  end
 end
 
--- Finalize every hold whose lease is gone: the reservation ended when its lease did.
-local function sweep(n)
+-- End the given GPUs' holds and publish one event per reservation.
+local function end_holds(S, gpus, reason)
   local ended = {}
-  for i = 0, n - 1 do
-    local h = get_hold(i)
-    if h and not is_live(i, h) then
-      end_hold(i, h, 'expired')
-      ended[#ended + 1] = {gpu = i, h = h}
-    end
-  end
-  publish_ended(ended, 'expired')
+  for _, i in ipairs(gpus) do ended[#ended + 1] = end_hold(S, i, reason) end
+  publish_ended(ended, reason)
   return ended
 end
 
--- Write a hold and its lease for one GPU of reservation `base` (a decoded table).
-local function put_hold(i, base, ttl_ms)
-  local h = {}
-  for k, v in pairs(base) do h[k] = v end
-  h.gpu = i
-  h.start_ms = h.start_ms or NOW
-  h.heartbeat_ms = NOW
-  h.deadline_ms = NOW + ttl_ms
-  if h.kind == 'manual' then h.expires_ms = NOW + ttl_ms end
-  redis.call('HSET', KEYS[K_HOLDS], tostring(i), cjson.encode(h))
-  redis.call('SET', lease_key(i), h.rid, 'PX', ttl_ms)
+-- Finalize every hold whose lease is gone: the reservation ended when its lease did.
+local function sweep(S)
+  local gone = {}
+  for i, h in pairs(S.holds) do
+    if S.leases[i] ~= h.rid then gone[#gone + 1] = i end
+  end
+  table.sort(gone)
+  return end_holds(S, gone, 'expired')
 end
 
-local function released_ms(i)
-  local raw = redis.call('HGET', KEYS[K_RELEASED], tostring(i))
-  if not raw then return 0, '' end
-  local ms, user = string.match(raw, '^(%d+)|(.*)$')
-  return tonumber(ms or '0'), user or ''
+local RELEASED = nil  -- gpu -> {ms, user}, read on first use
+local function released(i)
+  if RELEASED == nil then
+    RELEASED = {}
+    local raw = redis.call('HGETALL', KEYS[K_RELEASED])
+    for k = 1, #raw, 2 do
+      local ms, user = string.match(raw[k + 1], '^(%d+)|(.*)$')
+      local g = tonumber(raw[k])
+      if g then RELEASED[g] = {tonumber(ms or '0') or 0, user or ''} end
+    end
+  end
+  local r = RELEASED[i]
+  if r then return r[1], r[2] end
+  return 0, ''
 end
 
 -- Candidates {gpu, key} in allocation order: smallest key (last release) first, ties by id.
@@ -156,150 +195,192 @@ local function by_key_then_id(cands)
   end)
 end
 
-local function ids_json(list)
-  if #list == 0 then return '[]' end
-  return cjson.encode(list)
-end
-
--- ---------------------------------------------------------------- the FIFO queue
--- Waiters (hash K_WAITERS, wid -> json) in arrival order (list K_QUEUE). A waiter is alive
--- while its deadline_ms (refreshed by its heartbeat) is in the future. GPUs granted to a
--- waiter are ordinary holds under rid = wid, marked waiting until the grant is complete.
-
--- GPUs the last usage snapshot saw busy (over the threshold, or in error). A release newer
--- than the scan makes the scan's word on that GPU stale: it saw the previous holder's work.
-local function usage_busy()
-  local raw = redis.call('GET', KEYS[K_USAGE])
-  if not raw then return {} end
-  local ok, u = pcall(cjson.decode, raw)
-  if not ok or type(u) ~= 'table' then return {} end
+-- GPUs the last scan saw busy (over the threshold, or in error). A release newer than the
+-- scan makes the scan's word on that GPU stale: it saw the previous holder's work.
+local function busy_set()
+  local v = redis.call('HMGET', KEYS[K_SNAPSHOT], 'busy', 'busy_ms')
+  local since = tonumber(v[2] or '0') or 0
   local busy = {}
-  for _, i in ipairs(u.busy or {}) do
-    if released_ms(i) <= tonumber(u.scanned_ms or 0) then busy[i] = true end
+  for _, i in ipairs(csv_ids(v[1])) do
+    if released(i) <= since then busy[i] = true end
   end
   return busy
 end
 
+-- ---------------------------------------------------------------- the FIFO queue
+-- A waiter is an entry of q:waiters (wid -> request json) indexed by q:order (arrival),
+-- q:deadlines (its heartbeat moves it), and q:counts (count requests) or q:wants:<i> (id
+-- requests, one set per GPU they name). GPUs granted to a waiter are ordinary holds with
+-- rid = wid; it is still waiting while its entry exists.
+
 local function get_waiter(wid)
-  local raw = redis.call('HGET', KEYS[K_WAITERS], wid)
+  local raw = redis.call('HGET', KEYS[K_Q_WAITERS], wid)
   if not raw then return nil end
   local ok, w = pcall(cjson.decode, raw)
-  if not ok then return nil end
+  if not ok or type(w) ~= 'table' then return nil end
   return w
 end
 
 local function waiter_want(w)
   if w.mode == 'ids' then return #w.ids end
-  return tonumber(w.count)
+  return tonumber(w.count) or 0
 end
 
-local function waiter_gpus(n, wid)
-  local out = {}
-  for i = 0, n - 1 do
-    local h = get_hold(i)
-    if h and h.rid == wid then out[#out + 1] = i end
+local function is_waiting(rid)
+  return redis.call('HEXISTS', KEYS[K_Q_WAITERS], rid) == 1
+end
+
+-- Remove a waiter from every index (w may be nil when its entry is unreadable).
+local function unindex(wid, w)
+  redis.call('HDEL', KEYS[K_Q_WAITERS], wid)
+  redis.call('ZREM', KEYS[K_Q_ORDER], wid)
+  redis.call('ZREM', KEYS[K_Q_DEADLINES], wid)
+  redis.call('ZREM', KEYS[K_Q_COUNTS], wid)
+  if w and w.mode == 'ids' then
+    for _, i in ipairs(w.ids) do
+      if i < SPAN then redis.call('ZREM', wants_key(i), wid) end
+    end
   end
-  return out
 end
 
--- Take a waiter out of the queue, giving back whatever it was granted so far.
-local function drop_waiter(n, wid, reason)
+-- Take a waiter out of the queue, giving back whatever it holds. A waiter still queued
+-- leaves ('left', with the GPUs it gave back); one whose grant was already complete is a
+-- reservation like any other, and ends as 'released'. Every change has its event.
+local function drop_waiter(S, wid, reason)
   local w = get_waiter(wid)
-  redis.call('LREM', KEYS[K_QUEUE], 0, wid)
-  redis.call('HDEL', KEYS[K_WAITERS], wid)
-  local ended = {}
-  for _, i in ipairs(waiter_gpus(n, wid)) do
-    local h = get_hold(i)
-    end_hold(i, h, 'released')
-    ended[#ended + 1] = i
+  local queued = redis.call('ZSCORE', KEYS[K_Q_ORDER], wid) ~= false
+  unindex(wid, w)
+  local mine = gpus_of(S, wid)
+  if queued then
+    for _, i in ipairs(mine) do end_hold(S, i, 'released') end
+    publish({type = 'left', rid = wid, user = w and w.user or '?', reason = reason,
+             gpus = mine}, wid)
+  else
+    end_holds(S, mine, 'released')
   end
-  if w then
-    publish({type = 'left', rid = wid, user = w.user, reason = reason, gpus = ended}, wid)
-  end
-  return ended
+  return mine
 end
 
--- GPUs some waiter still in the queue could use: a count waiter can use any GPU.
-local function queue_claims(n)
+local function expire_waiters(S)
+  local gone = redis.call('ZRANGEBYSCORE', KEYS[K_Q_DEADLINES], '-inf', '(' .. NOW)
+  for _, wid in ipairs(gone) do drop_waiter(S, wid, 'expired') end
+end
+
+-- The earliest waiter in an index ZSET: {wid, at} or nil; leftovers of gone waiters removed.
+local function head(key)
+  while true do
+    local r = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    if #r == 0 then return nil end
+    if is_waiting(r[1]) then return {wid = r[1], at = tonumber(r[2])} end
+    redis.call('ZREM', key, r[1])
+  end
+end
+
+local function earlier(a, b)
+  if a == nil then return b end
+  if b == nil then return a end
+  if b.at < a.at then return b end
+  return a
+end
+
+-- GPUs some waiter could use: every GPU while a count request waits, else those named.
+local function queue_claims()
   local claims = {}
-  for _, wid in ipairs(redis.call('LRANGE', KEYS[K_QUEUE], 0, -1)) do
-    local w = get_waiter(wid)
-    if w and tonumber(w.deadline_ms) >= NOW then
-      if w.mode ~= 'ids' then
-        for i = 0, n - 1 do claims[i] = true end
-        return claims
-      end
-      for _, i in ipairs(w.ids) do claims[i] = true end
+  if redis.call('ZCARD', KEYS[K_Q_COUNTS]) > 0 then
+    for i = 0, N - 1 do claims[i] = true end
+  else
+    for i = 0, N - 1 do
+      if redis.call('ZCARD', wants_key(i)) > 0 then claims[i] = true end
     end
   end
   return claims
 end
 
--- Hand free GPUs to the queue in strict arrival order. A waiter may hold some GPUs while
--- it waits for the rest; nobody behind it takes a GPU it could use.
-local function grant_queue(n)
-  local wids = redis.call('LRANGE', KEYS[K_QUEUE], 0, -1)
-  if #wids == 0 then return end
-  local busy = usage_busy()
-  local claimed, all_claimed = {}, false
-  for _, wid in ipairs(wids) do
-    local w = get_waiter(wid)
-    if not w then
-      redis.call('LREM', KEYS[K_QUEUE], 0, wid)
-    elseif tonumber(w.deadline_ms) < NOW then
-      drop_waiter(n, wid, 'expired')
-    elseif not all_claimed then
-      local mine = waiter_gpus(n, wid)
-      local need = waiter_want(w) - #mine
-      local allowed = nil
-      if w.mode == 'ids' then allowed = set_of(w.ids) end
-      local cands = {}
-      for i = 0, n - 1 do
-        if not get_hold(i) and not busy[i] and not claimed[i]
-            and (allowed == nil or allowed[i]) then
-          cands[#cands + 1] = {gpu = i, key = released_ms(i)}
+-- Hand free GPUs to the queue in strict arrival order: a free GPU goes to the earliest
+-- waiter that can use it (the head of q:counts or of its q:wants set), and a waiter may
+-- hold some GPUs while it waits for the rest. Work is proportional to the free GPUs and the
+-- waiters served, never to the length of the queue.
+local function grant_queue(S)
+  if redis.call('ZCARD', KEYS[K_Q_ORDER]) == 0 then return end
+  expire_waiters(S)
+  local busy = busy_set()
+  local free = {}
+  for i = 0, N - 1 do
+    if not S.holds[i] and not busy[i] then free[#free + 1] = i end
+  end
+  if #free == 0 then return end
+  local counts, heads = head(KEYS[K_Q_COUNTS]), {}
+  for _, g in ipairs(free) do heads[g] = head(wants_key(g)) end
+  local served = {}
+  while #free > 0 do
+    local best = nil
+    for _, g in ipairs(free) do
+      local c = earlier(heads[g], counts)
+      if c and not served[c.wid] and (best == nil or c.at < best.at) then best = c end
+    end
+    if best == nil then return end
+    served[best.wid] = true
+    local w = get_waiter(best.wid)
+    if w == nil then  -- unreadable entry: it leaves, and the heads are read again
+      drop_waiter(S, best.wid, 'corrupt')
+      counts = head(KEYS[K_Q_COUNTS])
+      for _, g in ipairs(free) do heads[g] = head(wants_key(g)) end
+    else
+      local cands, rest = {}, {}
+      for _, g in ipairs(free) do
+        local c = earlier(heads[g], counts)
+        if c and c.wid == best.wid then
+          cands[#cands + 1] = {gpu = g, key = released(g)}
         end
       end
       by_key_then_id(cands)
-      local new = {}
+      local need = waiter_want(w) - #gpus_of(S, best.wid)
+      local took = {}
       for k = 1, math.min(need, #cands) do
-        local base = w.base
-        base.waiting = true
-        put_hold(cands[k].gpu, base, tonumber(w.ttl_ms))
-        new[#new + 1] = cands[k].gpu
+        put_hold(S, cands[k].gpu, w.base, tonumber(w.ttl_ms))
+        took[cands[k].gpu] = true
       end
-      if #new == need then
-        mine = waiter_gpus(n, wid)
-        for _, i in ipairs(mine) do
-          local h = get_hold(i)
-          h.waiting = nil
+      for _, g in ipairs(free) do
+        if not took[g] then rest[#rest + 1] = g end
+      end
+      free = rest
+      local mine = gpus_of(S, best.wid)
+      if #mine >= waiter_want(w) then
+        for _, i in ipairs(mine) do  -- the reservation starts now that it is complete
+          local h = S.holds[i]
           h.start_ms = NOW
-          redis.call('HSET', KEYS[K_HOLDS], tostring(i), cjson.encode(h))
+          put_hold(S, i, h, tonumber(w.ttl_ms))
         end
-        redis.call('LREM', KEYS[K_QUEUE], 0, wid)
-        redis.call('HDEL', KEYS[K_WAITERS], wid)
-        publish({type = 'granted', rid = wid, user = w.user, gpus = mine, complete = true}, wid)
-      else
-        if #new > 0 then
-          publish({type = 'granted', rid = wid, user = w.user, gpus = waiter_gpus(n, wid),
-                   complete = false})
+        unindex(best.wid, w)
+        publish({type = 'granted', rid = best.wid, user = w.user, gpus = mine,
+                 complete = true}, best.wid)
+        if w.mode == 'ids' then
+          for _, g in ipairs(free) do heads[g] = head(wants_key(g)) end
+        else
+          counts = head(KEYS[K_Q_COUNTS])
         end
-        if allowed == nil then all_claimed = true else
-          for i, _ in pairs(allowed) do claimed[i] = true end
-        end
+      elseif next(took) ~= nil then
+        publish({type = 'granted', rid = best.wid, user = w.user, gpus = mine,
+                 complete = false})
       end
     end
   end
 end
 
--- Where a waiter stands: {position (1-based; 0 once out of the queue), gpus, done}.
-local function waiter_status(n, wid)
-  local pos = 0
-  for k, id in ipairs(redis.call('LRANGE', KEYS[K_QUEUE], 0, -1)) do
-    if id == wid then pos = k break end
-  end
-  local gpus = waiter_gpus(n, wid)
-  local done = pos == 0 and #gpus > 0
-  return cjson.encode({position = pos, gpus = gpus, done = done,
-                       queued = redis.call('LLEN', KEYS[K_QUEUE])})
+-- Where a waiter stands: {position (1-based; 0 once out of the queue), gpus, done, queued}.
+local function waiter_status(S, wid)
+  local rank = redis.call('ZRANK', KEYS[K_Q_ORDER], wid)
+  local pos = rank and (rank + 1) or 0
+  local gpus = gpus_of(S, wid)
+  return {position = pos, gpus = gpus, done = pos == 0 and #gpus > 0,
+          queued = redis.call('ZCARD', KEYS[K_Q_ORDER])}
+end
+
+local function status_json(st)
+  local gpus = st.gpus
+  st.gpus = nil
+  local doc = cjson.encode(st)
+  st.gpus = gpus
+  -- cjson writes an empty table as {}: splice the list in by hand
+  return string.sub(doc, 1, -2) .. ',"gpus":' .. ids_json(gpus) .. '}'
 end

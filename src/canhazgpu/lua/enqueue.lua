@@ -1,15 +1,24 @@
 -- Join the FIFO queue, and be granted at once if the GPUs are free.
--- ARGV: 3 waiter json (wid, user, mode, count, ids, note, base = the reservation record),
---       4 waiter lease ms (its heartbeat keeps it; a dead waiter leaves after this)
+-- ARG: waiter (json: wid, user, mode, count, ids, note, kind, base = the reservation
+--      record), ttl_ms (the waiter's lease: its heartbeat keeps it; a dead waiter leaves)
 -- Returns {'OK', status json} (see waiter_status)
 local n, bad = check_pool()
 if bad then return bad end
-sweep(n)
-local w, ttl = cjson.decode(ARGV[3]), tonumber(ARGV[4])
-w.ttl_ms, w.deadline_ms, w.enqueued_ms = ttl, NOW + ttl, NOW
-redis.call('HSET', KEYS[K_WAITERS], w.wid, cjson.encode(w))
-local position = redis.call('RPUSH', KEYS[K_QUEUE], w.wid)
-publish({type = 'queued', rid = w.wid, user = w.user, position = position,
+local S = load_state(n)
+sweep(S)
+local w, ttl = cjson.decode(ARG.waiter), tonumber(ARG.ttl_ms)
+w.ttl_ms, w.enqueued_ms = ttl, NOW
+local at = redis.call('INCR', KEYS[K_Q_ARRIVALS])
+redis.call('HSET', KEYS[K_Q_WAITERS], w.wid, cjson.encode(w))
+redis.call('ZADD', KEYS[K_Q_ORDER], at, w.wid)
+redis.call('ZADD', KEYS[K_Q_DEADLINES], NOW + ttl, w.wid)
+if w.mode == 'ids' then
+  for _, i in ipairs(w.ids) do redis.call('ZADD', wants_key(i), at, w.wid) end
+else
+  redis.call('ZADD', KEYS[K_Q_COUNTS], at, w.wid)
+end
+publish({type = 'queued', rid = w.wid, user = w.user,
+         position = redis.call('ZCARD', KEYS[K_Q_ORDER]),
          count = w.count, ids = w.ids, note = w.note})
-grant_queue(n)
-return {'OK', waiter_status(n, w.wid)}
+grant_queue(S)
+return {'OK', status_json(waiter_status(S, w.wid))}

@@ -1,26 +1,25 @@
 -- Keep a reservation's leases alive, and re-establish any that lapsed (Redis was
 -- unreachable, or restarted without its data) when nobody else holds the GPU now. A GPU
 -- whose reservation was ended on purpose (released by its owner or an admin) is lost.
--- ARGV: 3 rid, 4 ids csv, 5 reservation json, 6 ttl ms
+-- ARG: rid, ids (csv), record (reservation json), ttl_ms
 -- Returns {'OK', lost ids} where lost GPUs are now held by another reservation.
 local n, bad = check_pool()
 if bad then return bad end
-sweep(n)
+local S = load_state(n)
+sweep(S)
 
-local rid, base, ttl = ARGV[3], cjson.decode(ARGV[5]), tonumber(ARGV[6])
+local rid, ttl = ARG.rid, tonumber(ARG.ttl_ms)
+local base = cjson.decode(ARG.record)
 local lost, regained = {}, {}
-for _, i in ipairs(csv_ids(ARGV[4])) do
-  local h = get_hold(i)
+local ended = was_ended(rid)
+for _, i in ipairs(csv_ids(ARG.ids)) do
+  local h = S.holds[i]
   if h and h.rid == rid then
-    h.heartbeat_ms = NOW
-    h.deadline_ms = NOW + ttl
-    if h.kind == 'manual' then h.expires_ms = NOW + ttl end
-    redis.call('HSET', KEYS[K_HOLDS], tostring(i), cjson.encode(h))
-    redis.call('SET', lease_key(i), rid, 'PX', ttl)
-  elseif h or i >= n or was_ended(rid) then
+    put_hold(S, i, h, ttl)
+  elseif h or i >= n or ended then
     lost[#lost + 1] = i
   else
-    put_hold(i, base, ttl)
+    put_hold(S, i, base, ttl)
     regained[#regained + 1] = i
   end
 end

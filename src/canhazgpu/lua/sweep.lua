@@ -3,8 +3,9 @@
 -- Returns {'OK', ids finalized}
 local n, bad = check_pool()
 if bad then return bad end
-local ended = sweep(n)
-grant_queue(n)
+local S = load_state(n)
+local ended = sweep(S)
+grant_queue(S)
 local ids = {}
 for _, e in ipairs(ended) do ids[#ids + 1] = e.gpu end
 return {'OK', ids_json(ids)}

@@ -3,25 +3,33 @@
 Three views of the same state (docs/status.md):
 - lines: the original one-line-per-GPU format of the documents, which users' scripts
   parse (`grep "WITHOUT RESERVATION"`, `by users? ([^-]+) - (\\d+)MB`, ...): keep it exact;
-- table: the newer columns GPU STATUS USER DURATION TYPE MODEL DETAILS VALIDATION;
+- table: the newer columns GPU STATUS USER DURATION TYPE MODEL DETAILS VALIDATION (and
+  NOTE), fitted to the terminal's width;
 - JSON: machine values (epoch ms, seconds, MB), version 1.
 """
 
 from __future__ import annotations
 
-from .gpu.models import model_of, model_provider
-from .model import GpuProcess, GpuState, GpuUsage, Hold, PoolView
-from .timefmt import coarse, hms, short
+from ..gpu.models import model_of, model_provider
+from ..model import DEFAULT_THRESHOLD_MB, GpuProcess, GpuState, GpuUsage, Hold, PoolView
+from ..timefmt import coarse, hms, short
+from .tables import Column, fit, line
 
 JSON_VERSION = 1
-DEFAULT_THRESHOLD_MB = 1024
 
 # Minimum widths are the documents' own, so a table of short values matches them exactly.
-COLUMNS = (("GPU", 3), ("STATUS", 9), ("USER", 8), ("DURATION", 11), ("TYPE", 7),
-           ("MODEL", 16), ("DETAILS", 26), ("VALIDATION", 21))
+# MODEL and NOTE appear only when some GPU has one.
+# On a narrow terminal DETAILS and VALIDATION keep the most room: they say what is going on.
+COLUMNS = (Column("GPU", 3), Column("STATUS", 9),
+           Column("USER", 8, flexible=True, keep=8, least=8),
+           Column("DURATION", 11), Column("TYPE", 7),
+           Column("MODEL", 16, flexible=True, keep=8),
+           Column("DETAILS", 26, flexible=True, keep=20),
+           Column("VALIDATION", 21, flexible=True, keep=20),
+           Column("NOTE", flexible=True, keep=10))
+OPTIONAL = ("MODEL", "NOTE")
 COLORS = {"available": "\033[32m", "reserved": "\033[33m", "unreserved": "\033[31m",
           "error": "\033[31m"}
-RESET = "\033[0m"
 
 
 # ---------------------------------------------------------------- shared pieces
@@ -35,14 +43,14 @@ def _heartbeat_ms(hold: Hold) -> int:
 
 def _validation(g: GpuState, *, busy: str, idle: str, failed: str) -> str:
     """What a reserved GPU is really doing, in one of three texts: `idle` when no process
-    runs and the memory is at the idle baseline, `failed` when the GPU could not be read,
+    runs and the memory is below the threshold, `failed` when the GPU could not be read,
     else `busy`. They may use {mb}, {count} and {error}. Empty when no usage is known."""
     usage = g.usage
     if usage is None:
         return ""
     if usage.error:
         text = failed
-    elif not usage.processes and usage.memory_used_mb <= g.threshold_mb:
+    elif not usage.processes and not g.in_use:
         text = idle
     else:
         text = busy
@@ -85,16 +93,15 @@ def _line(g: GpuState, now_ms: int) -> str:
     if status == "reserved":
         return head + _reserved_line(g, now_ms)
     if status == "error":
-        return f"{head}ERROR ({g.usage.error})"
+        return f"{head}ERROR ({g.error})"
     if status == "unreserved":
         return f"{head}IN USE WITHOUT RESERVATION by {_who(g.usage.users)} - " \
                + _unreserved_usage(g.usage)
-    if g.last_released_ms is None:
-        since = "never reserved"
-    else:
-        since = f"last released {hms(_age_s(now_ms, g.last_released_ms))} ago"
+    # never reserved: nothing in parentheses, as the original prints it
+    since = "" if g.last_released_ms is None else \
+        f" (last released {hms(_age_s(now_ms, g.last_released_ms))} ago)"
     seen = f" [validated: {g.usage.memory_used_mb}MB used]" if g.usage else ""
-    return f"{head}AVAILABLE ({since}){seen}"
+    return f"{head}AVAILABLE{since}{seen}"
 
 
 def _reserved_line(g: GpuState, now_ms: int) -> str:
@@ -120,24 +127,21 @@ def _who(users: tuple[str, ...]) -> str:
 
 
 # ---------------------------------------------------------------- table (seeds/000)
-def render_table(view: PoolView, *, color: bool = False) -> str:
-    """The newer table; columns as wide as their widest value (at least the documents')."""
+def render_table(view: PoolView, *, color: bool = False, width: int | None = None) -> str:
+    """The newer table; columns as wide as their widest value (at least the documents'),
+    MODEL and NOTE only when some GPU has one. With `width` (the terminal's), the long
+    columns are cut with an ellipsis so that the table fits (docs/status.md)."""
     rows = [(g.status, _cells(g, view.now_ms)) for g in view.gpus]
-    widths = [max([minimum, len(title)] + [len(cells[i]) for _, cells in rows])
-              for i, (title, minimum) in enumerate(COLUMNS)]
-    lines = [_join([title for title, _ in COLUMNS], widths),
-             _join(["-" * w for w in widths], widths)]
+    shown = [i for i, col in enumerate(COLUMNS)
+             if col.title not in OPTIONAL or any(cells[i] for _, cells in rows)]
+    columns = [COLUMNS[i] for i in shown]
+    rows = [(status, [cells[i] for i in shown]) for status, cells in rows]
+    widths = fit(columns, [cells for _, cells in rows], width)
+    lines = [line([col.title for col in columns], widths, columns),
+             line(["-" * w for w in widths], widths, columns)]
     for status, cells in rows:
-        lines.append(_join(cells, widths, COLORS[status] if color else None))
+        lines.append(line(cells, widths, columns, colors={1: COLORS[status]} if color else None))
     return "\n".join(lines)
-
-
-def _join(cells: list[str], widths: list[int], color: str | None = None) -> str:
-    padded = [cell.ljust(width) for cell, width in zip(cells, widths)]
-    if color and cells[1]:
-        # Colour the status word only; the padding stays outside so columns still line up.
-        padded[1] = f"{color}{cells[1]}{RESET}" + " " * (widths[1] - len(cells[1]))
-    return " ".join(padded).rstrip()
 
 
 def _cells(g: GpuState, now_ms: int) -> list[str]:
@@ -147,16 +151,17 @@ def _cells(g: GpuState, now_ms: int) -> list[str]:
         seen = _validation(g, busy="{mb}MB, {count} processes", idle="no usage detected",
                            failed="error: {error}")
         return [str(g.gpu), "in use", hold.user, short(_age_s(now_ms, hold.start_ms)),
-                hold.kind, model, _hold_detail(hold, now_ms, short), seen]
+                hold.kind, model, _hold_detail(hold, now_ms, short), seen,
+                " ".join(hold.note.split())]  # one line, whatever the note holds
     if status == "error":
-        return [str(g.gpu), "error", "", "", "", "", "", f"error: {usage.error}"]
+        return [str(g.gpu), "error", "", "", "", "", "", f"error: {g.error}", ""]
     if status == "unreserved":
         return [str(g.gpu), "in use", ",".join(usage.users) or "unknown", "", "", model,
-                "WITHOUT RESERVATION", _unreserved_usage(usage)]
+                "WITHOUT RESERVATION", _unreserved_usage(usage), ""]
     free = "free" if g.last_released_ms is None else \
         f"free for {coarse(_age_s(now_ms, g.last_released_ms))}"
     seen = f"{usage.memory_used_mb}MB used" if usage else ""
-    return [str(g.gpu), "available", "", "", "", model, free, seen]
+    return [str(g.gpu), "available", "", "", "", model, free, seen, ""]
 
 
 # ---------------------------------------------------------------- JSON
@@ -196,7 +201,7 @@ def _gpu_json(g: GpuState, now_ms: int) -> dict:
         "memory_total_mb": usage.memory_total_mb if usage else None,
         "name": usage.name if usage else None,
         "uuid": usage.uuid if usage else None,
-        "error": usage.error if usage else None,
+        "error": g.error,
         "users": list(usage.users) if usage else [],
         "processes": [{"pid": p.pid, "name": p.name, "user": p.user,
                        "used_memory_mb": p.used_memory_mb, "cmdline": list(p.cmdline)}

@@ -1,0 +1,101 @@
+"""Getting GPUs and running a job on them, shared by run, wait and reserve: allocate or
+queue (with a progress line), then supervise the command until it ends."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+import asyncclick as click
+
+from ..errors import InvalidRequest
+from . import output
+from .options import duration
+
+
+class ProgressLine:
+    """Queue progress on stderr. On a terminal: one line redrawn in place, cut to the
+    terminal's width (a wider line would wrap and leave a stale copy at every redraw).
+    Elsewhere (a log file): a line only when the position, the grant or the queue's length
+    changes, not every time the estimate ticks."""
+
+    def __init__(self, stream=None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = output.is_tty(self.stream)
+        self.last = None
+
+    def __call__(self, progress) -> None:
+        from ..timefmt import short
+        st = progress.status
+        text = (f"waiting for {progress.want} GPU(s): position {st.position} of {st.queued} "
+                f"in the queue, {len(st.gpus)}/{progress.want} granted")
+        if progress.eta_s is not None:
+            text += ", expected now" if progress.eta_s == 0 else \
+                f", expected in ~{short(progress.eta_s)}"
+        seen = text if self.tty else (st.position, st.queued, len(st.gpus))
+        if seen == self.last:
+            return
+        self.last = seen
+        if self.tty:  # the last column left free: writing it would wrap on some terminals
+            self.draw(text[:max(1, self.columns() - 1)])
+        else:
+            output.warn(text, self.stream)
+
+    def columns(self) -> int:
+        try:
+            columns = os.get_terminal_size(self.stream.fileno()).columns
+        except (AttributeError, OSError, ValueError):
+            columns = 0
+        return columns or shutil.get_terminal_size().columns
+
+    def draw(self, text: str) -> None:
+        try:
+            self.stream.write(f"\r\033[K{text}")
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    def done(self) -> None:
+        if self.tty and self.last is not None:
+            self.draw("")
+
+
+async def acquire(state, req, caller, wait_s: float | None, quiet: bool = False):
+    """Allocate now, or queue for at most wait_s (None: fail at once when short)."""
+    line = None if quiet or wait_s is None else ProgressLine()
+    try:
+        return await state.core.acquire(req, caller, wait_s, progress=line, warn=output.warn)
+    finally:
+        if line is not None:
+            line.done()
+
+
+async def supervise(state, res, caller, command, timeout_s, queued=False) -> int:
+    """Run the command on the reservation until it ends; returns its exit code."""
+    from ..supervisor import Supervisor
+    if output.is_tty(sys.stderr):
+        output.warn(f"running on GPU {res.env_value()} (CUDA_VISIBLE_DEVICES={res.env_value()})")
+    sup = Supervisor(state.core, res, caller, output.warn,
+                     heartbeat_s=state.config.seconds("heartbeat_interval"),
+                     timeout_s=timeout_s, kill_grace_s=state.config.seconds("kill_grace"),
+                     renew_at_start=queued)
+    return await sup.run(command)
+
+
+def wait_option(func):
+    """--wait D, --nonblock and --quiet, for run and reserve."""
+    func = click.option("--quiet", "-q", is_flag=True,
+                        help="With --wait: no queue progress on stderr.")(func)
+    func = click.option("--nonblock", is_flag=True,
+                        help="Fail at once when GPUs are short (the default without --wait).")(func)
+    return click.option("--wait", "-w", "wait_text", metavar="D",
+                        help="If GPUs are short, queue for at most D (e.g. 10m) instead of "
+                             "failing at once.")(func)
+
+
+def parse_wait(text: str | None, nonblock: bool = False) -> float | None:
+    """How long to queue (None: not at all, fail at once when GPUs are short)."""
+    if text is not None and nonblock:
+        raise InvalidRequest(f"use either --wait {text} or --nonblock, not both")
+    return None if text is None else duration(text, "wait", "1s")

@@ -1,0 +1,138 @@
+"""Text tables: columns as wide as their values, narrowed to fit the terminal. Pure.
+
+Used by the status table, the queue and the report. Without a width limit (a pipe, a file)
+nothing is ever cut. With one, the padding goes first (a column's documented minimum
+width), then flexible columns give up one character at a time, the one furthest above the
+width it should keep first (so columns end up in proportion to those widths): first down to
+that width if it can, then down to the width of its title. A cut value ends in an
+ellipsis. What cannot fit that way overflows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..timefmt import short
+
+ELLIPSIS = "…"
+RESET = "\033[0m"
+
+
+@dataclass(frozen=True)
+class Column:
+    title: str
+    minimum: int = 0  # padded to at least this when there is room (the documents' widths)
+    flexible: bool = False  # may be cut to fit the width
+    keep: int = 0  # a flexible column is cut below this only when all others are
+                   # (and its share of the room when every column must be cut)
+    least: int = 0  # and never below this (nor below its title)
+    right: bool = False  # right-aligned (numbers)
+
+
+def fit(columns: Sequence[Column], rows: Sequence[Sequence[str]], limit: int | None = None,
+        gap: int = 1) -> list[int]:
+    """The width of each column, the table at most `limit` characters wide if it can be."""
+    natural = [max([len(col.title)] + [len(row[i]) for row in rows])
+               for i, col in enumerate(columns)]
+    padded = [max(n, col.minimum) for n, col in zip(natural, columns)]
+    room = None if limit is None else limit - gap * (len(columns) - 1)
+    if room is None or sum(padded) <= room:
+        return padded
+    widths = natural
+    keep = [max(col.keep, len(col.title)) for col in columns]
+    for floor in (keep, [max(col.least, len(col.title)) for col in columns]):
+        while sum(widths) > room:
+            narrowable = [i for i, col in enumerate(columns)
+                          if col.flexible and widths[i] > floor[i]]
+            if not narrowable:
+                break
+            widths[max(narrowable, key=lambda i: widths[i] / keep[i])] -= 1
+    slack = room - sum(widths)
+    for i, want in enumerate(padded):  # room left over pads back towards the minimums
+        grow = max(0, min(slack, want - widths[i]))
+        widths[i] += grow
+        slack -= grow
+    return widths
+
+
+def cut(text: str, width: int) -> str:
+    """`text`, or as much of it as fits in `width` characters with an ellipsis at the end."""
+    return text if len(text) <= width else text[:max(0, width - 1)] + ELLIPSIS
+
+
+def line(cells: Sequence[str], widths: Sequence[int], columns: Sequence[Column], gap: int = 1,
+         colors: dict[int, str] | None = None) -> str:
+    """One row: cells cut and padded to their widths; `colors` paints cells by index (the
+    padding stays outside the colour, so columns still line up). No trailing spaces."""
+    out = []
+    for i, (cell, width, col) in enumerate(zip(cells, widths, columns)):
+        text = cut(cell, width)
+        pad = " " * (width - len(text))
+        if colors and colors.get(i) and text:
+            text = f"{colors[i]}{text}{RESET}"
+        out.append(pad + text if col.right else text + pad)
+    return (" " * gap).join(out).rstrip()
+
+
+def table(columns: Sequence[Column], rows: Sequence[Sequence[str]], limit: int | None = None,
+          gap: int = 1, rule: bool = False) -> str:
+    """Header, an optional dashes rule, and the rows, without colour."""
+    widths = fit(columns, rows, limit, gap)
+    head = [line([c.title for c in columns], widths, columns, gap)]
+    if rule:
+        head.append(line(["-" * w for w in widths], widths, columns, gap))
+    return "\n".join(head + [line(row, widths, columns, gap) for row in rows])
+
+
+# ---------------------------------------------------------------- the queue (docs/queue.md)
+QUEUE_COLUMNS = (Column("POS"), Column("USER"), Column("REQUESTED"), Column("GRANTED"),
+                 Column("WAITING"), Column("NOTE", flexible=True))
+
+
+def queue_json(now_ms: int, waiters: Sequence) -> list[dict]:
+    """The queue document (`canhazgpu queue --json`, docs/queue.md) from model.Waiter values
+    in arrival order."""
+    return [{"position": pos, "id": w.wid, "user": w.user,
+             "requested": list(w.ids) if w.ids is not None else w.count,
+             "granted": list(w.granted), "waiting_s": round((now_ms - w.enqueued_ms) / 1000, 1),
+             "type": w.kind, "note": w.note} for pos, w in enumerate(waiters, 1)]
+
+
+def render_queue(rows: Sequence[dict], width: int | None = None) -> str:
+    """Who waits for what, in order: the rows of `canhazgpu queue --json`."""
+    if not rows:
+        return "The queue is empty."
+    cells = [[str(r["position"]), r["user"],
+              f"GPUs {_ids(r['requested'])}" if isinstance(r["requested"], list)
+              else f"{r['requested']} GPU(s)",
+              _ids(r["granted"]) or "-", short(r["waiting_s"]), " ".join(r["note"].split())]
+             for r in rows]
+    return table(QUEUE_COLUMNS, cells, width, gap=2)
+
+
+def _ids(gpus) -> str:
+    return ",".join(map(str, gpus))
+
+
+# ---------------------------------------------------------------- the report (docs/report.md)
+REPORT_COLUMNS = (Column("USER", 4), Column("GPU HOURS", 9, right=True),
+                  Column("SHARE", 6, right=True), Column("RUN", 4, right=True),
+                  Column("MANUAL", 6, right=True))
+
+
+def render_report(data: dict) -> str:
+    """GPU hours per user, from the report document (`canhazgpu report --json`)."""
+    days = data["days"]
+    head = (f"GPU usage over the last {days:g} day{'' if days == 1 else 's'}: "
+            f"{hours(data['total_gpu_hours'])} GPU hours")
+    if not data["users"]:
+        return f"{head}\nNo reservations in this period."
+    cells = [[u["user"], hours(u["gpu_hours"]), f"{u['percent']:.1f}%", str(u["run"]),
+              str(u["manual"])] for u in data["users"]]
+    return f"{head}\n{table(REPORT_COLUMNS, cells, gap=2)}"
+
+
+def hours(value: float) -> str:
+    """'30.25'; '<0.01' for some use that two decimals would show as none."""
+    return "<0.01" if 0 < value < 0.005 else f"{value:.2f}"
