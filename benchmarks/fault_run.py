@@ -33,6 +33,7 @@ import os
 import platform
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -123,18 +124,44 @@ class Replay:
                 self.held.pop(gpu, None)
 
 
-def contents(client: redis.Redis) -> dict:
-    """Every key of the host: {key: (value, ms to live or -1)}."""
-    read = {"string": client.get, "hash": client.hgetall, "list": lambda k: client.lrange(k, 0, -1),
-            "set": lambda k: sorted(client.smembers(k)),
-            "zset": lambda k: client.zrange(k, 0, -1, withscores=True),
-            "stream": lambda k: client.xrange(k)}
-    out = {}
-    for key in client.scan_iter(f"canhazgpu:{{{HOST}}}:*", count=1000):
-        kind = client.type(key)
-        if kind in read:
-            out[key] = (read[kind](key), client.pttl(key))
-    return out
+def sigkill(proc) -> bool:
+    """SIGKILL a child we have not reaped yet. Not proc.kill(): subprocess polls first, and
+    reaping a child that just exited would steal its exit code from asyncio's watcher."""
+    try:
+        if proc.returncode is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            return True
+    except ProcessLookupError:
+        pass
+    return False
+
+
+READ = {"string": lambda pipe, key: pipe.get(key), "hash": lambda pipe, key: pipe.hgetall(key),
+        "list": lambda pipe, key: pipe.lrange(key, 0, -1),
+        "set": lambda pipe, key: pipe.smembers(key),
+        "zset": lambda pipe, key: pipe.zrange(key, 0, -1, withscores=True),
+        "stream": lambda pipe, key: pipe.xrange(key)}
+
+
+def contents(socket: Path, pause: bool = False) -> tuple[dict, float]:
+    """Every key of the host, {key: (value, ms to live or -1)}, and when the reading began.
+    pause: first hold every write (scripts included) for 5 s: what is read is then all that
+    Redis acknowledged."""
+    with redis.Redis(unix_socket_path=str(socket), decode_responses=True) as client:
+        if pause:
+            client.client_pause(5000, all=False)
+        began = time.monotonic()
+        keys = list(client.scan_iter(f"canhazgpu:{{{HOST}}}:*", count=1000))
+        with client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.type(key)
+            typed = [(key, kind) for key, kind in zip(keys, pipe.execute()) if kind in READ]
+            for key, kind in typed:
+                READ[kind](pipe, key)
+                pipe.pttl(key)
+            replies = pipe.execute()
+    return {key: (replies[2 * n], replies[2 * n + 1]) for n, (key, _) in enumerate(typed)}, \
+        began
 
 
 class Run:
@@ -166,9 +193,7 @@ class Run:
 
     async def crash_redis(self) -> None:
         """SIGKILL Redis with writes paused, check its AOF against what it held, restart."""
-        with redis.Redis(unix_socket_path=str(self.server.socket), decode_responses=True) as c:
-            c.client_pause(5000, all=False)  # writes (scripts included) wait; reads go on
-            before, taken = contents(c), time.monotonic()
+        before, began = await anyio.to_thread.run_sync(contents, self.server.socket, True)
         self.up = anyio.Event()
         await anyio.to_thread.run_sync(self.server.kill)
         copy = RedisServer(self.tmp / "verify", persist=True)  # loads a copy of the AOF
@@ -180,8 +205,8 @@ class Run:
             copy.dir.mkdir()
             shutil.copy(self.server.dir / "appendonly.aof", copy.dir)
         await anyio.to_thread.run_sync(copy.start)
-        with redis.Redis(unix_socket_path=str(copy.socket), decode_responses=True) as c:
-            after, elapsed_ms = contents(c), (time.monotonic() - taken) * 1000
+        after, _ = await anyio.to_thread.run_sync(contents, copy.socket)
+        elapsed_ms = (time.monotonic() - began) * 1000
         await anyio.to_thread.run_sync(copy.stop)
         for key, (value, ttl) in before.items():
             if ttl == -1 or ttl > elapsed_ms + 500:  # still due to be there
@@ -284,9 +309,7 @@ class Run:
     async def kill_a_client(self) -> None:
         if self.procs:
             victim = self.rng.choice(sorted(self.procs, key=lambda p: p.pid))
-            if victim.returncode is None:
-                victim.kill()
-                self.report.client_kills += 1
+            self.report.client_kills += sigkill(victim)
 
     async def daemon(self) -> None:
         """`canhazgpu serve` until the run ends, started again whenever it is killed."""
@@ -297,9 +320,8 @@ class Run:
             self.codes[("serve", code)] += 1
 
     async def kill_the_daemon(self) -> None:
-        if self.serving is not None and self.serving.returncode is None:
-            self.serving.kill()
-            self.report.daemon_kills += 1
+        if self.serving is not None:
+            self.report.daemon_kills += sigkill(self.serving)
 
     # ------------------------------------------------------------------ the run
     async def main(self) -> Report:
