@@ -7,7 +7,7 @@ Redis changed when the answer is 2 (bad usage).
 Every example starts from the same state, an empty pool of 8 GPUs, so nothing blocks:
 `wait` gets a short --timeout, `--wait`/`--timeout` values over a second are cut to one,
 and `events` (which runs until its --count) is stopped with Ctrl+C once it has subscribed.
-Long-running forms (`status --follow`, `serve`) are left out."""
+Long-running forms (`status --follow`, `serve`, `web`) are left out."""
 
 from __future__ import annotations
 
@@ -26,26 +26,36 @@ from conftest import wait_until
 
 FLAG = None
 VALUE = "value"
-SELECTION = {"--gpus": VALUE, "--gpu-ids": VALUE, "--note": VALUE}
+SELECTION = {"--gpus": VALUE, "-g": VALUE, "--gpu-ids": VALUE, "-G": VALUE, "--note": VALUE,
+             "-n": VALUE}
+QUEUEING = {"--wait": VALUE, "-w": VALUE, "--nonblock": FLAG, "--quiet": FLAG, "-q": FLAG}
+CHECKS = {"--wait": VALUE, "--json": FLAG}
 COMMANDS = {
     "admin": {"--gpus": VALUE, "--provider": VALUE, "--force": FLAG, "--json": FLAG},
     "status": {"--format": VALUE, "--json": FLAG, "--summary": FLAG},
-    "reserve": {**SELECTION, "--duration": VALUE, "-d": VALUE, "--short": FLAG,
-                "--json": FLAG, "--wait": VALUE, "--quiet": FLAG, "-q": FLAG},
-    "release": {"--gpu-ids": VALUE, "--user": VALUE, "--force": FLAG, "--json": FLAG},
-    "run": {**SELECTION, "--timeout": VALUE, "--wait": VALUE, "--quiet": FLAG},
-    "wait": {**SELECTION, "--timeout": VALUE, "--duration": VALUE, "-d": VALUE,
-             "--short": FLAG, "--quiet": FLAG},
+    "reserve": {**SELECTION, **QUEUEING, "--duration": VALUE, "-d": VALUE, "--short": FLAG,
+                "-s": FLAG, "--json": FLAG, "-j": FLAG, "--force": FLAG},
+    "release": {"--gpu-ids": VALUE, "-G": VALUE, "--user": VALUE, "--force": FLAG,
+                "--json": FLAG, "-j": FLAG},
+    "run": {**SELECTION, **QUEUEING, "--timeout": VALUE, "-t": VALUE},
+    "wait": {**SELECTION, "--timeout": VALUE, "-t": VALUE, "--duration": VALUE, "-d": VALUE,
+             "--short": FLAG, "-s": FLAG, "--quiet": FLAG, "-q": FLAG},
     "queue": {"--json": FLAG},
     "report": {"--days": VALUE, "--json": FLAG},
-    "events": {"--json": FLAG, "--type": VALUE, "--count": VALUE},
+    "events": {"--json": FLAG, "-j": FLAG, "--type": VALUE, "--count": VALUE,
+               "--since": VALUE},
+    "config": CHECKS,
+    "doctor": CHECKS,
+    "help": {},  # a topic: the positional words
+    "completion": {},  # a shell: the positional words
 }
-GLOBAL = ("--redis-url", "--host", "--memory-threshold")
-BLOCKING = ("--wait", "--timeout")  # values over a second are cut to one
+GLOBAL = ("--redis-url", "--host", "--memory-threshold", "--config")
+BLOCKING = ("--wait", "-w", "--timeout", "-t")  # values over a second are cut to one
 NASTY = ("", " ", "0", "-1", "-0", "+1", "1x", "1,,2", "0,0", "1,", ",", "1,3", "7", "8",
          "0x10", "1e9", "1.5", "nan", "inf", "٣", "²", "1_000", "30s", "0s", "0.1s", "2h",
          "366d", "367d", "1d", "99999999999999999999d", "fake", "nvidia", "amd", "table",
-         "lines", "reserved,nope", "released", "\u202e", "é", "🚀", "-", "--", "--gpus",
+         "lines", "reserved,nope", "released", "bash", "zsh", "status", "events", "\u202e",
+         "é", "🚀", "-", "--", "--gpus",
          "redis://[::1", "redis://localhost:99999/0", "redis://localhost:abc/0",
          "http://x", "unix://", "unix:///nonexistent/redis.sock", "redis://:pw@localhost:1/0")
 
@@ -84,8 +94,8 @@ def command_lines(draw) -> tuple[str, list[str]]:
     spec = COMMANDS[command]
     args: list[str] = ["--timeout", "0.3s"] if command == "wait" else []
     for _ in range(draw(st.integers(0, 4))):
-        if draw(st.integers(0, 3)) == 0:
-            args.append(draw(junk))
+        if not spec or draw(st.integers(0, 3)) == 0:
+            args.append(draw(junk if spec else values))  # help TOPIC, completion SHELL
             continue
         name = draw(st.sampled_from(sorted(spec)))
         if spec[name] is FLAG:
@@ -98,6 +108,8 @@ def command_lines(draw) -> tuple[str, list[str]]:
     before = []
     if draw(st.integers(0, 3)) == 0:
         before = [draw(st.sampled_from(GLOBAL)), draw(values)]
+    if draw(st.integers(0, 7)) == 0:
+        before.append("--no-color")
     return command, [*before, command, *args]
 
 
