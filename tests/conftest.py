@@ -184,6 +184,13 @@ class Cli:
                     pass
 
 
+def open_pty(rows: int = 40, cols: int = 160) -> tuple[int, int]:
+    """A pseudo-terminal of rows x cols: (master, slave) file descriptors."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+    return master, slave
+
+
 def _controlling_tty():
     os.setsid()
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
@@ -194,8 +201,7 @@ class Terminal:
     a shell's foreground job (Ctrl+C reaches its process group). Read with deadlines."""
 
     def __init__(self, args, env, rows: int = 40, cols: int = 160) -> None:
-        self.master, slave = pty.openpty()
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        self.master, slave = open_pty(rows, cols)
         self.proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, env=env,
                                      preexec_fn=_controlling_tty)
         os.close(slave)  # the child's copies are the last: its exit ends our reads

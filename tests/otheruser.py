@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
 from canhazgpu.embedded import RedisServer
+from conftest import Cli
 
 NOBODY = 65534
 needs_root = pytest.mark.skipif(os.getuid() != 0 or not shutil.which("setpriv"),
@@ -44,5 +44,5 @@ def as_nobody(*args, env: dict, groups: str = "", timeout: float = 60):
     who = ["--groups", groups] if groups else ["--clear-groups"]
     return subprocess.run(
         ["setpriv", "--reuid", str(NOBODY), "--regid", str(NOBODY), *who,
-         sys.executable, "-m", "canhazgpu", *map(str, args)],
+         *Cli.argv(*args)],
         capture_output=True, text=True, env=env, timeout=timeout)
