@@ -320,7 +320,9 @@ class Run:
             self.codes[("serve", code)] += 1
 
     async def kill_the_daemon(self) -> None:
-        if self.serving is not None:
+        with anyio.move_on_after(30):  # a daemon starting again (slow on a busy machine)
+            while self.serving is None or self.serving.returncode is not None:
+                await anyio.sleep(0.05)
             self.report.daemon_kills += sigkill(self.serving)
 
     # ------------------------------------------------------------------ the run
