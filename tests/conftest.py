@@ -1,13 +1,20 @@
-"""Shared fixtures: one real redis-server per test session, flushed between tests."""
+"""Shared fixtures and helpers: one real redis-server per test session (flushed between
+tests), the CLI in a child process, a pseudo-terminal, callers, and waits with deadlines."""
 
 from __future__ import annotations
 
+import codecs
+import fcntl
 import json
 import os
-from contextlib import asynccontextmanager
+import pty
+import struct
 import subprocess
 import sys
+import termios
 import time
+from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
@@ -17,7 +24,7 @@ import redis
 from canhazgpu.config import load
 from canhazgpu.core import Core
 from canhazgpu.embedded import RedisServer
-from canhazgpu.identity import current
+from canhazgpu.identity import current, process_start
 
 HOST = "testhost"
 
@@ -99,34 +106,141 @@ def me():
     return current()
 
 
+@pytest.fixture
+def caller(me):
+    """Callers as the core sees them: caller("bob") is another user (another uid);
+    caller(process=proc) is us as if `proc` were the run supervisor (started at `start`)."""
+    def make(user: str | None = None, *, process=None, start: float | None = None,
+             admin: bool | None = None):
+        who = me if user in (None, me.user) else replace(me, user=user, uid=me.uid + 1)
+        if process is not None:
+            who = replace(who, pid=process.pid,
+                          pid_start=process_start(process.pid) if start is None else start)
+        return who if admin is None else replace(who, is_admin=admin)
+    return make
+
+
 class Cli:
-    """Run the real `canhazgpu` command in a child process."""
+    """The real `canhazgpu` command in a child process: run to the end, started in the
+    background (sync or as an anyio process), or on a terminal. extra_env adds variables."""
 
     def __init__(self, env):
         self.env = env
-        self.children: list[subprocess.Popen] = []
+        self.children: list = []
+
+    @staticmethod
+    def argv(*args) -> list[str]:
+        return [sys.executable, "-m", "canhazgpu", *map(str, args)]
+
+    def environ(self, extra_env=None) -> dict:
+        return {**self.env, **(extra_env or {})}
 
     def __call__(self, *args, input=None, timeout=60, extra_env=None, check=None):
-        proc = subprocess.run(
-            [sys.executable, "-m", "canhazgpu", *map(str, args)],
-            capture_output=True, text=True, input=input, timeout=timeout,
-            env={**self.env, **(extra_env or {})},
-        )
+        proc = subprocess.run(self.argv(*args), capture_output=True, text=True, input=input,
+                              timeout=timeout, env=self.environ(extra_env))
         if check is not None:
             assert proc.returncode == check, (proc.returncode, proc.stdout, proc.stderr)
         return proc
 
-    def popen(self, *args, extra_env=None, **kwargs):
-        proc = subprocess.Popen([sys.executable, "-m", "canhazgpu", *map(str, args)],
-                                env={**self.env, **(extra_env or {})}, **kwargs)
+    def popen(self, *args, extra_env=None, **kwargs) -> subprocess.Popen:
+        proc = subprocess.Popen(self.argv(*args), env=self.environ(extra_env), **kwargs)
         self.children.append(proc)
         return proc
 
+    async def open(self, *args, extra_env=None, **kwargs):
+        """An anyio process (stdout/stderr piped unless given), for async tests."""
+        proc = await anyio.open_process(self.argv(*args), env=self.environ(extra_env),
+                                        **kwargs)
+        self.children.append(proc)
+        return proc
+
+    async def run(self, *args, extra_env=None, check=None):
+        """Run to the end without blocking the event loop; stdout/stderr as text."""
+        with anyio.fail_after(60):
+            proc = await anyio.run_process(self.argv(*args), env=self.environ(extra_env),
+                                           check=False)
+        out = subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(),
+                                          proc.stderr.decode())
+        if check is not None:
+            assert out.returncode == check, (out.returncode, out.stdout, out.stderr)
+        return out
+
+    def terminal(self, *args, extra_env=None, **size) -> Terminal:
+        term = Terminal(self.argv(*args), self.environ(extra_env), **size)
+        self.children.append(term.proc)
+        return term
+
     def kill_all(self):
+        """What a failed test left running (anyio processes are reaped by their test)."""
         for proc in self.children:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            if isinstance(proc, subprocess.Popen):
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            elif proc.returncode is None:
+                try:
+                    proc.kill()
+                except (ProcessLookupError, RuntimeError):  # gone, or its loop is closed
+                    pass
+
+
+def open_pty(rows: int = 40, cols: int = 160) -> tuple[int, int]:
+    """A pseudo-terminal of rows x cols: (master, slave) file descriptors."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+    return master, slave
+
+
+def _controlling_tty():
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+class Terminal:
+    """A child whose stdin/stdout/stderr is a pseudo-terminal (rows x cols) it controls, like
+    a shell's foreground job (Ctrl+C reaches its process group). Read with deadlines."""
+
+    def __init__(self, args, env, rows: int = 40, cols: int = 160) -> None:
+        self.master, slave = open_pty(rows, cols)
+        self.proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, env=env,
+                                     preexec_fn=_controlling_tty)
+        os.close(slave)  # the child's copies are the last: its exit ends our reads
+        self.text = ""
+        self._decode = codecs.getincrementaldecoder("utf-8")("replace").decode
+        self.closed = False
+
+    async def until(self, predicate, timeout: float = 20.0) -> str:
+        """Everything shown so far, once predicate(it) holds (or the child closed the
+        terminal: the caller's assertion says what was missing)."""
+        with anyio.fail_after(timeout):
+            while not predicate(self.text) and not self.closed:
+                await anyio.wait_readable(self.master)
+                try:
+                    chunk = os.read(self.master, 65536)
+                except OSError:  # EIO: the other side closed
+                    chunk = b""
+                self.text += self._decode(chunk, final=not chunk)
+                self.closed = not chunk
+        return self.text
+
+    async def expect(self, text: str, timeout: float = 20.0) -> str:
+        seen = await self.until(lambda t: text in t, timeout)
+        assert text in seen, f"{text!r} not seen before the terminal closed; got {seen!r}"
+        return seen
+
+    def send(self, data: bytes) -> None:
+        os.write(self.master, data)
+
+    async def wait(self, timeout: float = 20.0) -> int:
+        """The child's exit code, then the terminal is closed."""
+        code = await anyio.to_thread.run_sync(lambda: self.proc.wait(timeout))
+        self.close()
+        return code
+
+    def close(self) -> None:
+        if self.master >= 0:
+            os.close(self.master)
+            self.master = -1
 
 
 @pytest.fixture
@@ -169,12 +283,14 @@ def held_gpus(cli) -> set[int]:
 @asynccontextmanager
 async def lease_expiry(store, gpus):
     """Listen for Redis's `expired` notifications of these GPUs' leases (subscribed before
-    the block runs); `await expired()` returns once every one of them has run out."""
+    the block runs); `await expired()` returns once every one of them has run out. A lease
+    already gone when it is awaited (it ran out before we subscribed, e.g. while Redis was
+    down) counts as run out: subscribe, then read the state, then wait."""
     from canhazgpu.events import EventHub, Message
     hub = EventHub(store, (store.expired_channel,), host_events=False)
     async with hub.running(), hub.listen() as stream:
         async def expired(timeout: float = 5.0) -> None:
-            left = set(gpus)
+            left = {g for g in gpus if await store.redis.exists(store.lease_key(g))}
             with anyio.fail_after(timeout):
                 while left:
                     item = await stream.receive()

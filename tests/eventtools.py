@@ -3,7 +3,6 @@ and line reading from child processes, each with a deadline (never a fixed sleep
 
 from __future__ import annotations
 
-import sys
 from contextlib import asynccontextmanager
 from dataclasses import replace
 
@@ -85,10 +84,6 @@ class Lines:
 async def sleeper():
     """A live process we own, to stand in for a `run` supervisor."""
     return await anyio.open_process(["sleep", "60"])
-
-
-def canhazgpu(*args: str) -> list[str]:
-    return [sys.executable, "-m", "canhazgpu", *args]
 
 
 async def rest(stream) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from canhazgpu.embedded import RedisServer
+from conftest import Cli
 
 NOBODY = 65534
 
@@ -58,5 +59,5 @@ def as_nobody(*args, env: dict, groups: str = "", timeout: float = 60):
     who = ["--groups", groups] if groups else ["--clear-groups"]
     return subprocess.run(
         ["setpriv", "--reuid", str(NOBODY), "--regid", str(NOBODY), *who,
-         sys.executable, "-m", "canhazgpu", *map(str, args)],
+         *Cli.argv(*args)],
         capture_output=True, text=True, env=env, timeout=timeout)

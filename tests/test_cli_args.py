@@ -4,14 +4,10 @@ either place, the Go tool's short flags, completion, colours and the progress li
 from __future__ import annotations
 
 import ast
-import fcntl
 import json
 import os
-import pty
-import struct
 import subprocess
 import sys
-import termios
 
 import pytest
 
@@ -19,8 +15,7 @@ from canhazgpu.cli.jobs import ProgressLine
 from canhazgpu.identity import current
 from canhazgpu.request import QueueStatus
 from canhazgpu.waitqueue import Progress
-from conftest import ROOT
-from test_tty import Terminal
+from conftest import ROOT, Cli, Terminal, open_pty
 
 ARGV = "import json, os, sys; print(json.dumps([os.environ['CUDA_VISIBLE_DEVICES'], sys.argv[1:]]))"
 
@@ -243,8 +238,7 @@ def progress(position=2, queued=3, granted=(), want=2, eta_s=None) -> Progress:
 
 
 def test_progress_line_fits_the_terminal():
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 40, 0, 0))
+    master, slave = open_pty(24, 40)
     with open(slave, "w") as stream:
         line = ProgressLine(stream)
         line(progress(eta_s=125))
@@ -292,22 +286,20 @@ def tty_env(pool, env):
     return {**env, "TERM": "xterm", "NO_COLOR": ""}
 
 
-def canhazgpu(*args):
-    return [sys.executable, "-m", "canhazgpu", *args]
+@pytest.mark.anyio
+async def test_empty_no_color_keeps_colours(tty_env):
+    term = Terminal(Cli.argv("status"), tty_env)
+    await term.expect("\x1b[32m")  # green: available
+    assert await term.wait() == 0
 
 
-def test_empty_no_color_keeps_colours(tty_env):
-    term = Terminal(canhazgpu("status"), tty_env)
-    term.expect(b"\x1b[32m")  # green: available
-    assert term.close() == 0
-
-
+@pytest.mark.anyio
 @pytest.mark.parametrize("args", [("status", "--no-color"), ("--no-color", "status")])
-def test_no_color_flag(tty_env, args):
-    term = Terminal(canhazgpu(*args), tty_env)
-    term.expect(b"\n7 ")  # the last GPU's row
-    assert term.close() == 0
-    assert b"\x1b[" not in term.seen
+async def test_no_color_flag(tty_env, args):
+    term = Terminal(Cli.argv(*args), tty_env)
+    await term.expect("\n7 ")  # the last GPU's row
+    assert await term.wait() == 0
+    assert "\x1b[" not in term.text
 
 
 def test_releasing_a_gpu_nobody_holds_is_not_a_usage_error(pool):

@@ -14,7 +14,8 @@ from canhazgpu.events import TYPES, Disconnected, Event, EventHub, Resync
 from canhazgpu.render import describe, line
 from canhazgpu.model import GpuProcess, GpuState, GpuUsage, Hold, PoolView
 from canhazgpu.scanner import diff, facts_of
-from eventtools import Lines, canhazgpu, reap
+from conftest import wait_until
+from eventtools import Lines, reap
 
 pytestmark = pytest.mark.anyio
 
@@ -149,14 +150,14 @@ async def test_a_receiver_that_fell_behind_is_told_to_resync(pool, me):
 
 # ---------------------------------------------------------------- `canhazgpu events`
 async def subscribed(rclient, channel: str) -> None:
-    """Wait until a child process has subscribed (PUBSUB NUMSUB), with a deadline."""
-    with anyio.fail_after(15):
-        while rclient.pubsub_numsub(channel)[0][1] < 1:
-            await anyio.sleep(0.02)
+    """Wait until a child process has subscribed (PUBSUB NUMSUB): Redis announces no
+    subscription, so the condition is re-checked with a deadline."""
+    await anyio.to_thread.run_sync(
+        wait_until, lambda: rclient.pubsub_numsub(channel)[0][1] >= 1)
 
 
-async def test_events_json_prints_each_event_as_published(pool, env, me, rclient):
-    proc = await anyio.open_process(canhazgpu("events", "--json", "--count", "2"), env=env)
+async def test_events_json_prints_each_event_as_published(pool, cli, me, rclient):
+    proc = await cli.open("events", "--json", "--count", "2")
     try:
         await subscribed(rclient, pool.store.channel)
         await pool.allocate(Request(ids=(4,)), me)
@@ -171,9 +172,8 @@ async def test_events_json_prints_each_event_as_published(pool, env, me, rclient
     assert docs[1]["seq"] == docs[0]["seq"] + 1 and docs[0]["gpus"] == [4]
 
 
-async def test_events_lines_with_a_type_filter(pool, env, me, rclient):
-    proc = await anyio.open_process(canhazgpu("events", "--type", "released", "--count", "1"),
-                                    env=env)
+async def test_events_lines_with_a_type_filter(pool, cli, me, rclient):
+    proc = await cli.open("events", "--type", "released", "--count", "1")
     try:
         await subscribed(rclient, pool.store.channel)
         await pool.allocate(Request(ids=(2,)), me)

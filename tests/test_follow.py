@@ -3,25 +3,19 @@ end on Ctrl+C. (Redis going away under a follower: test_daemon.py.)"""
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-import pty
 import signal
-import struct
-import termios
 
-import anyio
 import pytest
 
 from canhazgpu.core import Request
-from eventtools import Lines, canhazgpu, reap, rest, stop
+from eventtools import Lines, reap, rest, stop
 
 pytestmark = pytest.mark.anyio
 
 
-async def test_in_a_pipe_each_change_is_one_json_document(pool, env, me):
-    proc = await anyio.open_process(canhazgpu("status", "--follow"), env=env)
+async def test_in_a_pipe_each_change_is_one_json_document(pool, cli, me):
+    proc = await cli.open("status", "--follow")
     try:
         out = Lines(proc.stdout)
         first = json.loads(await out.next())  # written once subscribed: nothing is missed
@@ -39,36 +33,8 @@ async def test_in_a_pipe_each_change_is_one_json_document(pool, env, me):
         await reap(proc)
 
 
-class Terminal:
-    """A pseudo-terminal of 40 rows x 160 columns, read with deadlines."""
-
-    def __init__(self) -> None:
-        self.master, self.slave = pty.openpty()
-        fcntl.ioctl(self.slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
-        self.text = ""
-
-    async def until(self, predicate, timeout: float = 10.0) -> str:
-        with anyio.fail_after(timeout):
-            while not predicate(self.text):
-                await anyio.wait_readable(self.master)
-                try:
-                    self.text += os.read(self.master, 65536).decode()
-                except OSError:  # the other side closed
-                    break
-        return self.text
-
-    def close_slave(self) -> None:
-        os.close(self.slave)
-
-    def close(self) -> None:
-        os.close(self.master)
-
-
-async def test_on_a_terminal_the_table_is_redrawn_in_place(pool, env, me):
-    term = Terminal()
-    proc = await anyio.open_process(canhazgpu("status", "--follow"), env=env,
-                                    stdin=term.slave, stdout=term.slave, stderr=term.slave)
-    term.close_slave()  # the child's copy is the last: its exit ends our reads
+async def test_on_a_terminal_the_table_is_redrawn_in_place(pool, cli, me):
+    term = cli.terminal("status", "--follow", rows=40, cols=160)
     try:
         first = await term.until(lambda t: "Ctrl+C to stop" in t and t.count("available") >= 8)
         assert "\033[J" not in first and "GPU" in first and "STATUS" in first
@@ -79,10 +45,10 @@ async def test_on_a_terminal_the_table_is_redrawn_in_place(pool, env, me):
         assert drawn.startswith(f"\033[{rows}F\033[J")  # up over the last drawing, clear
         assert f"reserved: GPU 5 reserved by {me.user}" in drawn.splitlines()[0]
         assert drawn.splitlines()[8].startswith(f"5   in use    {me.user}")
-        assert await stop(proc, signal.SIGINT) == 0
+        term.send(b"\x03")  # Ctrl+C is a normal end
         assert "Traceback" not in await term.until(lambda t: False)  # to the end
+        assert await term.wait() == 0
     finally:
-        await reap(proc)
         term.close()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import signal
+import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -18,12 +19,9 @@ from canhazgpu.core import Core, Request
 from canhazgpu.errors import InvalidRequest
 from canhazgpu.events import Event, EventHub
 from canhazgpu.waitqueue import LostPlace, Waiter, WaitTimedOut
+from eventtools import Lines, reap, rest
 
 pytestmark = pytest.mark.anyio
-
-
-def person(me, name):
-    return replace(me, user=name)
 
 
 async def fill(pool, me, n=8):
@@ -42,8 +40,8 @@ async def held_by(pool):
 class Waiters:
     """Waiters running as tasks; `granted` lists (name, gpus) in the order they were served."""
 
-    def __init__(self, tg, pool, me):
-        self.tg, self.pool, self.me = tg, pool, me
+    def __init__(self, tg, pool, caller):
+        self.tg, self.pool, self.caller = tg, pool, caller
         self.granted: list[tuple[str, tuple]] = []
         self.changed = anyio.Event()
         self.errors: dict[str, BaseException] = {}
@@ -51,7 +49,7 @@ class Waiters:
     def start(self, name, req, timeout_s=None):
         async def run():
             try:
-                res = await self.pool.acquire(req, person(self.me, name),
+                res = await self.pool.acquire(req, self.caller(name),
                                               float("inf") if timeout_s is None else timeout_s)
                 self.granted.append((name, res.gpus))
             except Exception as err:  # recorded for the test to assert on
@@ -79,10 +77,10 @@ async def wait_queue(pool, n, timeout=10):
                 await stream.receive()
 
 
-async def test_fifo_order_with_mixed_sizes_and_partial_grants(pool, me):
+async def test_fifo_order_with_mixed_sizes_and_partial_grants(pool, me, caller):
     holds = await fill(pool, me)
     async with anyio.create_task_group() as tg:
-        w = Waiters(tg, pool, me)
+        w = Waiters(tg, pool, caller)
         for name, count in (("a", 3), ("b", 1), ("c", 2)):
             w.start(name, Request(count=count, kind="run"))
             await wait_queue(pool, len(w.granted) + {"a": 1, "b": 2, "c": 3}[name])
@@ -105,10 +103,10 @@ async def test_fifo_order_with_mixed_sizes_and_partial_grants(pool, me):
     assert holds  # the fill reservations are what we released
 
 
-async def test_a_large_request_is_not_starved_by_small_ones(pool, me):
+async def test_a_large_request_is_not_starved_by_small_ones(pool, me, caller):
     await fill(pool, me)
     async with anyio.create_task_group() as tg:
-        w = Waiters(tg, pool, me)
+        w = Waiters(tg, pool, caller)
         w.start("big", Request(count=4, kind="run"))
         await wait_queue(pool, 1)
         for k in range(4):
@@ -124,10 +122,10 @@ async def test_a_large_request_is_not_starved_by_small_ones(pool, me):
         assert [n for n, _ in w.granted] == ["big", "small0", "small1", "small2", "small3"]
 
 
-async def test_id_requests_wait_for_their_ids_and_others_pass_them(pool, me):
+async def test_id_requests_wait_for_their_ids_and_others_pass_them(pool, me, caller):
     holds = await fill(pool, me)
     async with anyio.create_task_group() as tg:
-        w = Waiters(tg, pool, me)
+        w = Waiters(tg, pool, caller)
         w.start("wants3", Request(ids=(3,), kind="run"))
         await wait_queue(pool, 1)
         w.start("any", Request(count=1, kind="run"))
@@ -141,16 +139,16 @@ async def test_id_requests_wait_for_their_ids_and_others_pass_them(pool, me):
     assert holds
 
 
-async def test_direct_allocations_do_not_jump_the_queue(pool, me):
+async def test_direct_allocations_do_not_jump_the_queue(pool, me, caller):
     await fill(pool, me)
     async with anyio.create_task_group() as tg:
-        w = Waiters(tg, pool, me)
+        w = Waiters(tg, pool, caller)
         w.start("head", Request(count=2, kind="run"))
         await wait_queue(pool, 1)
         await pool.release(me, ids=(4,))
         from canhazgpu.errors import NotEnoughGpus
         with pytest.raises(NotEnoughGpus):
-            await pool.allocate(Request(count=1), person(me, "pushy"))
+            await pool.allocate(Request(count=1), caller("pushy"))
         await pool.release(me, ids=(5,))
         await w.until(lambda: len(w.granted) == 1)
         assert w.granted == [("head", (4, 5))]
@@ -174,10 +172,10 @@ async def test_requests_that_can_never_be_met_are_refused(pool, me):
         await pool.enqueue(pool.new_reservation(Request(ids=(8,)), me), Request(ids=(8,)))
 
 
-async def test_a_waiter_that_lost_its_place_says_so(pool, me, rclient):
+async def test_a_waiter_that_lost_its_place_says_so(pool, me, rclient, caller):
     await fill(pool, me)
     async with anyio.create_task_group() as tg:
-        w = Waiters(tg, pool, me)
+        w = Waiters(tg, pool, caller)
         w.start("a", Request(count=1, kind="run"))
         await wait_queue(pool, 1)
         rclient.delete(*(pool.store.key(k) for k in ("q:order", "q:waiters", "q:deadlines",
@@ -187,7 +185,7 @@ async def test_a_waiter_that_lost_its_place_says_so(pool, me, rclient):
     assert isinstance(w.errors["a"], LostPlace)
 
 
-async def test_randomized_200_waiters_are_each_served_once_in_order(pool, me, env):
+async def test_randomized_200_waiters_are_each_served_once_in_order(pool, me, env, caller):
     """200 queued requests of random sizes; releases in random order; strict FIFO service."""
     rng = random.Random(5)
     holds = await fill(pool, me)
@@ -196,7 +194,7 @@ async def test_randomized_200_waiters_are_each_served_once_in_order(pool, me, en
     order = []
     for k, size in enumerate(sizes):
         req = Request(count=size, kind="run")
-        res = core.new_reservation(req, person(me, f"u{k}"))
+        res = core.new_reservation(req, caller(f"u{k}"))
         await core.enqueue(res, req)
         order.append(res.rid)
     served: list[str] = []
@@ -238,7 +236,7 @@ def test_cli_wait_runs_the_command_when_gpus_free_up(cli, tmp_path):
     out = tmp_path / "out"
     proc = cli.popen("wait", "--gpus", 2, "--", sys.executable, "-c",
                      f"import os, pathlib; pathlib.Path({str(out)!r}).write_text("
-                     f"os.environ['CUDA_VISIBLE_DEVICES'])", stderr=__import__("subprocess").PIPE,
+                     f"os.environ['CUDA_VISIBLE_DEVICES'])", stderr=subprocess.PIPE,
                      text=True)
     wait_until(lambda: json.loads(cli("queue", "--json").stdout))
     assert json.loads(cli("queue", "--json").stdout)[0]["requested"] == 2
@@ -314,14 +312,14 @@ async def test_estimate_comes_from_manual_expiry_times(pool, me, fake_gpus):
     assert eta[wids[3]] is None
 
 
-async def test_plain_release_leaves_a_waiting_request_alone(pool, me):
+async def test_plain_release_leaves_a_waiting_request_alone(pool, me, caller):
     holds = await fill(pool, me)
     async with anyio.create_task_group() as tg:
-        w = Waiters(tg, pool, me)
+        w = Waiters(tg, pool, caller)
         w.start("me", Request(count=2, kind="manual"))
         await wait_queue(pool, 1)
         await pool.release(me, ids=(0,))  # the waiter now holds GPU 0 and waits for one more
-        released = await pool.release(person(me, "me"))  # `canhazgpu release` by the waiter
+        released = await pool.release(caller("me"))  # `canhazgpu release` by the waiter
         assert 0 not in released
         await pool.release(me, ids=(1,))
         await w.until(lambda: len(w.granted) == 1)
@@ -341,12 +339,59 @@ async def test_shrinking_the_pool_drops_requests_it_can_never_meet(pool, me):
     assert set(state.holds) == {0, 1}
 
 
-async def test_a_waiter_hears_at_once_that_a_shrunk_pool_cannot_meet_it(pool, me):
+async def test_a_waiter_hears_at_once_that_a_shrunk_pool_cannot_meet_it(pool, me, caller):
     await fill(pool, me)
     async with anyio.create_task_group() as tg:
-        w = Waiters(tg, pool, me)
+        w = Waiters(tg, pool, caller)
         w.start("big", Request(count=6, kind="run"))
         await wait_queue(pool, 1)
         await pool.setup_pool(4, "fake", force=True)
         await w.until(lambda: "big" in w.errors, timeout=2)  # well before any heartbeat
     assert isinstance(w.errors["big"], LostPlace) and "resized" in str(w.errors["big"])
+
+
+async def test_leaving_after_a_complete_grant_publishes_every_hold_it_ends(pool, me):
+    """A waiter's --timeout firing just after its grant completed: whatever `leave` does
+    with the granted GPUs, replaying the events must give the same holds as Redis."""
+    req = Request(count=2, kind="run")
+    res = pool.new_reservation(req, me)
+    hub = EventHub(pool.store)
+    async with hub.running(), hub.listen() as stream:
+        status = await pool.enqueue(res, req)
+        assert status.done and len(status.gpus) == 2  # granted at once, entry deleted
+        before = await held_by(pool)
+        ended = await pool.leave(res.rid, "timeout")
+        after = await held_by(pool)
+        seq = int(await pool.store.redis.get(pool.store.key("seq")))
+        published = []
+        with anyio.fail_after(5):
+            while not published or published[-1].seq < seq:
+                item = await stream.receive()
+                if isinstance(item, Event):
+                    published.append(item)
+    gone = {g for g, rid in before.items() if after.get(g) != rid}
+    assert gone == set(ended)
+    told = {g for e in published if e.rid == res.rid and e.type in ("left", "released")
+            for g in e.gpus}
+    assert told == gone, f"GPUs {sorted(gone - told)} freed without an event"
+
+
+async def test_a_waiter_survives_a_half_written_fake_gpu_file(pool, me, cli, fake_gpus):
+    """The waiter's progress estimate scans the GPUs: a file caught mid-write is one
+    warning at most, never a traceback, and the waiter still gets its GPUs."""
+    await fill(pool, me, n=8)
+    proc = await cli.open("wait", "--gpus", 2, "--", "true")
+    try:
+        lines = Lines(proc.stderr)
+        assert "position 1 of 1" in await lines.next()
+        fake_gpus.path.write_text('{"gpus": [{"index": 0, "memory_')  # mid-write
+        await pool.release(me, ids=(3,))  # a partial grant: the waiter re-estimates
+        said = await lines.next()  # progress, or a warning about the file
+        assert "Traceback" not in said, said + await rest(proc.stderr)
+        fake_gpus.write()
+        await pool.release(me, ids=(4,))
+        with anyio.fail_after(30):
+            assert await proc.wait() == 0
+        assert "Traceback" not in await rest(proc.stderr)
+    finally:
+        await reap(proc)

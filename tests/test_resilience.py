@@ -70,3 +70,22 @@ def test_a_waiter_keeps_its_place_across_a_redis_restart(cli, tmp_path):
         assert proc.wait(timeout=30) == 0 and out.exists()
     finally:
         server.stop()
+
+
+def test_a_waiter_shows_progress_through_a_redis_crash_without_a_traceback(cli, tmp_path):
+    server = RedisServer(tmp_path / "redis", persist=True).start()
+    env = {"CANHAZGPU_REDIS_URL": server.url, "CANHAZGPU_QUEUE_LEASE": "3s"}
+    try:
+        cli("admin", "--gpus", 1, extra_env=env, check=0)
+        cli("reserve", "-d", "1h", extra_env=env, check=0)
+        proc = cli.popen("wait", "--", "true", extra_env=env, stderr=subprocess.PIPE,
+                         text=True)
+        assert "position 1 of 1" in proc.stderr.readline()  # queued, with progress
+        server.kill()  # SIGKILL: what the AOF has is all there is
+        assert "cannot reach Redis" in proc.stderr.readline()
+        server = RedisServer(tmp_path / "redis", persist=True).start()
+        cli("release", extra_env=env, check=0)  # the waiter is still queued: it gets GPU 0
+        assert proc.wait(timeout=30) == 0
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        server.stop()

@@ -14,7 +14,8 @@ import pytest
 import redis
 
 from canhazgpu.embedded import RedisServer
-from eventtools import Lines, canhazgpu, reap, rest, stop
+from conftest import Cli
+from eventtools import Lines, reap, rest, stop
 
 pytestmark = pytest.mark.anyio
 
@@ -27,13 +28,13 @@ def local_env(env, tmp_path) -> dict:
 
 
 async def run(env, *args) -> subprocess.CompletedProcess:
-    return await anyio.run_process(canhazgpu(*args), env=env, check=False)
+    return await anyio.run_process(Cli.argv(*args), env=env, check=False)
 
 
 async def test_clients_keep_naming_the_daemons_redis_when_it_is_down(env, tmp_path):
     local = local_env(env, tmp_path)
     state = tmp_path / "state"
-    daemon = await anyio.open_process(canhazgpu("serve", "--embedded-redis", "--fake", "4"),
+    daemon = await anyio.open_process(Cli.argv("serve", "--embedded-redis", "--fake", "4"),
                                       env=local, stdout=subprocess.DEVNULL)
     try:
         log, start = Lines(daemon.stderr), []
@@ -76,7 +77,7 @@ async def test_embedded_redis_with_another_configured_redis_is_refused(env, tmp_
 
 
 async def test_serve_warns_once_when_redis_does_not_persist(pool, env):
-    daemon = await anyio.open_process(canhazgpu("serve"), env=env, stdout=subprocess.DEVNULL)
+    daemon = await anyio.open_process(Cli.argv("serve"), env=env, stdout=subprocess.DEVNULL)
     try:
         log = Lines(daemon.stderr)
         await log.until(lambda line: "serving host" in line, timeout=20)

@@ -131,15 +131,16 @@ def test_a_note_is_a_table_column_and_in_json_but_not_in_the_lines(staged):
     assert doc["gpus"][3]["reservation"]["note"] == ""
 
 
+@pytest.mark.anyio
 @pytest.mark.parametrize("columns", [80, 200])
-def test_the_table_fits_the_terminal(staged, env, columns):
-    from test_tty import Terminal
-    script = f"{shlex.join([sys.executable, '-m', 'canhazgpu', 'status'])}; echo END"
+async def test_the_table_fits_the_terminal(staged, env, columns):
+    from conftest import Cli, Terminal
+    script = f"{shlex.join(Cli.argv('status'))}; echo END"
     term = Terminal(["sh", "-c", script], {k: v for k, v in env.items() if k != "NO_COLOR"}
                     | {"TERM": "xterm", "COLUMNS": str(columns)})
-    term.expect(b"END")
-    assert term.close() == 0
-    rows = re.sub(r"\x1b\[\d+m", "", term.seen.decode()).replace("\r\n", "\n").splitlines()
+    await term.expect("END")
+    assert await term.wait() == 0
+    rows = re.sub(r"\x1b\[\d+m", "", term.text).replace("\r\n", "\n").splitlines()
     rows = rows[:rows.index("END")]
     assert rows[0].startswith("GPU STATUS") and len(rows) == 2 + 8
     assert max(map(len, rows)) <= columns

@@ -354,14 +354,15 @@ async def _serving(proc) -> str:
 async def test_the_command_serves_until_sigterm(pool, env):
     import httpx
 
-    from eventtools import canhazgpu, reap, stop
-    proc = await anyio.open_process(canhazgpu("web", "--listen", "127.0.0.1:0"), env=env)
+    from conftest import Cli
+    from eventtools import reap, stop
+    proc = await anyio.open_process(Cli.argv("web", "--listen", "127.0.0.1:0"), env=env)
     try:
         base = await _serving(proc)
         async with httpx.AsyncClient(base_url=base) as client:
             assert (await client.get(f"/api/v1/hosts/{HOST}/status")).json()["summary"][
                 "total"] == 8
-        taken = await anyio.run_process(canhazgpu("web", "--listen", base.split("//")[1]),
+        taken = await anyio.run_process(Cli.argv("web", "--listen", base.split("//")[1]),
                                         env=env, check=False)
         assert taken.returncode == 1
         assert taken.stderr.decode().startswith("Error: cannot listen on 127.0.0.1:")
@@ -385,9 +386,10 @@ def test_bad_options_are_usage_errors(cli):
 async def test_the_demo_shows_the_documents_scenes(env):
     import httpx
 
-    from eventtools import canhazgpu, reap, stop
+    from conftest import Cli
+    from eventtools import reap, stop
     demo_env = {k: v for k, v in env.items() if k != "CANHAZGPU_REDIS_URL"}
-    proc = await anyio.open_process(canhazgpu("web", "--demo", "--listen", "127.0.0.1:0"),
+    proc = await anyio.open_process(Cli.argv("web", "--demo", "--listen", "127.0.0.1:0"),
                                     env=demo_env)
     try:
         base = await _serving(proc)

@@ -14,7 +14,8 @@ import anyio
 import pytest
 
 from conftest import HOST
-from eventtools import canhazgpu, running_daemon
+from conftest import Cli
+from eventtools import running_daemon
 from webtools import served
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -119,7 +120,7 @@ async def test_the_page_shows_the_report(pool, config, me, tmp_path):
 
 
 async def _cli(env, *args: str) -> None:
-    proc = await anyio.run_process(canhazgpu(*args), env=env, check=False)
+    proc = await anyio.run_process(Cli.argv(*args), env=env, check=False)
     assert proc.returncode == 0, proc.stderr.decode()
 
 
