@@ -56,14 +56,21 @@ class QueueStatus:
                    bool(doc["done"]), int(doc.get("queued", 0)))
 
 
+MAX_POOL_GPUS = 1024  # one Redis key per GPU: a typo must not ask Redis for millions
+
+
+def whole_number(text) -> int | None:
+    """A whole number written in ASCII digits (int() also takes '١' or ' +3'), else None."""
+    text = str(text).strip()
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
 def parse_count(text, pool_size: int | None = None) -> int:
-    """A GPU count from the user: a whole number from 1 to the pool size."""
-    try:
-        count = int(str(text).strip())
-    except ValueError:
-        count = 0
-    if count < 1 or str(text).strip().startswith("+"):
-        limit = f"1 to {pool_size}" if pool_size else "1 or more"
+    """A GPU count from the user: a whole number from 1 to the pool size (without a pool:
+    to MAX_POOL_GPUS)."""
+    count = whole_number(text) or 0
+    if count < 1 or (pool_size is None and count > MAX_POOL_GPUS):
+        limit = f"1 to {pool_size}" if pool_size else f"1 to {MAX_POOL_GPUS}"
         raise InvalidRequest(f"invalid GPU count {text!r}: use a whole number from {limit}")
     if pool_size is not None and count > pool_size:
         raise InvalidRequest(
@@ -75,7 +82,7 @@ def parse_count(text, pool_size: int | None = None) -> int:
 def parse_ids(text: str, pool_size: int | None = None) -> tuple[int, ...]:
     """GPU ids from the user, e.g. '1,3': distinct whole numbers inside the pool."""
     parts = [p.strip() for p in str(text).split(",")]
-    if not parts or any(not p.isdigit() for p in parts):
+    if not parts or any(whole_number(p) is None for p in parts):
         raise InvalidRequest(f"invalid GPU ids {text!r}: use comma-separated numbers, e.g. 1,3")
     ids = tuple(int(p) for p in parts)
     if len(set(ids)) != len(ids):

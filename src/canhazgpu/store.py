@@ -43,7 +43,10 @@ _CLUSTER_DOWN = (rexc.ConnectionError, rexc.TimeoutError, OSError, rexc.ClusterE
 
 def redacted(url: str) -> str:
     """The URL with any password replaced, fit for error messages and logs."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url.split("@")[-1]
     if parts.password is None:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
@@ -51,7 +54,13 @@ def redacted(url: str) -> str:
 
 
 def check_url(url: str) -> str:
-    scheme = urlsplit(url).scheme
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises on a port that is not a number from 0 to 65535)
+        scheme = parts.scheme
+    except ValueError as err:
+        raise InvalidRequest(f"invalid Redis URL {redacted(url)!r} ({err}): use "
+                             "redis://[user:password@]host:port/db") from None
     if scheme not in _URL_SCHEMES:
         raise InvalidRequest(
             f"invalid Redis URL {redacted(url)!r}: use redis://[user:password@]host:port/db, "

@@ -7,7 +7,7 @@ import re
 from .errors import InvalidRequest
 
 _UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([smhd])\s*$")
 MAX_DURATION_S = 366 * 86400
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncclick as click
 
 from ..errors import InvalidRequest
+from ..request import whole_number
 from .main import cli
 
 
@@ -43,10 +44,10 @@ async def events(state, as_json, types, count, since, all_hosts):
     wanted = parse_types(types)
     limit = None
     if count is not None:
-        if not count.isdigit() or int(count) < 1:
+        if not (whole_number(count) or 0) >= 1:
             raise InvalidRequest(f"invalid --count {count!r}: use a whole number from 1")
         limit = int(count)
-    if since is not None and not since.isdigit():
+    if since is not None and whole_number(since) is None:
         raise InvalidRequest(f"invalid --since {since!r}: use an event sequence number (0 or more)")
     if all_hosts and since is not None:
         raise InvalidRequest("--since replays one host's events: leave out --all-hosts, "
