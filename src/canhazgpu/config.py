@@ -8,12 +8,14 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from .errors import InvalidRequest
-from .store import check_url
 from .timefmt import parse_duration
 
 SYSTEM_CONFIG = Path("/etc/canhazgpu/config.toml")
 USER_CONFIG = Path("~/.config/canhazgpu/config.toml")
 DEFAULT_URL = "redis://localhost:6379/0"
+# Where clients also look for the daemon: the secured systemd unit's, then one beside the
+# system state directory (an unsecured daemon with the default state directory).
+SYSTEM_API_SOCKETS = (Path("/run/canhazgpu/api.sock"), Path("/var/lib/canhazgpu/api.sock"))
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,8 @@ class Config:
     scan_interval: str = "1s"  # daemon
     snapshot_max_age: str = "3s"  # a daemon snapshot younger than this is used instead of a scan
     queue_lease: str = "10s"  # a waiter that stops heartbeating leaves the queue after this
+    api_socket: str = ""  # empty: STATE_DIR/api.sock (clients also try SYSTEM_API_SOCKETS)
+    client: str = "auto"  # auto: the daemon's API when it answers, else Redis; daemon; direct
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -58,6 +62,18 @@ class Config:
                 return found.read_text().strip()
         return DEFAULT_URL
 
+    @property
+    def api_path(self) -> Path:
+        """Where the daemon listens for API clients."""
+        return Path(self.api_socket).expanduser() if self.api_socket \
+            else self.state_path / "api.sock"
+
+    def api_paths(self) -> list[Path]:
+        """Where a client looks for the daemon, like the embedded Redis URL is found."""
+        if self.api_socket:
+            return [self.api_path]
+        return list(dict.fromkeys([self.api_path, *SYSTEM_API_SOCKETS]))
+
     def seconds(self, name: str) -> float:
         return parse_duration(getattr(self, name), what=name.replace("_", "-"))
 
@@ -65,7 +81,8 @@ class Config:
 _INT_KEYS = {"memory_threshold"}
 _DURATION_KEYS = {"default_duration", "run_lease", "heartbeat_interval", "kill_grace",
                   "scan_interval", "snapshot_max_age", "queue_lease"}
-_CHOICES = {"strategy": ("lru", "mru"), "provider": ("", "nvidia", "amd", "fake")}
+_CHOICES = {"strategy": ("lru", "mru"), "provider": ("", "nvidia", "amd", "fake"),
+            "client": ("auto", "daemon", "direct")}
 KEYS = tuple(f.name for f in fields(Config))
 
 
@@ -89,6 +106,7 @@ def _coerce(key: str, value, origin: str):
         allowed = ", ".join(c for c in _CHOICES[key] if c)
         raise InvalidRequest(f"invalid {key} {value!r} in {origin}: use one of {allowed}")
     if key == "redis_url" and value:
+        from .store import check_url  # here: a client of the daemon never imports redis
         check_url(value)
     return value
 

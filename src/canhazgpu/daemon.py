@@ -5,7 +5,8 @@ Sibling tasks in one task group, all on one pub/sub subscription (events.EventHu
 - the expiry listener: finalizes a lease the moment Redis reports it expired;
 - the owner watcher (watch.py): reclaims a `run` reservation when its supervisor dies;
 - the journal: one log line per state change on the host, whoever made it;
-- the lock keeper: one daemon per host, through a Redis key with a TTL.
+- the lock keeper: one daemon per host, through a Redis key with a TTL;
+- the API server (api/server.py): local clients on a unix socket (docs/api.md).
 Everything the daemon does is a core call; with no daemon running every command still works.
 """
 
@@ -25,6 +26,7 @@ import anyio
 import redis
 
 from . import identity
+from .api.server import ApiServer
 from .config import Config
 from .core import Core
 from .embedded import RedisServer
@@ -88,6 +90,7 @@ class Daemon:
                     await tg.start(self._listening, hub, self._expiry_listener)
                     await tg.start(self._listening, hub, self.watcher.run)
                     await tg.start(self.scanner.run)
+                    await tg.start(ApiServer(self.core, hub).serve, self.config.api_path)
                     tg.start_soon(self._keep_lock)
                     self.serving = True
                     log.info("serving host %s: Redis %s, scanning every %gs",

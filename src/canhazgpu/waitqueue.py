@@ -67,6 +67,7 @@ class Waiter:
     warn: Callable[[str], None] = lambda s: None
     position: int = 0
     trouble: bool = False  # Redis unreachable: said once, until it is back
+    signals: bool = True  # SIGINT/SIGTERM end the wait (False in the daemon: not ours)
 
     async def wait(self, timeout_s: float | None = None) -> Reservation:
         """Queue for the request; return the granted reservation (leases on the queue TTL).
@@ -90,7 +91,8 @@ class Waiter:
                         self.tg = tg
                         await self._update(status)
                         tg.start_soon(self._heartbeat)
-                        tg.start_soon(self._signals)
+                        if self.signals:
+                            tg.start_soon(self._signals)
                         await self._follow(stream)
                 timed_out = deadline.cancelled_caught and self.granted is None
             if timed_out:

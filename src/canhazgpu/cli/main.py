@@ -42,13 +42,40 @@ class Context:
 
     @property
     def core(self):
+        """The daemon's API when it answers (setting `client`: auto, daemon or direct),
+        else the core over Redis: the same operations either way."""
         if self._core is None:
-            from ..core import Core
-            self._core = Core(self.config)
+            self._core = self._remote() or self._direct()
         return self._core
 
+    @property
+    def remote(self) -> bool:
+        from ..api.client import RemoteCore
+        return isinstance(self.core, RemoteCore)
+
+    def _remote(self):
+        if self.config.client == "direct":
+            return None
+        from ..api.client import RemoteCore, answering
+        path = answering(self.config)
+        if path is not None:
+            return RemoteCore(self.config, path)
+        if self.config.client == "daemon":
+            from ..errors import BackendUnavailable
+            where = " or ".join(map(str, self.config.api_paths()))
+            raise BackendUnavailable(f"no canhazgpu daemon answers at {where}: start it with "
+                                     "'canhazgpu serve', or set client = auto")
+        return None
+
+    def _direct(self):
+        from ..core import Core
+        return Core(self.config)
+
     def caller(self, pid: int | None = None):
-        from ..identity import current
+        from ..identity import Caller, current, user_name
+        if self.remote:  # the daemon asks the kernel who we are: nothing to look up here
+            uid = os.getuid()
+            return Caller(user_name(uid), uid, os.getpid(), 0.0, False)
         return current(self.config.admin_group, pid)
 
     async def aclose(self) -> None:

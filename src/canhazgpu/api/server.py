@@ -1,0 +1,339 @@
+"""The daemon's side of the local API (docs/api.md): a unix socket, one request per
+connection, the caller taken from the kernel (SO_PEERCRED), never from the request.
+
+Every operation is a call of the same Core method the CLI makes in direct mode, for the
+caller the kernel names. A bad client costs a bounded time: REQUEST_TIMEOUT_S to send its
+request, MAX_LINE bytes at most, SEND_TIMEOUT_S for each reply line it does not read.
+"""
+
+from __future__ import annotations
+
+import grp
+import logging
+import os
+import socket
+import struct
+from collections import OrderedDict
+from contextlib import suppress
+from dataclasses import replace
+from pathlib import Path
+
+import anyio
+from anyio.abc import SocketAttribute
+
+from .. import identity
+from ..errors import CanHazGpuError, InvalidRequest, NotOwner, boundary
+from ..identity import Caller
+from ..request import Request, Reservation
+from . import protocol
+from .protocol import ProtocolError
+
+log = logging.getLogger("canhazgpu.serve")
+
+REQUEST_TIMEOUT_S = 5.0  # to send the request line, once connected
+SEND_TIMEOUT_S = 10.0  # for a client to take each reply line
+STREAM_BUFFER = 64  # reply lines queued for a slow reader; progress beyond it is dropped
+GRANTED_KEPT = 10000  # reservations granted through us, remembered for heartbeats
+MAX_DAYS = 3660
+
+
+def peer_credentials(stream) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end, from the kernel."""
+    sock = stream.extra(SocketAttribute.raw_socket)
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)
+
+
+class Connection:
+    """One client: its request, and a writer task that sends reply lines in order (a
+    client that stops reading is dropped after SEND_TIMEOUT_S).
+
+    The raw socket is read and written with wait_readable/wait_writable: cancelling
+    anyio's own receive on a unix socket can race the peer's hang-up (a set_result on
+    a cancelled future), and hang-ups are what this class is for."""
+
+    def __init__(self, stream, scope: anyio.CancelScope) -> None:
+        self.stream = stream
+        self.sock = stream.extra(SocketAttribute.raw_socket)
+        self.scope = scope  # cancelled when the client hangs up or stops reading
+        self._out, self._lines = anyio.create_memory_object_stream(STREAM_BUFFER)
+
+    async def request(self) -> dict:
+        data = b""
+        with anyio.move_on_after(REQUEST_TIMEOUT_S):
+            while b"\n" not in data and len(data) <= protocol.MAX_LINE:
+                chunk = await self._receive()
+                if not chunk:
+                    raise ProtocolError("connection closed before a whole request line")
+                data += chunk
+        line, newline, rest = data.partition(b"\n")
+        if len(line) > protocol.MAX_LINE:
+            raise ProtocolError(f"request longer than {protocol.MAX_LINE} bytes")
+        if not newline:
+            raise ProtocolError(f"no request line within {REQUEST_TIMEOUT_S:g}s")
+        if rest:
+            raise ProtocolError("one request per connection: nothing may follow it")
+        return protocol.load(line)
+
+    async def _receive(self) -> bytes:
+        while True:
+            try:
+                return self.sock.recv(65536)
+            except BlockingIOError:
+                await anyio.wait_readable(self.sock)
+            except OSError:
+                return b""
+
+    def note(self, doc: dict) -> None:
+        """A stream line (progress, warn) that may be dropped when the client lags."""
+        with suppress(anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self._out.send_nowait(protocol.dump(doc))
+
+    async def send(self, doc: dict) -> None:
+        await self._out.send(protocol.dump(doc))
+
+    def done(self) -> None:
+        self._out.close()  # the writer sends what is queued, then ends the connection
+
+    async def writer(self) -> None:
+        try:
+            async with self._lines:
+                async for data in self._lines:
+                    with anyio.fail_after(SEND_TIMEOUT_S):
+                        await self._send_all(memoryview(data))
+        except (TimeoutError, OSError):
+            pass
+        self.scope.cancel()
+
+    async def _send_all(self, data: memoryview) -> None:
+        while data:
+            try:
+                data = data[self.sock.send(data):]
+            except BlockingIOError:
+                await anyio.wait_writable(self.sock)
+
+    async def watch_hangup(self) -> None:
+        """Cancel the request when the client closes its end (or sends more)."""
+        await anyio.wait_readable(self.sock)
+        self.scope.cancel()
+
+
+class ApiServer:
+    """Answers API requests with Core calls made for the caller the kernel names."""
+
+    def __init__(self, core, hub=None) -> None:
+        self.core = core
+        self.config = core.config
+        self.hub = hub  # the daemon's event subscription, for the events operation
+        self.granted: OrderedDict[str, Reservation] = OrderedDict()
+
+    # ------------------------------------------------------------------ the socket
+    async def serve(self, path: Path, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
+        """Listen on `path` (mode 0666: any local user may ask; the kernel says who)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)  # a killed daemon's: we hold the host's lock
+        listener = await anyio.create_unix_listener(path)
+        os.chmod(path, 0o666)
+        inode = path.stat().st_ino
+        log.info("API on %s", path)
+        try:
+            async with listener:
+                task_status.started()
+                await listener.serve(self.handle)
+        finally:
+            with suppress(OSError):
+                if path.stat().st_ino == inode:  # not a successor's socket
+                    path.unlink()
+
+    async def handle(self, stream) -> None:
+        async with stream:
+            async with anyio.create_task_group() as tg:
+                conn = Connection(stream, tg.cancel_scope)
+                tg.start_soon(conn.writer)
+                reply = await self.answer(conn, tg)
+                if reply is not None:
+                    await conn.send(reply)
+                conn.done()
+
+    async def answer(self, conn: Connection, tg) -> dict | None:
+        try:
+            with boundary():
+                doc = await conn.request()
+                op = doc.get("op")
+                if op not in protocol.OPS:
+                    raise ProtocolError(f"unknown operation {str(op)[:40]!r}: use one of "
+                                        f"{', '.join(protocol.OPS)}")
+                args = doc.get("args") or {}
+                if not isinstance(args, dict):
+                    raise ProtocolError("args must be a JSON object")
+                tg.start_soon(conn.watch_hangup)
+                caller = await anyio.to_thread.run_sync(self.identify,
+                                                        *peer_credentials(conn.stream))
+                result = await getattr(self, f"op_{op}")(conn, caller, args)
+            return {"ok": protocol.encode(result)}
+        except CanHazGpuError as err:
+            return protocol.error_doc(err)
+        except Exception:  # a bug: logged, the daemon and its other clients go on
+            log.exception("API request failed")
+            return protocol.error_doc(CanHazGpuError(
+                "the daemon failed to answer (a bug: see its log)"))
+
+    # ------------------------------------------------------------------ identity
+    def identify(self, pid: int, uid: int, gid: int) -> Caller:
+        """The caller of a connection, from its credentials (blocking: NSS, /proc)."""
+        name = identity.user_name(uid)
+        return Caller(user=name, uid=uid, pid=pid, pid_start=identity.process_start(pid),
+                      is_admin=self.is_admin(uid, gid, name))
+
+    def is_admin(self, uid: int, gid: int, name: str) -> bool:
+        """root, or a member of admin_group (primary group or listed member)."""
+        if uid == 0:
+            return True
+        if not self.config.admin_group:
+            return False
+        try:
+            group = grp.getgrnam(self.config.admin_group)
+            return gid == group.gr_gid or name in group.gr_mem or \
+                group.gr_gid in os.getgrouplist(name, gid)
+        except (KeyError, OSError):
+            return False
+
+    # ------------------------------------------------------------------ operations
+    async def op_hello(self, conn, caller: Caller, args: dict) -> dict:
+        return {"version": protocol.VERSION, "host": self.config.host_name,
+                "user": caller.user, "uid": caller.uid, "admin": caller.is_admin}
+
+    async def op_pool_size(self, conn, caller, args) -> int:
+        return await self.core.pool_size()
+
+    async def op_setup_pool(self, conn, caller: Caller, args: dict) -> dict:
+        if not caller.is_admin:
+            raise NotOwner("changing the pool is for root or the admin group only "
+                           "(admin_group in the daemon's config)")
+        count = args.get("count")
+        return await self.core.setup_pool(None if count is None else int(count),
+                                          _opt_str(args.get("provider")),
+                                          bool(args.get("force")))
+
+    def core_for(self, args: dict, *names: str):
+        """The core, with the caller's own `settings` among `names` (a view's memory
+        threshold, an allocation's strategy) where they differ from the daemon's."""
+        settings = args.get("settings") if isinstance(args.get("settings"), dict) else {}
+        mine = {k: settings[k] for k in names if k in settings
+                and settings[k] != getattr(self.config, k)}
+        if not mine:
+            return self.core
+        from ..config import _coerce
+        config = replace(self.config, **{k: _coerce(k, v, "the request")
+                                         for k, v in mine.items()})
+        return type(self.core)(config, self.core.store)
+
+    async def op_view(self, conn, caller, args):
+        return await self.core_for(args, "memory_threshold").view()
+
+    async def op_queue(self, conn, caller, args):
+        now_ms, waiters = await self.core.queue()
+        return [now_ms, [protocol.encode(w) for w in waiters]]
+
+    async def op_report(self, conn, caller, args) -> dict:
+        days = args.get("days")
+        if not isinstance(days, (int, float)) or not 0 < days <= MAX_DAYS:
+            raise InvalidRequest(f"invalid days {days!r}: above 0, up to {MAX_DAYS}")
+        return await self.core.report(float(days))
+
+    async def op_acquire(self, conn: Connection, caller: Caller, args: dict) -> Reservation:
+        """Allocate now, or (wait_s) queue while the connection is open: hanging up
+        cancels the wait, and the waiter gives its place back."""
+        req = protocol.request(args.get("request") or {})
+        wait_s = args.get("wait_s")
+        if wait_s == "inf":
+            wait_s = float("inf")
+        elif wait_s is not None and (not isinstance(wait_s, (int, float)) or wait_s <= 0):
+            raise InvalidRequest(f"invalid wait {wait_s!r}: seconds above 0, or \"inf\"")
+        progress = (lambda p: conn.note({"progress": protocol.encode(p)})) \
+            if args.get("progress") else None
+        core = self.core_for(args, "strategy")
+        res = await core.acquire(req, caller, wait_s, progress=progress,
+                                      warn=lambda text: conn.note({"warn": text}),
+                                      signals=False)
+        self.granted[res.rid] = res
+        while len(self.granted) > GRANTED_KEPT:
+            self.granted.popitem(last=False)
+        return res
+
+    async def op_heartbeat(self, conn, caller: Caller, args: dict) -> list[int]:
+        """Renew a run reservation of the caller's; returns the GPUs it lost."""
+        res = await self.owned(caller, str(args.get("rid", "")))
+        if res is None:
+            return list(args.get("gpus") or [])  # nothing of it left: all lost
+        return await self.core.heartbeat(res)
+
+    async def op_end(self, conn, caller: Caller, args: dict) -> list[int]:
+        rid = str(args.get("rid", ""))
+        if await self.owned(caller, rid) is None:
+            return []
+        self.granted.pop(rid, None)
+        return await self.core.end(rid, caller, reason=_reason(args.get("reason")))
+
+    async def op_release(self, conn, caller: Caller, args: dict) -> list[int]:
+        ids = args.get("ids")
+        try:
+            ids = None if ids is None else tuple(int(i) for i in ids)
+        except (TypeError, ValueError):
+            raise InvalidRequest(f"invalid GPU ids {ids!r}") from None
+        return await self.core.release(caller, ids=ids, user=_opt_str(args.get("user")),
+                                       force=bool(args.get("force")))
+
+    async def op_events(self, conn: Connection, caller, args: dict) -> None:
+        """The host's events as they come (after a replay of those after `since`)."""
+        from ..events import Disconnected, Event, Resync
+        if self.hub is None:
+            raise CanHazGpuError("this daemon serves no events")
+        since = args.get("since")
+        async with self.hub.listen() as stream:
+            shown = -1
+            if isinstance(since, int) and since >= 0:
+                for doc in await self.core.store.events_since(since):
+                    await conn.send({"event": doc})
+                    shown = max(shown, int(doc["seq"]))
+            else:
+                await conn.send({"event": None})  # subscribed: the client may act now
+            async for item in stream:
+                if isinstance(item, Event) and item.seq > shown:
+                    await conn.send({"event": item.data})
+                elif isinstance(item, Disconnected):
+                    await conn.send({"warn": item.error})
+                elif isinstance(item, Resync) and item.reconnected:
+                    await conn.send({"resync": True})
+
+    # ------------------------------------------------------------------ ownership
+    async def owned(self, caller: Caller, rid: str) -> Reservation | None:
+        """The caller's live reservation `rid` (NotOwner when it is someone else's): as
+        granted through us, or rebuilt from Redis (granted before a restart)."""
+        res = self.granted.get(rid)
+        if res is not None:
+            if res.record["uid"] != caller.uid and not caller.is_admin:
+                raise NotOwner(f"reservation {rid} is {res.user}'s, not yours")
+            return res
+        state = await self.core.store.read_state()
+        holds = [h for h in state.holds.values() if h.rid == rid]
+        if not holds:
+            return None
+        hold = holds[0]
+        if hold.uid != caller.uid and not caller.is_admin:
+            raise NotOwner(f"reservation {rid} is {hold.user}'s, not yours")
+        if hold.kind != "run":
+            raise InvalidRequest("only run reservations are renewed through the API")
+        record = {"rid": rid, "user": hold.user, "uid": hold.uid, "host": hold.host,
+                  "machine": hold.machine, "pid": hold.pid, "pid_start": hold.pid_start,
+                  "kind": hold.kind, "note": hold.note}
+        return Reservation(rid, tuple(sorted(h.gpu for h in holds)), hold.user, hold.kind,
+                           self.core.ttl_s(Request(kind="run")), record)
+
+
+def _opt_str(value) -> str | None:
+    return None if value is None else str(value)[:200]
+
+
+def _reason(value) -> str:
+    return "reclaimed" if value == "reclaimed" else "released"
