@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .errors import InvalidRequest
 from .timefmt import parse_duration
+from .urls import check_url
 
 SYSTEM_CONFIG = Path("/etc/canhazgpu/config.toml")
 USER_CONFIG = Path("~/.config/canhazgpu/config.toml")
@@ -106,7 +107,6 @@ def _coerce(key: str, value, origin: str):
         allowed = ", ".join(c for c in _CHOICES[key] if c)
         raise InvalidRequest(f"invalid {key} {value!r} in {origin}: use one of {allowed}")
     if key == "redis_url" and value:
-        from .store import check_url  # here: a client of the daemon never imports redis
         check_url(value)
     return value
 

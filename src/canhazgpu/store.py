@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 from importlib import resources
-from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
 from redis.exceptions import LockError
 
-from .errors import BackendUnavailable, CorruptState, InvalidRequest
+from .errors import BackendUnavailable, CorruptState
 from .model import Hold, Record, State, Usage, Waiter
+from .urls import check_url, redacted  # noqa: F401 (redacted: used by the daemon, tests)
 
 # The script interface, defined once: the Lua constants (K_*, LEASE0, ARG.*) are generated
 # from these tuples (see _prelude), and a test checks that every script uses exactly them.
@@ -30,26 +30,6 @@ ARGS = {
     "leave": ("wid", "reason"),
     "usage": ("snapshot", "busy", "events"),
 }
-_URL_SCHEMES = ("redis", "rediss", "unix")
-
-
-def redacted(url: str) -> str:
-    """The URL with any password replaced, fit for error messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def check_url(url: str) -> str:
-    scheme = urlsplit(url).scheme
-    if scheme not in _URL_SCHEMES:
-        raise InvalidRequest(
-            f"invalid Redis URL {redacted(url)!r}: use redis://[user:password@]host:port/db, "
-            "rediss://... for TLS, or unix:///path/to/redis.sock"
-        )
-    return url
 
 
 def lua_name(key: str) -> str:

@@ -35,6 +35,9 @@ SEND_TIMEOUT_S = 10.0  # for a client to take each reply line
 STREAM_BUFFER = 64  # reply lines queued for a slow reader; progress beyond it is dropped
 GRANTED_KEPT = 10000  # reservations granted through us, remembered for heartbeats
 MAX_DAYS = 3660
+ACCOUNT_CACHE_S = 10.0  # a uid's name and admin rights, looked up again after this
+ACCOUNTS_KEPT = 10000
+ACCEPT_RETRY_S = 0.1
 
 
 def peer_credentials(stream) -> tuple[int, int, int]:
@@ -52,10 +55,11 @@ class Connection:
     anyio's own receive on a unix socket can race the peer's hang-up (a set_result on
     a cancelled future), and hang-ups are what this class is for."""
 
-    def __init__(self, stream, scope: anyio.CancelScope) -> None:
+    def __init__(self, stream, tg) -> None:
         self.stream = stream
         self.sock = stream.extra(SocketAttribute.raw_socket)
-        self.scope = scope  # cancelled when the client hangs up or stops reading
+        self.tg = tg
+        self.scope = tg.cancel_scope  # cancelled when the client hangs up or stops reading
         self._out, self._lines = anyio.create_memory_object_stream(STREAM_BUFFER)
 
     async def request(self) -> dict:
@@ -112,8 +116,13 @@ class Connection:
             except BlockingIOError:
                 await anyio.wait_writable(self.sock)
 
-    async def watch_hangup(self) -> None:
-        """Cancel the request when the client closes its end (or sends more)."""
+    def cancel_on_hangup(self) -> None:
+        """From now on, the request ends when the client closes its end (or sends more):
+        for the requests that last (a wait, the events), not the short ones, which a
+        client may half-close after sending (`socat`)."""
+        self.tg.start_soon(self._watch_hangup)
+
+    async def _watch_hangup(self) -> None:
         await anyio.wait_readable(self.sock)
         self.scope.cancel()
 
@@ -126,6 +135,7 @@ class ApiServer:
         self.config = core.config
         self.hub = hub  # the daemon's event subscription, for the events operation
         self.granted: OrderedDict[str, Reservation] = OrderedDict()
+        self._accounts: dict[tuple[int, int], tuple[float, str, bool]] = {}
 
     # ------------------------------------------------------------------ the socket
     async def serve(self, path: Path, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
@@ -136,10 +146,19 @@ class ApiServer:
         os.chmod(path, 0o666)
         inode = path.stat().st_ino
         log.info("API on %s", path)
+        _more_descriptors()
         try:
-            async with listener:
+            async with listener, anyio.create_task_group() as tg:
                 task_status.started()
-                await listener.serve(self.handle)
+                while True:
+                    try:
+                        stream = await listener.accept()
+                    except anyio.BrokenResourceError as err:  # EMFILE: out of descriptors
+                        log.warning("API: cannot accept a connection (%s)",
+                                    err.__cause__ or err)
+                        await anyio.sleep(ACCEPT_RETRY_S)  # until some connection ends
+                        continue
+                    tg.start_soon(self.handle, stream)
         finally:
             with suppress(OSError):
                 if path.stat().st_ino == inode:  # not a successor's socket
@@ -148,14 +167,14 @@ class ApiServer:
     async def handle(self, stream) -> None:
         async with stream:
             async with anyio.create_task_group() as tg:
-                conn = Connection(stream, tg.cancel_scope)
+                conn = Connection(stream, tg)
                 tg.start_soon(conn.writer)
-                reply = await self.answer(conn, tg)
+                reply = await self.answer(conn)
                 if reply is not None:
                     await conn.send(reply)
                 conn.done()
 
-    async def answer(self, conn: Connection, tg) -> dict | None:
+    async def answer(self, conn: Connection) -> dict | None:
         try:
             with boundary():
                 doc = await conn.request()
@@ -166,9 +185,7 @@ class ApiServer:
                 args = doc.get("args") or {}
                 if not isinstance(args, dict):
                     raise ProtocolError("args must be a JSON object")
-                tg.start_soon(conn.watch_hangup)
-                caller = await anyio.to_thread.run_sync(self.identify,
-                                                        *peer_credentials(conn.stream))
+                caller = await self.identify(*peer_credentials(conn.stream))
                 result = await getattr(self, f"op_{op}")(conn, caller, args)
             return {"ok": protocol.encode(result)}
         except CanHazGpuError as err:
@@ -179,11 +196,18 @@ class ApiServer:
                 "the daemon failed to answer (a bug: see its log)"))
 
     # ------------------------------------------------------------------ identity
-    def identify(self, pid: int, uid: int, gid: int) -> Caller:
-        """The caller of a connection, from its credentials (blocking: NSS, /proc)."""
-        name = identity.user_name(uid)
-        return Caller(user=name, uid=uid, pid=pid, pid_start=identity.process_start(pid),
-                      is_admin=self.is_admin(uid, gid, name))
+    async def identify(self, pid: int, uid: int, gid: int) -> Caller:
+        """The caller of a connection, from its credentials. Account name and admin
+        rights are looked up (NSS: blocking, off the loop) once per ACCOUNT_CACHE_S."""
+        now = anyio.current_time()
+        known = self._accounts.get((uid, gid))
+        if known is None or known[0] < now:
+            if len(self._accounts) > ACCOUNTS_KEPT:
+                self._accounts.clear()
+            name = await anyio.to_thread.run_sync(identity.user_name, uid)
+            admin = await anyio.to_thread.run_sync(self.is_admin, uid, gid, name)
+            known = self._accounts[(uid, gid)] = (now + ACCOUNT_CACHE_S, name, admin)
+        return Caller(user=known[1], uid=uid, pid=pid, pid_start=0.0, is_admin=known[2])
 
     def is_admin(self, uid: int, gid: int, name: str) -> bool:
         """root, or a member of admin_group (primary group or listed member)."""
@@ -245,11 +269,16 @@ class ApiServer:
         """Allocate now, or (wait_s) queue while the connection is open: hanging up
         cancels the wait, and the waiter gives its place back."""
         req = protocol.request(args.get("request") or {})
+        # the owner process's start time: a later process reusing its pid is not it
+        caller = replace(caller, pid_start=await anyio.to_thread.run_sync(
+            identity.process_start, caller.pid))
         wait_s = args.get("wait_s")
         if wait_s == "inf":
             wait_s = float("inf")
         elif wait_s is not None and (not isinstance(wait_s, (int, float)) or wait_s <= 0):
             raise InvalidRequest(f"invalid wait {wait_s!r}: seconds above 0, or \"inf\"")
+        if wait_s is not None:
+            conn.cancel_on_hangup()  # the place in the queue lives while the client does
         progress = (lambda p: conn.note({"progress": protocol.encode(p)})) \
             if args.get("progress") else None
         core = self.core_for(args, "strategy")
@@ -290,6 +319,7 @@ class ApiServer:
         if self.hub is None:
             raise CanHazGpuError("this daemon serves no events")
         since = args.get("since")
+        conn.cancel_on_hangup()
         async with self.hub.listen() as stream:
             shown = -1
             if isinstance(since, int) and since >= 0:
@@ -329,6 +359,15 @@ class ApiServer:
                   "kind": hold.kind, "note": hold.note}
         return Reservation(rid, tuple(sorted(h.gpu for h in holds)), hold.user, hold.kind,
                            self.core.ttl_s(Request(kind="run")), record)
+
+
+def _more_descriptors() -> None:
+    """Raise the soft limit on open files to the hard one: one per connection."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _opt_str(value) -> str | None:
