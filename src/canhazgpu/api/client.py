@@ -45,13 +45,8 @@ class RemoteCore:
         pass
 
     @property
-    def store(self):
-        """Direct Redis access, for the commands that still need it (events, status
-        --follow) until they are served by the API."""
-        if not hasattr(self, "_direct"):
-            from ..core import Core
-            self._direct = Core(self.config)
-        return self._direct.store
+    def store(self) -> RemoteStore:
+        return RemoteStore(self)
 
     # ------------------------------------------------------------------ the wire
     async def call(self, op: str, args: dict | None = None, on_line=None,
@@ -143,6 +138,19 @@ class RemoteCore:
 
     async def end(self, rid: str, caller=None, reason: str = "released") -> list[int]:
         return await self.call("end", {"rid": rid, "reason": reason})
+
+
+class RemoteStore:
+    """The two reads of the store that the event commands make, answered by the daemon."""
+
+    def __init__(self, remote: RemoteCore) -> None:
+        self.remote = remote
+
+    async def ping(self) -> None:
+        await self.remote.hello()
+
+    async def events_since(self, seq: int) -> list[dict]:
+        return await self.remote.call("events_since", {"since": seq})
 
 
 async def _interrupt_on_signal() -> None:

@@ -19,7 +19,7 @@ from ..request import QueueStatus, Request, Reservation
 VERSION = 1
 MAX_LINE = 64 * 1024  # a request or reply line longer than this is refused
 OPS = ("hello", "pool_size", "setup_pool", "view", "queue", "report", "acquire", "heartbeat",
-       "end", "release", "events")
+       "end", "release", "events", "events_since")
 
 
 class ProtocolError(errors.CanHazGpuError):

@@ -314,27 +314,28 @@ class ApiServer:
                                        force=bool(args.get("force")))
 
     async def op_events(self, conn: Connection, caller, args: dict) -> None:
-        """The host's events as they come (after a replay of those after `since`)."""
+        """The host's events as they come, until the client hangs up: first
+        {"event": null} once subscribed (nothing after it is missed), then each event."""
         from ..events import Disconnected, Event, Resync
         if self.hub is None:
             raise CanHazGpuError("this daemon serves no events")
-        since = args.get("since")
         conn.cancel_on_hangup()
         async with self.hub.listen() as stream:
-            shown = -1
-            if isinstance(since, int) and since >= 0:
-                for doc in await self.core.store.events_since(since):
-                    await conn.send({"event": doc})
-                    shown = max(shown, int(doc["seq"]))
-            else:
-                await conn.send({"event": None})  # subscribed: the client may act now
+            await conn.send({"event": None})
             async for item in stream:
-                if isinstance(item, Event) and item.seq > shown:
+                if isinstance(item, Event):
                     await conn.send({"event": item.data})
                 elif isinstance(item, Disconnected):
                     await conn.send({"warn": item.error})
                 elif isinstance(item, Resync) and item.reconnected:
                     await conn.send({"resync": True})
+
+    async def op_events_since(self, conn, caller, args: dict) -> list[dict]:
+        """The kept events after sequence number `since`, oldest first."""
+        since = args.get("since")
+        if not isinstance(since, int) or since < 0:
+            raise InvalidRequest(f"invalid since {since!r}: an event sequence number >= 0")
+        return await self.core.store.events_since(since)
 
     # ------------------------------------------------------------------ ownership
     async def owned(self, caller: Caller, rid: str) -> Reservation | None:

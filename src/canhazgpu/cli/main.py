@@ -71,6 +71,14 @@ class Context:
         from ..core import Core
         return Core(self.config)
 
+    def event_hub(self):
+        """The host's events: from the daemon, or subscribed to Redis directly."""
+        if self.remote:
+            from ..api.hub import RemoteHub
+            return RemoteHub(self.core)
+        from ..events import EventHub
+        return EventHub(self.core.store)
+
     def caller(self, pid: int | None = None):
         from ..identity import Caller, current, user_name
         if self.remote:  # the daemon asks the kernel who we are: nothing to look up here

@@ -17,7 +17,7 @@ import anyio
 
 from .. import render
 from ..errors import BackendUnavailable
-from ..events import Disconnected, Event, EventHub, Resync
+from ..events import Disconnected, Event, Resync
 from ..render import line
 from . import output
 from .lifetime import ReaderGone, until_signalled, write_line
@@ -36,7 +36,7 @@ class Consumer:
         self.down = False
 
     async def run(self) -> None:
-        hub = EventHub(self.state.core.store)
+        hub = self.state.event_hub()  # the daemon's, or our own subscription to Redis
         async with hub.running(), hub.listen() as items:
             try:
                 await self.start()
