@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -46,7 +45,6 @@ async def test_reserve_status_release_through_the_api(pool, config):
         assert res.gpus == (0, 1) and res.record["pid"] == os.getpid()
         view = await remote.view()
         assert {g.gpu for g in view.gpus if g.hold} == {0, 1}
-        assert view == await pool.view(await pool.usage())  or True
         assert await remote.release() == [0, 1]
 
 
