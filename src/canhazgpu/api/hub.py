@@ -10,60 +10,39 @@ from contextlib import asynccontextmanager
 import anyio
 
 from ..errors import CanHazGpuError
-from ..events import Disconnected, Event, Resync
+from ..events import Disconnected, Event, EventHub, Resync
 
 RETRY_S = (0.05, 2.0)  # first and longest wait before connecting again
 
 
-class RemoteHub:
-    """EventHub's interface (running, listen) over the daemon's `events` operation."""
+class RemoteHub(EventHub):
+    """EventHub's receivers (running, listen) fed by the daemon's `events` operation
+    instead of a Redis subscription of our own."""
 
     def __init__(self, remote) -> None:
+        super().__init__(remote.store, host_events=False)
         self.remote = remote
-        self._receivers: set = set()
-        self.connected = anyio.Event()
         self._subscribed_before = False
         self._task_status = anyio.TASK_STATUS_IGNORED
         self._started = False
         self._delay = RETRY_S[0]
-        # what came before the first listener (lines already read arrive in one go)
+        # Items before the first listener: reply lines already read are handled in one go,
+        # before the task that started us has listened.
         self._early: list | None = []
 
     @asynccontextmanager
-    async def running(self):
-        async with anyio.create_task_group() as tg:
-            await tg.start(self._pump)
-            try:
-                yield self
-            finally:
-                tg.cancel_scope.cancel()
-
-    @asynccontextmanager
     async def listen(self, buffer: float = 1000):
-        send, receive = anyio.create_memory_object_stream(buffer)
-        self._receivers.add(send)
-        if self.connected.is_set():
-            send.send_nowait(Resync(reconnected=False))
-        for item in self._early or ():
-            send.send_nowait(item)
-        self._early = None
-        try:
-            async with receive:
-                yield receive
-        finally:
-            self._receivers.discard(send)
-            send.close()
+        async with super().listen(buffer) as receive:
+            early, self._early = self._early or [], None
+            for item in early:
+                self._fan_out(item)
+            yield receive
 
     def _fan_out(self, item) -> None:
         if self._early is not None:
             self._early.append(item)
-        for send in list(self._receivers):
-            try:
-                send.send_nowait(item)
-            except anyio.WouldBlock:
-                pass  # a receiver that far behind re-reads the state at the next Resync
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                self._receivers.discard(send)
+        else:
+            super()._fan_out(item)
 
     def _line(self, doc: dict) -> None:
         if "event" in doc and doc["event"] is None:  # subscribed
