@@ -10,6 +10,7 @@ Targets (issue 10, 2 cores, through the daemon): status median <= 85 ms, reserve
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -26,24 +27,30 @@ RUNS = int(os.environ.get("BENCH_RUNS", "30"))
 MODES = ("direct", "daemon")
 
 
-def run(args: list[str], mode: str) -> float:
-    """Wall seconds of `canhazgpu ARGS` as a fresh process in `mode`."""
+def run(args: list[str], mode: str) -> tuple[float, float]:
+    """(wall, CPU) seconds of `canhazgpu ARGS` as a fresh process in `mode`. CPU time
+    (user + system of the child) tells the modes apart on a machine others load too."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "canhazgpu", *args], check=True,
                    capture_output=True, env={**os.environ, "CANHAZGPU_CLIENT": mode})
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def commands() -> dict:
-    """Median ms per (command, mode), the modes interleaved run by run (same noise)."""
+    """Median (wall ms, CPU ms) per (command, mode), the modes interleaved run by run."""
     cases = {"--help": [["--help"]], "status": [["status"]],
              "reserve + release": [["reserve", "--short"], ["release"]]}
     times = {(name, mode): [] for name in cases for mode in MODES}
     for _ in range(RUNS):
         for name, steps in cases.items():
             for mode in MODES:
-                times[name, mode].append(sum(run(step, mode) for step in steps))
-    return {key: median(values) * 1e3 for key, values in times.items()}
+                runs = [run(step, mode) for step in steps]
+                times[name, mode].append((sum(w for w, _ in runs), sum(c for _, c in runs)))
+    return {key: (median([w for w, _ in v]) * 1e3, median([c for _, c in v]) * 1e3)
+            for key, v in times.items()}
 
 
 async def pairs_per_s(n: int, seconds: float = 5.0) -> tuple[float, float]:
@@ -97,11 +104,14 @@ def main() -> None:
                        check=True, capture_output=True)
         with daemon(env):
             figures = commands()
-            print("| command | direct ms | daemon ms |")
-            print("|---|---:|---:|")
+            print(f"load average at the start: {os.getloadavg()[0]:.1f}")
+            print("| command | direct wall ms | daemon wall ms | direct CPU ms | "
+                  "daemon CPU ms |")
+            print("|---|---:|---:|---:|---:|")
             for name in ("--help", "status", "reserve + release"):
-                print(f"| {name} | {figures[name, 'direct']:.0f} | "
-                      f"{figures[name, 'daemon']:.0f} |")
+                (dw, dc), (aw, ac) = figures[name, "direct"], figures[name, "daemon"]
+                print(f"| {name} | {dw:.0f} | {aw:.0f} | {dc:.0f} | {ac:.0f} |")
+            print(f"load average at the end: {os.getloadavg()[0]:.1f}")
             for n in (1, 16):
                 rate, refused = anyio.run(pairs_per_s, n)
                 print(f"API, {n} clients: {rate:.0f} allocate+release pairs/s "

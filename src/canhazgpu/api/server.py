@@ -72,16 +72,17 @@ class ApiServer:
                     path.unlink()
 
     async def handle(self, stream) -> None:
-        async with stream:
-            async with anyio.create_task_group() as tg:
+        """One connection; whatever goes wrong with it ends it, never the daemon."""
+        try:
+            async with stream, anyio.create_task_group() as tg:
                 conn = Connection(stream, tg)
                 tg.start_soon(conn.writer)
-                reply = await self.answer(conn)
-                if reply is not None:
-                    await conn.send(reply)
+                await conn.send(await self.answer(conn))
                 conn.done()
+        except Exception:  # a bug: logged, the daemon and its other clients go on
+            log.exception("API connection failed")
 
-    async def answer(self, conn: Connection) -> dict | None:
+    async def answer(self, conn: Connection) -> dict:
         try:
             with boundary():
                 doc = await conn.request()
@@ -141,9 +142,7 @@ class ApiServer:
         if not caller.is_admin:
             raise NotOwner("changing the pool is for root or the admin group only "
                            "(admin_group in the daemon's config)")
-        count = args.get("count")
-        return await self.core.setup_pool(None if count is None else int(count),
-                                          _opt_str(args.get("provider")),
+        return await self.core.setup_pool(args.get("count"), _opt_str(args.get("provider")),
                                           bool(args.get("force")))
 
     def core_for(self, args: dict, *names: str):
@@ -201,7 +200,7 @@ class ApiServer:
         """Renew a run reservation of the caller's; returns the GPUs it lost."""
         res = await self.owned(caller, str(args.get("rid", "")))
         if res is None:
-            return list(args.get("gpus") or [])  # nothing of it left: all lost
+            return list(_ids(args.get("gpus")) or ())  # nothing of it left: all lost
         return await self.core.heartbeat(res)
 
     async def op_end(self, conn, caller: Caller, args: dict) -> list[int]:
@@ -212,12 +211,8 @@ class ApiServer:
         return await self.core.end(rid, caller, reason=_reason(args.get("reason")))
 
     async def op_release(self, conn, caller: Caller, args: dict) -> list[int]:
-        ids = args.get("ids")
-        try:
-            ids = None if ids is None else tuple(int(i) for i in ids)
-        except (TypeError, ValueError):
-            raise InvalidRequest(f"invalid GPU ids {ids!r}") from None
-        return await self.core.release(caller, ids=ids, user=_opt_str(args.get("user")),
+        return await self.core.release(caller, ids=_ids(args.get("ids")),
+                                       user=_opt_str(args.get("user")),
                                        force=bool(args.get("force")))
 
     async def op_events(self, conn: Connection, caller, args: dict) -> None:
@@ -276,6 +271,14 @@ def _more_descriptors() -> None:
     if soft != hard:
         with suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _ids(value) -> tuple[int, ...] | None:
+    try:
+        return None if value is None else tuple(int(i) for i in value)
+    except (TypeError, ValueError):
+        raise InvalidRequest(f"invalid GPU ids {str(value)[:40]!r}: a list of numbers") \
+            from None
 
 
 def _opt_str(value) -> str | None:
