@@ -118,6 +118,18 @@ async def test_nobody_cannot_release_roots_reservation(daemon, pool, nobody_env,
     assert holds[0].rid == res.rid and holds[0].user == me.user
 
 
+async def test_nobody_cannot_take_over_roots_place_in_the_queue(daemon, pool, nobody_env, me):
+    await pool.allocate(Request(count=8, duration_s=600), me)
+    req = Request(count=1, duration_s=60)
+    place = pool.new_reservation(req, me)
+    await pool.enqueue(place, req)
+    reply = await raw_as_nobody(nobody_env, "acquire", {
+        "request": {"count": 1, "duration_s": 60}, "wait_s": 5, "resume": place.rid})
+    assert reply["error"]["type"] == "NotOwner", reply
+    assert [w.wid for w in (await pool.queue())[1]] == [place.rid]
+    await pool.leave(place.rid, "cancelled")
+
+
 async def test_nobody_cannot_change_the_pool(daemon, pool, nobody_env):
     code, _, err = await as_nobody(nobody_env, "admin", "--gpus", "4", "--force")
     assert code == 1 and "root or the admin group" in err and err.count("\n") == 1

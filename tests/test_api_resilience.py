@@ -76,6 +76,38 @@ def test_a_run_carries_on_through_a_daemon_restart(cli, env, tmp_path, rclient):
                 proc.wait()
 
 
+def test_a_wait_keeps_its_place_through_a_daemon_restart(cli, env, rclient):
+    """SIGKILL the daemon under a queued `wait`: the client reconnects to the next daemon,
+    follows the same place, and is granted once when a GPU comes free."""
+    cli("admin", "--gpus", 2, check=0)
+    cli("reserve", "--gpus", 2, check=0)
+    first = start_daemon(env)
+    waiter = subprocess.Popen([sys.executable, "-m", "canhazgpu", "wait", "--gpus", "1",
+                               "--short"], env={**env, "CANHAZGPU_CLIENT": "daemon"},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    second = None
+    stream = "canhazgpu:{testhost}:stream"
+
+    def types() -> list[str]:
+        return [json.loads(f["doc"])["type"] for _, f in rclient.xrange(stream)]
+    try:
+        wait_until(lambda: "queued" in types())
+        first.kill()
+        first.wait()
+        second = start_daemon(env)
+        cli("release", "--gpu-ids", 1, check=0)
+        out, err = waiter.communicate(timeout=30)
+        assert waiter.returncode == 0 and out == "1\n", err
+        assert "reconnecting" in err
+        assert types().count("queued") == 1 and types().count("granted") == 1
+        assert "left" not in types()
+    finally:
+        for proc in (waiter, first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
 async def test_garbage_gets_an_error_or_a_closed_connection(pool, config):
     async with running_daemon(config):
         path = str(config.api_path)

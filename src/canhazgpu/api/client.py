@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import anyio
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from ..errors import BackendUnavailable
+from ..errors import BackendUnavailable, boundary
 from . import protocol
 
 MAX_REPLY = 64 * 1024 * 1024  # a status of many GPUs with their processes is one line
@@ -57,25 +57,29 @@ class RemoteCore:
             stream = await anyio.connect_unix(self.path)
         except OSError as err:
             raise BackendUnavailable(self._unreachable(err)) from None
+        settings = {"memory_threshold": self.config.memory_threshold,
+                    "strategy": self.config.strategy}
         async with stream:
-            try:
-                settings = {"memory_threshold": self.config.memory_threshold,
-                            "strategy": self.config.strategy}
-                await stream.send(protocol.dump({"op": op, "args": {**(args or {}),
-                                                                    "settings": settings}}))
-                reader = BufferedByteReceiveStream(stream)
-                if not interruptible:
-                    return await self._replies(reader, on_line)
+            reader = BufferedByteReceiveStream(stream)
+            request = protocol.dump({"op": op, "args": {**(args or {}), "settings": settings}})
+            if not interruptible:
+                return await self._exchange(stream, request, reader, on_line)
+            with boundary():  # the one error, not the task group's
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(_interrupt_on_signal)
-                    result = await self._replies(reader, on_line)
+                    result = await self._exchange(stream, request, reader, on_line)
                     tg.cancel_scope.cancel()
-                return result
-            except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError,
-                    OSError) as err:
-                raise BackendUnavailable(
-                    f"lost the connection to the canhazgpu daemon at {self.path} "
-                    f"({err or type(err).__name__}): is 'canhazgpu serve' running?") from None
+            return result
+
+    async def _exchange(self, stream, request: bytes, reader, on_line):
+        try:
+            await stream.send(request)
+            return await self._replies(reader, on_line)
+        except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError,
+                OSError) as err:
+            raise BackendUnavailable(
+                f"lost the connection to the canhazgpu daemon at {self.path} "
+                f"({err or type(err).__name__}): is 'canhazgpu serve' running?") from None
 
     async def _replies(self, reader, on_line):
         while True:
@@ -114,19 +118,47 @@ class RemoteCore:
 
     async def acquire(self, req, caller=None, wait_s: float | None = None, *, progress=None,
                       warn=lambda text: None):
-        """Allocate now, or queue (wait_s) for as long as this connection is open."""
+        """Allocate now, or queue (wait_s) for as long as this connection is open. A
+        queued request whose daemon goes away reconnects and follows its place again,
+        for as long as the place lasts without it (queue_lease)."""
+        wid = None
+
         def on_line(doc: dict) -> None:
-            if "warn" in doc:
+            nonlocal wid
+            if "queued" in doc:
+                wid = str(doc["queued"]["wid"])
+            elif "warn" in doc:
                 warn(str(doc["warn"]))
             elif "progress" in doc and progress is not None:
                 p = doc["progress"]
                 progress(SimpleNamespace(status=protocol.queue_status(p["status"]),
                                          want=p["want"], eta_s=p["eta_s"]))
-        wire_wait = "inf" if wait_s == float("inf") else wait_s
-        doc = await self.call("acquire", {"request": protocol.encode(req), "wait_s": wire_wait,
-                                          "progress": progress is not None},
-                              on_line, interruptible=wait_s is not None)
-        return protocol.reservation(doc)
+        deadline = None if wait_s in (None, float("inf")) else anyio.current_time() + wait_s
+        while True:
+            left = "inf" if wait_s == float("inf") else wait_s if deadline is None \
+                else max(0.001, deadline - anyio.current_time())
+            try:
+                doc = await self.call("acquire", {
+                    "request": protocol.encode(req), "wait_s": left, "resume": wid,
+                    "progress": progress is not None}, on_line, interruptible=wait_s is not None)
+                return protocol.reservation(doc)
+            except BackendUnavailable as err:
+                if wid is None:
+                    raise
+                warn(f"{err}; reconnecting to keep our place in the queue")
+                await self._reconnect(self.config.seconds("queue_lease"))
+
+    async def _reconnect(self, within_s: float) -> None:
+        """Wait for the daemon's socket to answer again (a restart), at most within_s."""
+        delay = 0.05
+        with anyio.move_on_after(within_s):
+            while True:
+                if await anyio.to_thread.run_sync(answering, self.config) == self.path:
+                    return
+                await anyio.sleep(delay)  # a socket that is not there yet: nothing to wait on
+                delay = min(delay * 2, 0.5)
+        raise BackendUnavailable(f"the canhazgpu daemon at {self.path} did not come back "
+                                 f"within {within_s:g}s: our place in the queue is lost")
 
     async def release(self, caller=None, ids=None, user: str | None = None,
                       force: bool = False) -> list[int]:

@@ -173,7 +173,9 @@ class ApiServer:
 
     async def op_acquire(self, conn: Connection, caller: Caller, args: dict) -> Reservation:
         """Allocate now, or (wait_s) queue while the connection is open: hanging up
-        cancels the wait, and the waiter gives its place back."""
+        cancels the wait, and the waiter gives its place back. A queued request is told
+        its id first ({"queued": {"wid"}}); `resume: wid` follows that place again (the
+        client reconnecting after a daemon restart)."""
         req = protocol.request(args.get("request") or {})
         # the owner process's start time: a later process reusing its pid is not it
         caller = replace(caller, pid_start=await anyio.to_thread.run_sync(
@@ -183,18 +185,33 @@ class ApiServer:
             wait_s = float("inf")
         elif wait_s is not None and (not isinstance(wait_s, (int, float)) or wait_s <= 0):
             raise InvalidRequest(f"invalid wait {wait_s!r}: seconds above 0, or \"inf\"")
+        core = self.core_for(args, "strategy")
+        queued = resume = None
         if wait_s is not None:
             conn.cancel_on_hangup()  # the place in the queue lives while the client does
+            resume = args.get("resume")
+            queued = await self.queued(caller, str(resume), req) if resume is not None \
+                else core.new_reservation(req, caller)
+            await conn.send({"queued": {"wid": queued.rid}})
         progress = (lambda p: conn.note({"progress": protocol.encode(p)})) \
             if args.get("progress") else None
-        core = self.core_for(args, "strategy")
         res = await core.acquire(req, caller, wait_s, progress=progress,
-                                      warn=lambda text: conn.note({"warn": text}),
-                                      signals=False)
+                                 warn=lambda text: conn.note({"warn": text}),
+                                 signals=False, reservation=queued, resume=resume is not None)
         self.granted[res.rid] = res
         while len(self.granted) > GRANTED_KEPT:
             self.granted.popitem(last=False)
         return res
+
+    async def queued(self, caller: Caller, wid: str, req: Request) -> Reservation:
+        """The caller's queued (or granted) reservation `wid`, to follow again."""
+        state = await self.core.store.read_state()
+        owners = {w.uid for w in state.queue if w.wid == wid} | \
+            {h.uid for h in state.holds.values() if h.rid == wid}
+        if owners - {caller.uid} and not caller.is_admin:
+            raise NotOwner(f"queue entry {wid} is not yours")
+        record = self.core.record(caller, req, rid=wid)
+        return Reservation(wid, (), caller.user, req.kind, self.core.ttl_s(req), record)
 
     async def op_heartbeat(self, conn, caller: Caller, args: dict) -> list[int]:
         """Renew a run reservation of the caller's; returns the GPUs it lost."""
