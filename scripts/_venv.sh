@@ -1,7 +1,13 @@
 # Sourced by scripts/demo and scripts/test: make .venv with the package and its extras.
 # Needs only python3 (3.10+) and the package index; no root, no system Redis.
+# CANHAZGPU_VENV=DIR uses that virtual environment as it is (canhazgpu installed there).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [ -n "${CANHAZGPU_VENV:-}" ]; then
+    VENV="$CANHAZGPU_VENV"
+    export PATH="$VENV/bin:$PATH"
+    return 0
+fi
 PY="${PYTHON:-python3}"
 VENV="$ROOT/.venv"
 stamp="$VENV/.installed-$(cat "$ROOT/pyproject.toml" | cksum | cut -d' ' -f1)"

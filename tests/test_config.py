@@ -8,6 +8,7 @@ from canhazgpu.config import DEFAULT_URL, load
 from canhazgpu.errors import InvalidRequest
 from canhazgpu.store import Store, redacted
 from canhazgpu.timefmt import coarse, hms, parse_duration, short
+from otheruser import as_nobody, needs_root, open_dir  # noqa: F401 (fixture)
 
 
 def test_precedence(tmp_path):
@@ -35,6 +36,70 @@ def test_embedded_daemon_url_file_is_found_without_configuration(tmp_path):
     (tmp_path / "redis.url").write_text("unix:///tmp/x.sock\n")
     cfg = load(env={"CANHAZGPU_CONFIG": str(empty), "CANHAZGPU_STATE_DIR": str(tmp_path)})
     assert cfg.url == "unix:///tmp/x.sock"
+    assert cfg.redis.published == tmp_path / "redis.url"
+    line = cfg.redis.unreachable(ConnectionRefusedError("refused"))
+    assert line.startswith("the canhazgpu daemon's Redis at unix:///tmp/x.sock is not running")
+    assert str(tmp_path / "redis.url") in line and "canhazgpu serve --embedded-redis" in line
+    # a configured URL wins, and says where it came from
+    env = {"CANHAZGPU_CONFIG": str(empty), "CANHAZGPU_STATE_DIR": str(tmp_path),
+           "CANHAZGPU_REDIS_URL": "redis://db:1/0"}
+    assert load(env=env).redis.origin == "$CANHAZGPU_REDIS_URL"
+    assert "(set by $CANHAZGPU_REDIS_URL)" in load(env=env).redis.unreachable(OSError("x"))
+
+
+def test_the_default_url_says_it_is_the_default(tmp_path):
+    cfg = load(env={"CANHAZGPU_CONFIG": "/dev/null", "CANHAZGPU_STATE_DIR": str(tmp_path)})
+    line = cfg.redis.unreachable(ConnectionRefusedError("refused"))
+    assert line.startswith(f"cannot reach Redis at {DEFAULT_URL}, the default: no redis_url")
+
+
+def test_a_bad_url_file_is_named(tmp_path):
+    (tmp_path / "redis.url").write_text("garbage\n")
+    cfg = load(env={"CANHAZGPU_CONFIG": "/dev/null", "CANHAZGPU_STATE_DIR": str(tmp_path)})
+    with pytest.raises(InvalidRequest, match=f"URL file {tmp_path / 'redis.url'} holds 'garbage'"):
+        cfg.url
+
+
+def test_config_flag_wins_over_the_environment_and_origins_are_kept(tmp_path):
+    by_env, by_flag = tmp_path / "env.toml", tmp_path / "flag.toml"
+    by_env.write_text("memory_threshold = 100\n")
+    by_flag.write_text('memory_threshold = 200\nstrategy = "mru"\n')
+    env = {"CANHAZGPU_CONFIG": str(by_env), "CANHAZGPU_HOST": "h1"}
+    cfg = load({"config": str(by_flag), "scan_interval": "2s", "host": None}, env=env)
+    assert cfg.memory_threshold == 200 and cfg.strategy == "mru"
+    assert cfg.origin("memory_threshold") == str(by_flag)
+    assert cfg.origin("host") == "$CANHAZGPU_HOST" and cfg.host == "h1"
+    assert cfg.origin("scan_interval") == "--scan-interval"
+    assert cfg.origin("kill_grace") == "default"
+    with pytest.raises(InvalidRequest, match="cannot read config file /nonexistent.toml"):
+        load({"config": "/nonexistent.toml"}, env=env)
+
+
+def test_embedded_fsync_is_always_unless_configured():
+    assert load(env={"CANHAZGPU_CONFIG": "/dev/null"}).embedded_fsync == "always"
+    env = {"CANHAZGPU_CONFIG": "/dev/null", "CANHAZGPU_EMBEDDED_FSYNC": "everysec"}
+    assert load(env=env).embedded_fsync == "everysec"
+    with pytest.raises(InvalidRequest, match="invalid embedded_fsync 'no'"):
+        load(env={**env, "CANHAZGPU_EMBEDDED_FSYNC": "no"})
+
+
+@needs_root
+def test_an_unreadable_config_file_is_one_line_exit_2(env, open_dir):
+    secret = open_dir / "root-only.toml"
+    secret.write_text("memory_threshold = 5\n")
+    secret.chmod(0o600)
+    home = open_dir / "home"  # a HOME kept by sudo: its ~/.config is not ours to read
+    (home / ".config" / "canhazgpu").mkdir(parents=True, exist_ok=True)
+    (home / ".config" / "canhazgpu" / "config.toml").write_text("strategy = 'mru'\n")
+    home.chmod(0o700)
+    implicit = {k: v for k, v in env.items() if k != "CANHAZGPU_CONFIG"}
+    for extra, path in (({"CANHAZGPU_CONFIG": str(secret)}, secret),
+                        ({"HOME": str(home)}, home / ".config/canhazgpu/config.toml")):
+        proc = as_nobody("status", env={**implicit, **extra})
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr == (f"Error: cannot read config file {path} (Permission denied): "
+                               "fix its permissions, or name another with --config FILE "
+                               "(CANHAZGPU_CONFIG)\n")
 
 
 @pytest.mark.parametrize("content, fragment", [

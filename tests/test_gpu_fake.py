@@ -106,9 +106,17 @@ def test_provider_names(monkeypatch, tmp_path):
     monkeypatch.delenv("CANHAZGPU_FAKE_GPUS", raising=False)
     with pytest.raises(InvalidRequest, match="unknown provider 'x': use nvidia, amd or fake"):
         get_provider("x")
-    with pytest.raises(InvalidRequest, match="needs a GPU file: set CANHAZGPU_FAKE_GPUS"):
-        get_provider("fake")
+    assert get_provider("fake").path is None  # no file: idle GPUs
     monkeypatch.setenv("CANHAZGPU_FAKE_GPUS", str(tmp_path / "g.json"))
     assert get_provider(None).path == tmp_path / "g.json"
     assert get_provider("fake", fake_path="/x.json").path.name == "x.json"
     assert get_provider("amd").name == "amd" and get_provider("nvidia").name == "nvidia"
+
+
+async def test_without_a_file_the_fake_provider_has_idle_gpus(monkeypatch):
+    monkeypatch.delenv("CANHAZGPU_FAKE_GPUS", raising=False)
+    eight = get_provider("fake")
+    assert await eight.count() == 8
+    assert await eight.scan() == tuple(
+        GpuUsage(index=i, name="Fake GPU", memory_total_mb=81559) for i in range(8))
+    assert await get_provider("fake", fake_count=3).count() == 3

@@ -1,27 +1,67 @@
-"""Settings: flags > CANHAZGPU_* environment > TOML config file > defaults, validated once."""
+"""Settings: flags > CANHAZGPU_* environment > TOML config file > defaults, validated once.
+
+Which Redis a command uses is decided by one rule (docs/configuration.md, `Config.redis`):
+a configured `redis_url` (flag, env, file), else the URL that `serve --embedded-redis`
+published in a state directory, else the default. The published URL stays after the daemon
+stops, so clients keep naming the daemon's Redis ("not running") instead of drifting to
+another store.
+"""
 
 from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from .errors import InvalidRequest
 from .timefmt import parse_duration
-from .urls import check_url
+from .urls import check_url, redacted
 
 SYSTEM_CONFIG = Path("/etc/canhazgpu/config.toml")
 USER_CONFIG = Path("~/.config/canhazgpu/config.toml")
+SYSTEM_STATE = Path("/var/lib/canhazgpu")
+URL_FILE = "redis.url"  # where `serve --embedded-redis` publishes its Redis's URL
 DEFAULT_URL = "redis://localhost:6379/0"
-# Where clients also look for the daemon: the secured systemd unit's, then one beside the
-# system state directory (an unsecured daemon with the default state directory).
-SYSTEM_API_SOCKETS = (Path("/run/canhazgpu/api.sock"), Path("/var/lib/canhazgpu/api.sock"))
+DEFAULT = "default"
+# Where clients also look for the daemon's API: the secured systemd unit's, then one beside
+# the system state directory (an unsecured daemon with the default state directory).
+SYSTEM_API_SOCKETS = (Path("/run/canhazgpu/api.sock"), SYSTEM_STATE / "api.sock")
+
+
+@dataclass(frozen=True)
+class RedisChoice:
+    """The Redis this configuration names, and where that came from (for every message)."""
+
+    url: str
+    origin: str  # "--redis-url", "$CANHAZGPU_REDIS_URL", a file, "default"; "": set in code
+    published: Path | None = None  # the daemon's URL file the URL was read from
+
+    def unreachable(self, err: BaseException) -> str:
+        """The one line for "this Redis does not answer", naming where it came from."""
+        url, why = redacted(self.url), err or type(err).__name__
+        if self.published is not None:
+            return (f"the canhazgpu daemon's Redis at {url} is not running ({why}; its URL "
+                    f"is published in {self.published}): start 'canhazgpu serve "
+                    "--embedded-redis'")
+        if self.origin == DEFAULT:
+            return (f"cannot reach Redis at {url}, the default: no redis_url is configured "
+                    f"and no 'canhazgpu serve --embedded-redis' ran on this host ({why}): "
+                    "start one with 'canhazgpu serve --embedded-redis', or set "
+                    "CANHAZGPU_REDIS_URL")
+        if not self.origin:  # set in code: the daemon's own embedded Redis, tests
+            return (f"cannot reach Redis at {url} ({why}): start it, or point "
+                    "CANHAZGPU_REDIS_URL at a running Redis")
+        where = self.origin if self.origin.startswith(("-", "$")) \
+            else f"redis_url in {self.origin}"
+        return (f"cannot reach Redis at {url} (set by {self.origin}) ({why}): start that "
+                f"Redis, or point {where} at a running one ('canhazgpu serve "
+                "--embedded-redis' runs a private one)")
 
 
 @dataclass(frozen=True)
 class Config:
-    redis_url: str = ""  # empty: the embedded daemon's URL file if there is one, else DEFAULT_URL
+    redis_url: str = ""  # empty: the embedded daemon's published URL, else DEFAULT_URL
     provider: str = ""  # empty: the pool's provider, else auto-detect
     fake_gpus: str = ""
     memory_threshold: int = 1024  # MB; above it a GPU is "in use"
@@ -36,8 +76,11 @@ class Config:
     scan_interval: str = "1s"  # daemon
     snapshot_max_age: str = "3s"  # a daemon snapshot younger than this is used instead of a scan
     queue_lease: str = "10s"  # a waiter that stops heartbeating leaves the queue after this
+    embedded_fsync: str = "always"  # `serve --embedded-redis`: AOF fsync policy
     api_socket: str = ""  # empty: STATE_DIR/api.sock (clients also try SYSTEM_API_SOCKETS)
     client: str = "auto"  # auto: the daemon's API when it answers, else Redis; daemon; direct
+    # where each key's value came from ("--host", "$CANHAZGPU_HOST", a file); not a setting
+    origins: dict = field(default_factory=dict, compare=False, repr=False)
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -48,20 +91,38 @@ class Config:
     def state_path(self) -> Path:
         if self.state_dir:
             return Path(self.state_dir).expanduser()
-        system = Path("/var/lib/canhazgpu")
-        if system.is_dir() and os.access(system, os.W_OK | os.X_OK):
-            return system
+        if SYSTEM_STATE.is_dir() and os.access(SYSTEM_STATE, os.W_OK | os.X_OK):
+            return SYSTEM_STATE
         return Path("~/.local/state/canhazgpu").expanduser()
 
     @property
-    def url(self) -> str:
+    def redis(self) -> RedisChoice:
+        """The configured URL, else the one the embedded daemon published, else the default."""
         if self.redis_url:
-            return self.redis_url
-        for state in {self.state_path, Path("/var/lib/canhazgpu")}:
-            found = state / "redis.url"
-            if found.is_file():
-                return found.read_text().strip()
-        return DEFAULT_URL
+            return RedisChoice(self.redis_url, self.origins.get("redis_url", ""))
+        for directory in dict.fromkeys((self.state_path, SYSTEM_STATE)):  # in this order
+            found = directory / URL_FILE
+            text = _read(found, "the canhazgpu daemon's URL file",
+                         "or set redis_url (CANHAZGPU_REDIS_URL)")
+            if text is not None:
+                url = text.strip()
+                try:
+                    check_url(url)
+                except InvalidRequest:
+                    raise InvalidRequest(f"the canhazgpu daemon's URL file {found} holds "
+                                         f"{url[:80]!r}, not a Redis URL: delete it and "
+                                         "start 'canhazgpu serve --embedded-redis' again"
+                                         ) from None
+                return RedisChoice(url, f"published by the daemon in {found}", published=found)
+        return RedisChoice(DEFAULT_URL, DEFAULT)
+
+    @property
+    def url(self) -> str:
+        return self.redis.url
+
+    def origin(self, key: str) -> str:
+        """Where a setting came from: a flag, an env variable, a config file, or "default"."""
+        return self.origins.get(key, DEFAULT)
 
     @property
     def api_path(self) -> Path:
@@ -83,8 +144,8 @@ _INT_KEYS = {"memory_threshold"}
 _DURATION_KEYS = {"default_duration", "run_lease", "heartbeat_interval", "kill_grace",
                   "scan_interval", "snapshot_max_age", "queue_lease"}
 _CHOICES = {"strategy": ("lru", "mru"), "provider": ("", "nvidia", "amd", "fake"),
-            "client": ("auto", "daemon", "direct")}
-KEYS = tuple(f.name for f in fields(Config))
+            "embedded_fsync": ("always", "everysec"), "client": ("auto", "daemon", "direct")}
+KEYS = tuple(f.name for f in fields(Config) if f.name != "origins")
 
 
 def _coerce(key: str, value, origin: str):
@@ -111,35 +172,66 @@ def _coerce(key: str, value, origin: str):
     return value
 
 
-def _read_toml(path: Path) -> dict:
+def _read(path: Path, what: str, fix: str) -> str | None:
+    """A file's text; None when it does not exist. Any other failure is one line (exit 2):
+    a file we cannot read is never silently skipped, or the settings would depend on who asks."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as err:
+        raise InvalidRequest(f"cannot read {what} {path} ({err.strerror or err}): fix its "
+                             f"permissions, {fix}") from None
+
+
+def _read_toml(path: Path, required: bool) -> dict | None:
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib
+    text = _read(path, "config file", "or name another with --config FILE (CANHAZGPU_CONFIG)")
+    if text is None:
+        if required:
+            raise InvalidRequest(f"cannot read config file {path}: it does not exist")
+        return None
     try:
-        with open(path, "rb") as handle:
-            return tomllib.load(handle)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise InvalidRequest(f"invalid config file {path}: {err}") from None
-    except OSError as err:
-        raise InvalidRequest(f"cannot read config file {path}: {err.strerror}") from None
+
+
+def config_files(flags: dict | None = None, env: dict | None = None) -> tuple[list[Path], str]:
+    """The config files that are read, lowest first, and what chose them."""
+    env = os.environ if env is None else env
+    explicit = (flags or {}).get("config")
+    if explicit:
+        return [Path(explicit)], "--config"
+    if env.get("CANHAZGPU_CONFIG"):
+        return [Path(env["CANHAZGPU_CONFIG"])], "$CANHAZGPU_CONFIG"
+    return [SYSTEM_CONFIG, USER_CONFIG.expanduser()], DEFAULT
 
 
 def load(flags: dict | None = None, env: dict | None = None) -> Config:
-    """Merge every source into one validated Config. Later sources override earlier ones."""
+    """Merge every source into one validated Config. Later sources override earlier ones.
+
+    flags["config"] is the config file (`--config FILE`), over $CANHAZGPU_CONFIG.
+    """
     env = os.environ if env is None else env
     values: dict = {}
-    explicit = env.get("CANHAZGPU_CONFIG")
-    paths = [Path(explicit)] if explicit else [SYSTEM_CONFIG, USER_CONFIG.expanduser()]
+    origins: dict = {}
+    paths, chosen_by = config_files(flags, env)
     for path in paths:
-        if explicit or path.is_file():
-            for key, value in _read_toml(path).items():
-                values[key] = _coerce(key, value, str(path))
+        for key, value in (_read_toml(path, required=chosen_by != DEFAULT) or {}).items():
+            values[key] = _coerce(key, value, str(path))
+            origins[key] = str(path)
     for key in KEYS:
         name = f"CANHAZGPU_{key.upper()}"
         if name in env and env[name] != "":
             values[key] = _coerce(key, env[name], f"${name}")
+            origins[key] = f"${name}"
     for key, value in (flags or {}).items():
-        if value is not None:
-            values[key] = _coerce(key, value, f"--{key.replace('_', '-')}")
-    return replace(Config(), **values)
+        if value is not None and key != "config":
+            flag = f"--{key.replace('_', '-')}"
+            values[key] = _coerce(key, value, flag)
+            origins[key] = flag
+    return replace(Config(), **values, origins=origins)

@@ -12,11 +12,14 @@ import secrets
 import socket
 from dataclasses import asdict
 
-from . import gpu
+import anyio
+
+from . import gpu, identity
 from .accounting import summarize
 from .config import Config
 from .errors import (CanHazGpuError, CorruptState, GpusUnavailable, InvalidRequest,
-                     NotEnoughGpus, NotHeld, NotOwner, PoolBusy, PoolNotInitialized, boundary)
+                     NotEnoughGpus, NotHeld, NotOwner, PoolBusy, PoolNotInitialized,
+                     ProviderUnavailable, boundary)
 from .identity import Caller
 from .model import GpuState, GpuUsage, PoolView, Record, Usage, Waiter
 from .request import QueueStatus, Request, Reservation, parse_count, parse_ids
@@ -30,7 +33,10 @@ class Core:
 
     def __init__(self, config: Config, store: Store | None = None) -> None:
         self.config = config
-        self.store = store or Store(config.url, config.host_name)
+        if store is None:
+            redis = config.redis  # the URL and where it came from, for "cannot reach" lines
+            store = Store(redis.url, config.host_name, explain=redis.unreachable)
+        self.store = store
         self._provider = None
         self._size: int | None = None  # cached; every script says STALE if it changed
 
@@ -79,23 +85,36 @@ class Core:
                 return status, data
             raise CorruptState(f"unexpected reply {status!r} from Redis script {name}")
 
-    async def setup_pool(self, count: int | None, provider: str | None, force: bool) -> dict:
-        """Create or resize the pool; the count comes from the provider when not given."""
-        name = provider or self.config.provider or None
-        prov = self.provider_named(name)
-        if count is None:
-            count = await prov.count()
-        count = parse_count(count)
+    async def setup_pool(self, count: int | None, provider: str | None, force: bool,
+                         caller: Caller | None = None) -> dict:
+        """Create or resize the pool: root or the admin group only (caller None: this
+        process). The provider must read this machine; it gives the count when none is."""
+        if caller is None:
+            caller = await anyio.to_thread.run_sync(identity.current, self.config.admin_group)
+        if not caller.is_admin:
+            group = self.config.admin_group
+            who = f"root or members of group {group!r} (admin_group)" if group else \
+                "root (no admin_group is configured)"
+            raise NotOwner(f"only {who} may change the pool; you are {caller.user}: "
+                           "ask an admin, or run it with sudo")
+        prov = self.provider_named(provider or self.config.provider or None, count)
+        try:
+            found = await prov.count()  # a provider that cannot read this machine is refused
+        except ProviderUnavailable as err:
+            raise ProviderUnavailable(f"pool not changed: provider {prov.name} does not work "
+                                      f"here: {err}") from None
+        count = parse_count(found if count is None else count)
         current = (await self.store.read_pool()).get("count", "0")
         span = max(count, int(current) if str(current).isdigit() else 0)
         status, data = await self.store.run("pool", span, count=count, provider=prov.name,
                                             force=int(force))
         if status == "STALE":
-            return await self.setup_pool(count, provider, force)
+            return await self.setup_pool(count, provider, force, caller)
         if status == "BUSY":
             held = json.loads(data)
             who = ", ".join(f"GPU {h['gpu']} ({h['user']}, {h['kind']})" for h in held)
-            raise PoolBusy(f"{len(held)} GPUs are reserved: {who} - wait for them, "
+            noun = "GPU is" if len(held) == 1 else "GPUs are"
+            raise PoolBusy(f"{len(held)} {noun} reserved: {who} - wait for them, "
                            "or pass --force to end those reservations")
         self._size = None
         if status == "UNCHANGED":
@@ -103,15 +122,17 @@ class Core:
         return {**json.loads(data), "provider": prov.name, "changed": True}
 
     # ------------------------------------------------------------------ GPUs
-    def provider_named(self, name: str | None):
-        return gpu.get_provider(name or None, fake_path=self.config.fake_gpus or None)
+    def provider_named(self, name: str | None, count: int | None = None):
+        """A provider by name (None: auto-detect); `count` sizes the file-less fake one."""
+        return gpu.get_provider(name or None, fake_path=self.config.fake_gpus or None,
+                                fake_count=count)
 
     async def provider(self):
         if self._provider is None:
-            name = self.config.provider
-            if not name:
-                name = (await self.store.read_pool()).get("provider") or None
-            self._provider = self.provider_named(name)
+            pool = await self.store.read_pool()
+            name = self.config.provider or pool.get("provider") or None
+            count = pool.get("count", "")
+            self._provider = self.provider_named(name, int(count) if count.isdigit() else None)
         return self._provider
 
     async def usage(self) -> Usage:

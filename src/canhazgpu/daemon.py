@@ -222,9 +222,10 @@ def _who(holder: str | None) -> str:
 
 # ---------------------------------------------------------------------- embedded Redis
 @asynccontextmanager
-async def embedded_redis(state_dir: Path):
-    """A private redis-server (AOF on) in state_dir, announced in state_dir/redis.url, and
-    started again if it dies while we serve."""
+async def embedded_redis(state_dir: Path, fsync: str = "always"):
+    """A private redis-server (AOF on, fsync `fsync`) in state_dir, announced in
+    state_dir/redis.url (kept after a stop: clients keep naming this Redis), and started
+    again if it dies while we serve."""
     state_dir.mkdir(parents=True, exist_ok=True)
     lock_fd = os.open(state_dir / "serve.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -233,7 +234,7 @@ async def embedded_redis(state_dir: Path):
         except BlockingIOError:
             raise DaemonRunning(f"another 'canhazgpu serve --embedded-redis' is using "
                                 f"{state_dir}: stop it first") from None
-        server = RedisServer(state_dir, persist=True)
+        server = RedisServer(state_dir, persist=True, fsync=fsync)
         if await anyio.to_thread.run_sync(_answers, server.socket):
             raise DaemonRunning(f"a redis-server already listens on {server.socket} (left by a "
                                 f"killed daemon?): stop it with 'redis-cli -s {server.socket} "
@@ -252,7 +253,6 @@ async def embedded_redis(state_dir: Path):
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
-                url_file.unlink(missing_ok=True)
                 await anyio.to_thread.run_sync(server.stop)
                 log.info("private redis-server stopped")
     finally:
@@ -301,15 +301,20 @@ def _answers(path: Path) -> bool:
 
 
 # ---------------------------------------------------------------------- the process
-async def serve(config: Config, embedded: bool = False, *,
+async def serve(config: Config, embedded: bool = False, *, prepare=None,
                 task_status=anyio.TASK_STATUS_IGNORED) -> None:
     """The `serve` command: a daemon (and its private Redis) until cancelled. Its errors
-    come out as the one error they stand for (the daemon's edge)."""
+    come out as the one error they stand for (the daemon's edge).
+
+    `await prepare(core)` runs once Redis is up, before the daemon starts (cli/serve.py)."""
     with boundary():
         async with AsyncExitStack() as stack:
             if embedded:
-                url = await stack.enter_async_context(embedded_redis(config.state_path))
+                url = await stack.enter_async_context(
+                    embedded_redis(config.state_path, config.embedded_fsync))
                 config = replace(config, redis_url=url)
             daemon = Daemon(config)
             stack.push_async_callback(daemon.core.aclose)
+            if prepare is not None:
+                await prepare(daemon.core)
             await daemon.run(task_status=task_status)

@@ -38,10 +38,11 @@ class RedisServer:
     """A redis-server on a unix socket in `directory`, with expiry notifications on."""
 
     def __init__(self, directory: str | os.PathLike, *, persist: bool = False,
-                 password: str | None = None) -> None:
+                 password: str | None = None, fsync: str = "always") -> None:
         self.dir = Path(directory)
         self.socket = self.dir / "redis.sock"
         self.persist = persist
+        self.fsync = fsync  # AOF: "always" loses nothing acknowledged; "everysec" up to 1 s
         self.password = password
         self.proc: subprocess.Popen | None = None
 
@@ -55,7 +56,8 @@ class RedisServer:
             redis_server_binary(), "--port", "0", "--unixsocket", str(self.socket),
             "--unixsocketperm", "777", "--dir", str(self.dir),
             "--notify-keyspace-events", "Ex", "--save", "", "--daemonize", "no",
-            "--appendonly", "yes" if self.persist else "no", "--loglevel", "warning",
+            "--appendonly", "yes" if self.persist else "no", "--appendfsync", self.fsync,
+            "--loglevel", "warning",
         ]
         if self.password:
             args += ["--requirepass", self.password]

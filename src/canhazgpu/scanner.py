@@ -25,7 +25,7 @@ class Facts:
     """What events are about, for one GPU: a change in any of these is an event."""
 
     error: str | None
-    in_use: bool  # used memory above the threshold
+    in_use: bool  # used memory at or above the threshold
     pids: tuple[int, ...]
     unreserved: bool
 

@@ -60,8 +60,10 @@ def script_source(name: str) -> str:
 class Store:
     """One Redis connection pool plus the scripts, for the keys of one host."""
 
-    def __init__(self, url: str, host: str, *, client: aioredis.Redis | None = None) -> None:
+    def __init__(self, url: str, host: str, *, client: aioredis.Redis | None = None,
+                 explain=None) -> None:
         self.url = check_url(url)
+        self._explain = explain  # err -> the "cannot reach" line naming where the URL came from
         self.host = host
         self.prefix = f"canhazgpu:{{{host}}}"
         self.channel = f"{self.prefix}:events"
@@ -137,6 +139,8 @@ class Store:
                 f"Redis at {redacted(self.url)} refused a command: {err}") from None
 
     def unreachable(self, err: BaseException) -> str:
+        if self._explain is not None:
+            return self._explain(err)
         return (
             f"cannot reach Redis at {redacted(self.url)} ({err or type(err).__name__}): "
             "start one with 'canhazgpu serve --embedded-redis', or point "
@@ -283,6 +287,23 @@ class Store:
 
     async def close(self) -> None:
         await self.redis.aclose()
+
+    async def server_info(self) -> dict:
+        """The Redis version, and its appendonly, appendfsync and save settings under
+        "persistence" (None when it refuses CONFIG, as managed services often do)."""
+        info = await self.guard(self.redis.info("server"))
+        try:
+            found = await self.guard(self.redis.config_get("append*"))
+            found.update(await self.guard(self.redis.config_get("save")))
+        except rexc.ResponseError:
+            found = None
+        return {"version": info.get("redis_version", "unknown"),
+                "persistence": found and {k: found.get(k, "") for k in
+                                          ("appendonly", "appendfsync", "save")}}
+
+    async def daemon_holder(self) -> str | None:
+        """What the host's daemon wrote into its lock (machine, PID, start), or None."""
+        return await self.guard(self.redis.get(self.key("daemon")))
 
 
 # ---------------------------------------------------------------------- decoding

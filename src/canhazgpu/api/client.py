@@ -102,7 +102,8 @@ class RemoteCore:
     async def pool_size(self) -> int:
         return int(await self.call("pool_size"))
 
-    async def setup_pool(self, count: int | None, provider: str | None, force: bool) -> dict:
+    async def setup_pool(self, count: int | None, provider: str | None, force: bool,
+                         caller=None) -> dict:
         return await self.call("setup_pool", {"count": count, "provider": provider,
                                               "force": force})
 

@@ -139,11 +139,9 @@ class ApiServer:
         return await self.core.pool_size()
 
     async def op_setup_pool(self, conn, caller: Caller, args: dict) -> dict:
-        if not caller.is_admin:
-            raise NotOwner("changing the pool is for root or the admin group only "
-                           "(admin_group in the daemon's config)")
+        """Root or the admin group only: the core checks the caller the kernel named."""
         return await self.core.setup_pool(args.get("count"), _opt_str(args.get("provider")),
-                                          bool(args.get("force")))
+                                          bool(args.get("force")), caller)
 
     def core_for(self, args: dict, *names: str):
         """The core, with the caller's own `settings` among `names` (a view's memory

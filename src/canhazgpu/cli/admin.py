@@ -1,4 +1,4 @@
-"""`canhazgpu admin`: create or resize the pool."""
+"""`canhazgpu admin`: create or resize the pool (root or the admin group)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ Examples:
   canhazgpu admin --gpus 8              # a pool of 8 GPUs
   canhazgpu admin                       # as many GPUs as the provider finds
   canhazgpu admin --gpus 4 --force      # shrink, ending live reservations
+  canhazgpu admin --gpus 4 --provider fake   # 4 idle fake GPUs, to try things out
+Changing the pool needs root or the admin group (admin_group). More: canhazgpu help admin
 """)
 @click.option("--gpus", "count", metavar="N", help="Pool size (default: GPUs the provider sees).")
 @click.option("--provider", type=click.Choice(["nvidia", "amd", "fake"]),
@@ -21,11 +23,11 @@ Examples:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
 async def admin(state, count, provider, force, as_json):
-    """Initialise or resize the GPU pool of this host."""
+    """Initialise or resize the GPU pool of this host (root or the admin group)."""
     from ..request import parse_count
     if count is not None:
         count = parse_count(count)
-    result = await state.core.setup_pool(count, provider, force)
+    result = await state.core.setup_pool(count, provider, force, state.caller())
     if as_json:
         output.emit_json(result)
     elif result["changed"]:

@@ -20,7 +20,7 @@ Examples:
   canhazgpu completion bash > ~/.local/share/bash-completion/completions/canhazgpu
   canhazgpu completion zsh > "${fpath[1]}/_canhazgpu"
   canhazgpu completion fish > ~/.config/fish/completions/canhazgpu.fish
-Details: docs/completion.md.
+Details: canhazgpu help completion
 """)
 @click.argument("shell", type=click.Choice(SHELLS))
 async def completion(shell):

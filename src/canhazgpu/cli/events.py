@@ -24,7 +24,7 @@ Examples:
   canhazgpu events --type unreserved_detected,gpu_error
   canhazgpu events --type expired --count 1         # wait for the next expiry, then exit
   canhazgpu events --since 41 --json                # what came after event 41, then live
-Event types and fields: docs/events.md.
+Event types and fields: canhazgpu help events
 """)
 @click.option("--json", "-j", "as_json", is_flag=True,
               help="One JSON document per event (JSON Lines), as published.")

@@ -22,6 +22,7 @@ Examples:
   canhazgpu release
   eval "$(canhazgpu completion bash)"      # tab completion (also zsh, fish)
 The global options work before or after the command name: canhazgpu status --host gpu7
+Documentation: canhazgpu help TOPIC; settings and checks: canhazgpu doctor
 """
 
 
@@ -116,7 +117,7 @@ def global_options() -> list[click.Option]:
         flag("--config", "FILE", "Config file to read (env CANHAZGPU_CONFIG)."),
         flag("--redis-url", "URL", "Redis to use (env CANHAZGPU_REDIS_URL)."),
         flag("--host", "NAME", "Host name used in keys (env CANHAZGPU_HOST)."),
-        flag("--memory-threshold", "MB", "Used memory above which a GPU is in use "
+        flag("--memory-threshold", "MB", "Used memory at or above which a GPU is in use "
                                           "(default 1024)."),
         GlobalOption(["--no-color"], is_flag=True, expose_value=False, callback=_no_color,
                      help="No colours, even on a terminal (like NO_COLOR=1)."),
@@ -168,8 +169,8 @@ def _closer(state: Context):
 
 
 def _register() -> None:
-    from . import (admin, completion, events, queue, report, reserve, run,  # noqa: F401
-                   serve, status, wait)  # (commands attach)
+    from . import (admin, completion, doctor, events, manual, queue, report,  # noqa: F401
+                   reserve, run, serve, status, wait, web)  # (commands attach)
 
 
 async def _amain(args: list[str]) -> int:

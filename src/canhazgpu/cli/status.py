@@ -21,7 +21,7 @@ Examples:
 @click.option("--format", "fmt", type=click.Choice(["table", "lines"]),
               help="Force the table or the one-line-per-GPU format (default: table on a "
                    "terminal, lines otherwise).")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON document (docs/status.md).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON document (canhazgpu help status).")
 @click.option("--summary", is_flag=True, help="Only the capacity lines.")
 @click.option("--follow", "-f", is_flag=True,
               help="Keep going: redraw on every change (a terminal), or write one JSON "

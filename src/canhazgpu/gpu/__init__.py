@@ -19,22 +19,20 @@ NAMES = ("nvidia", "amd", "fake")
 __all__ = ["FAKE_ENV", "NAMES", "Provider", "get_provider"]
 
 
-def get_provider(name: str | None, *, fake_path: str | None = None) -> Provider:
+def get_provider(name: str | None, *, fake_path: str | None = None,
+                 fake_count: int | None = None) -> Provider:
     """The provider called `name` ("nvidia", "amd", "fake"), or the one this machine has.
 
     Auto-detection (name None): the fake provider when a fake GPU file is given (argument
     or CANHAZGPU_FAKE_GPUS), else NVIDIA when NVML initialises, else AMD when amd-smi is
-    on PATH.
+    on PATH. The fake provider without a file has `fake_count` (default 8) idle GPUs.
     """
     fake_path = fake_path or os.environ.get(FAKE_ENV) or None
     if name is None:
         name = _detect(fake_path)
     if name == "fake":
-        if not fake_path:
-            raise InvalidRequest(f"the fake provider needs a GPU file: set {FAKE_ENV}=PATH "
-                                 "(format in docs/status.md)")
         from .fake import FakeProvider
-        return FakeProvider(fake_path)
+        return FakeProvider(fake_path, count=fake_count)
     if name == "nvidia":
         from .nvidia import NvidiaProvider
         return NvidiaProvider()

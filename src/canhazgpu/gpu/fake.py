@@ -8,8 +8,8 @@ The file is re-read on every scan, so editing it is how a test or a demo makes
        "processes": [{"pid": 12345, "name": "python3", "user": "bob", "used_memory_mb": 1024,
                       "cmdline": ["vllm", "serve", "mistralai/Mistral-7B-Instruct-v0.1"]}]}]}
 
-GPUs not listed are idle. `count` defaults to 8 and is never less than the highest listed
-index + 1. `memory_used_mb` defaults to the sum of the processes' memory. A GPU with
+GPUs not listed are idle (without a file, all are). `count` defaults to 8 and is never less
+than the highest listed index + 1. `memory_used_mb` defaults to the sum of the processes' memory. A GPU with
 `"error": "GPU is lost"` reads as a GPU the provider could not read.
 """
 
@@ -32,12 +32,15 @@ MAX_GPUS = 1024
 
 
 class FakeProvider:
-    """GPUs described by a file; PIDs in it need not exist."""
+    """GPUs described by a file (PIDs in it need not exist); without a file, `count` idle
+    GPUs (default 8): what `serve --fake N` and `admin --provider fake` try things on."""
 
     name = "fake"
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike[str] | None = None, *,
+                 count: int | None = None) -> None:
+        self.path = Path(path) if path else None
+        self.idle = count or DEFAULT_COUNT  # without a file
 
     async def count(self) -> int:
         return (await self._read())[0]
@@ -46,6 +49,8 @@ class FakeProvider:
         return (await self._read())[1]
 
     async def _read(self) -> tuple[int, tuple[GpuUsage, ...]]:
+        if self.path is None:
+            return parse_fake({"count": self.idle}, "(none: idle GPUs)")
         return parse_fake(await anyio.to_thread.run_sync(self._load), str(self.path))
 
     def _load(self) -> Any:

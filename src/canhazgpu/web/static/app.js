@@ -1,0 +1,338 @@
+// canhazgpu's page: every host's GPUs and queue, live from /api/v1/events (server-sent
+// events). The server pushes a fresh status document per host after every change; this
+// script only draws them, and lets the clocks tick between changes. No build step.
+'use strict';
+
+const hosts = new Map(); // host -> {doc, section, skew}
+const ACTIVITY_MAX = 50;
+const ENDINGS = new Set(['reserved', 'released', 'expired', 'reclaimed', 'forced', 'granted']);
+let source = null;
+let reportTimer = null;
+
+// ---------------------------------------------------------------- small helpers
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === null || value === undefined || value === false) continue;
+    if (key === 'class') node.className = value;
+    else if (key === 'text') node.textContent = value;
+    else node.setAttribute(key, value === true ? '' : value);
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function short(seconds) { // as the CLI's table: 5s, 45m 0s, 1h 2m 15s
+  const total = Math.max(0, Math.floor(seconds));
+  const h = Math.floor(total / 3600), m = Math.floor((total % 3600) / 60), s = total % 60;
+  if (h) return `${h}h ${m}m ${s}s`;
+  if (m) return `${m}m ${s}s`;
+  return `${s}s`;
+}
+
+function coarse(seconds) {
+  const total = Math.max(0, Math.floor(seconds));
+  for (const [unit, size] of [['d', 86400], ['h', 3600], ['m', 60]]) {
+    if (total >= size) return `${Math.floor(total / size)}${unit}`;
+  }
+  return `${total}s`;
+}
+
+function hours(h) { return h > 0 && h < 0.01 ? '<0.01' : h.toFixed(2); }
+
+function ids(list) { return (list || []).join(',') || '-'; }
+
+function who(users) {
+  if (!users || !users.length) return 'user unknown';
+  if (users.length === 1) return `user ${users[0]}`;
+  return `users ${users.slice(0, -1).join(', ')} and ${users[users.length - 1]}`;
+}
+
+function mb(value) { return value === null || value === undefined ? '?' : `${value} MB`; }
+
+function slug(host) { return host.replace(/[^A-Za-z0-9_-]/g, '_'); }
+
+// Server time now, for a host: its documents carry Redis time; our clock may differ.
+function serverNow(entry) { return Date.now() - entry.skew; }
+
+// ---------------------------------------------------------------- ticking clocks
+// Elements with data-since (elapsed) or data-until (remaining) hold server epoch ms.
+function tick() {
+  for (const entry of hosts.values()) {
+    if (!entry.section) continue;
+    const now = serverNow(entry);
+    for (const node of entry.section.querySelectorAll('[data-since]')) {
+      const prefix = node.dataset.prefix || '';
+      const fmt = node.dataset.fmt === 'coarse' ? coarse : short;
+      node.textContent = prefix + fmt((now - Number(node.dataset.since)) / 1000) + (node.dataset.suffix || '');
+    }
+    for (const node of entry.section.querySelectorAll('[data-until]')) {
+      node.textContent = (node.dataset.prefix || '') + short((Number(node.dataset.until) - now) / 1000);
+    }
+  }
+}
+
+function since(ms, prefix, suffix, fmt) {
+  return el('span', {'data-since': ms, 'data-prefix': prefix || null, 'data-suffix': suffix || null,
+                     'data-fmt': fmt || null});
+}
+
+function until(ms, prefix) {
+  return el('span', {'data-until': ms, 'data-prefix': prefix || null});
+}
+
+// ---------------------------------------------------------------- one GPU
+function memoryBar(gpu) {
+  if (gpu.memory_used_mb === null) return el('p', {class: 'muted', text: 'No usage known'});
+  const total = gpu.memory_total_mb || 0;
+  const share = total ? Math.min(100, (100 * gpu.memory_used_mb) / total) : 0;
+  const fill = el('span', {class: 'fill'});
+  fill.style.width = `${share.toFixed(1)}%`;
+  const label = `${gpu.memory_used_mb} of ${total} MB used`;
+  return el('div', {class: 'memory'},
+    el('div', {class: 'bar', role: 'img', 'aria-label': label}, fill),
+    el('span', {class: 'memory-text', text: `${gpu.memory_used_mb} / ${total} MB`}));
+}
+
+function detail(name, ...value) {
+  return [el('dt', {text: name}), el('dd', {}, ...value)];
+}
+
+function gpuCard(gpu) {
+  const res = gpu.reservation;
+  const rows = [];
+  let label = gpu.status;
+  if (gpu.status === 'reserved') {
+    label = res.waiting ? 'reserved (waiting for more)' : 'reserved';
+    rows.push(detail('User', res.user));
+    rows.push(detail('For', since(res.start_ms)));
+    rows.push(detail('Type', res.type));
+    if (res.waiting) rows.push(detail('Details', 'granted to a request still waiting for more GPUs'));
+    else if (res.type === 'run' && res.heartbeat_ms) rows.push(detail('Heartbeat', since(res.heartbeat_ms, '', ' ago')));
+    else if (res.expires_ms) rows.push(detail('Expires in', until(res.expires_ms)));
+    if (res.note) rows.push(detail('Note', res.note));
+  } else if (gpu.status === 'unreserved') {
+    label = 'in use without reservation';
+    rows.push(detail('Users', (gpu.users || []).join(', ') || 'unknown'));
+  } else if (gpu.status === 'error') {
+    rows.push(detail('Error', gpu.error || 'unreadable'));
+  } else if (gpu.last_released_ms) {
+    rows.push(detail('Free for', since(gpu.last_released_ms, '', '', 'coarse')));
+  } else {
+    rows.push(detail('Free', 'never reserved'));
+  }
+  if (gpu.model) rows.push(detail('Model', gpu.model.id));
+  if (gpu.name) rows.push(detail('Type of GPU', gpu.name));
+  const procs = gpu.processes || [];
+  const title = `GPU ${gpu.id}`;
+  return el('article', {class: `gpu state-${gpu.status}`, 'aria-label': `${title}: ${label}`,
+                        'data-gpu': gpu.id, 'data-status': gpu.status},
+    el('header', {class: 'gpu-head'}, el('h4', {text: title}), el('span', {class: 'badge', text: label})),
+    el('dl', {}, rows.flat()),
+    memoryBar(gpu),
+    procs.length ? el('details', {},
+      el('summary', {text: `${procs.length} process${procs.length === 1 ? '' : 'es'}`}),
+      el('ul', {class: 'procs'}, procs.map(p => el('li', {},
+        `PID ${p.pid} ${p.name || 'unknown'} (${p.user || '?'})`,
+        p.used_memory_mb === null || p.used_memory_mb === undefined ? '' : `, ${p.used_memory_mb} MB`))))
+      : null);
+}
+
+// ---------------------------------------------------------------- one host
+function queueTable(host, rows, nowMs) {
+  const id = `queue-${slug(host)}`;
+  if (!rows || !rows.length) return el('p', {class: 'muted', id, text: 'Nobody is waiting.'});
+  return el('div', {class: 'scroll'}, el('table', {id, class: 'queue'},
+    el('caption', {text: `Queue of ${host}`}),
+    el('thead', {}, el('tr', {}, ['Position', 'User', 'Request', 'Granted', 'Waiting', 'Expected', 'Note']
+      .map(t => el('th', {scope: 'col', text: t})))),
+    el('tbody', {}, rows.map(r => el('tr', {},
+      el('td', {text: r.position}),
+      el('td', {text: r.user}),
+      el('td', {text: Array.isArray(r.requested) ? `GPUs ${r.requested.join(',')}` : `${r.requested} GPU(s)`}),
+      el('td', {text: ids(r.granted)}),
+      el('td', {}, since(nowMs - r.waiting_s * 1000)),
+      el('td', {text: r.eta_s === null || r.eta_s === undefined ? '' : (r.eta_s === 0 ? 'now' : `in ~${short(r.eta_s)}`)}),
+      el('td', {text: r.note || ''}))))));
+}
+
+function warnings(doc) {
+  const bad = doc.gpus.filter(g => g.status === 'unreserved');
+  if (!bad.length) return null;
+  return el('div', {class: 'warning', role: 'alert'},
+    el('strong', {text: 'In use without reservation: '}),
+    el('ul', {}, bad.map(g => el('li', {class: 'unreserved-line'},
+      `GPU ${g.id} by ${who(g.users)} - ${g.memory_used_mb} MB used`))),
+    el('p', {text: 'These GPUs are never handed out. Reserve before using a GPU: canhazgpu reserve or canhazgpu run.'}));
+}
+
+function drawHost(host) {
+  const entry = hosts.get(host);
+  const state = entry.state;
+  const doc = state.status;
+  const section = entry.section;
+  const titleId = `host-${slug(host)}`;
+  const parts = [];
+  const summary = doc ? doc.summary : null;
+  parts.push(el('div', {class: 'panel-head'},
+    el('h2', {id: titleId, text: host}),
+    summary ? el('p', {class: 'summary'},
+      `${summary.available} of ${summary.total} available`,
+      summary.reserved ? `, ${summary.reserved} reserved` : '',
+      summary.unreserved ? `, ${summary.unreserved} unreserved` : '',
+      summary.error ? `, ${summary.error} in error` : '') : null,
+    state.daemon === false ? el('p', {class: 'muted', text: 'no daemon running: GPU usage is re-read every 30 s and on each change'}) : null));
+  if (state.error) {
+    parts.push(el('p', {class: 'host-error', role: 'alert'},
+      el('strong', {text: doc ? 'Not live: ' : 'Cannot read this host: '}), state.error));
+  }
+  if (doc) {
+    parts.push(warnings(doc));
+    parts.push(el('h3', {class: 'visually-hidden', text: `GPUs of ${host}`}));
+    parts.push(el('div', {class: 'gpus'}, doc.gpus.map(gpuCard)));
+    parts.push(el('h3', {text: 'Queue'}));
+    parts.push(queueTable(host, state.queue, doc.time_ms));
+  } else if (!state.error) {
+    parts.push(el('p', {class: 'muted', text: 'Reading…'}));
+  }
+  section.replaceChildren(...parts.filter(Boolean));
+  section.classList.toggle('stale', Boolean(state.error));
+  tick();
+}
+
+function setHosts(list) {
+  const container = document.getElementById('hosts');
+  const loading = document.getElementById('loading');
+  if (loading) loading.remove();
+  for (const host of [...hosts.keys()]) {
+    if (!list.includes(host)) { hosts.get(host).section.remove(); hosts.delete(host); }
+  }
+  for (const host of list) {
+    if (hosts.has(host)) continue;
+    const section = el('section', {class: 'panel host', 'aria-labelledby': `host-${slug(host)}`,
+                                   'data-host': host});
+    container.append(section);
+    hosts.set(host, {state: {host, status: null, queue: null, error: null}, section, skew: 0});
+    drawHost(host);
+  }
+}
+
+// ---------------------------------------------------------------- connection
+function setConnection(state, text) {
+  const node = document.getElementById('connection');
+  node.dataset.state = state;
+  document.getElementById('connection-text').textContent = text;
+}
+
+function updateConnection() {
+  if (!source || source.readyState !== EventSource.OPEN) return;
+  const down = [...hosts.values()].filter(e => e.state.error);
+  if (down.length) setConnection('degraded', `Live; cannot read ${down.map(e => e.state.host).join(', ')}`);
+  else setConnection('live', 'Live');
+}
+
+// ---------------------------------------------------------------- events
+function describe(ev) {
+  const g = `GPU ${ids(ev.gpus)}`;
+  switch (ev.type) {
+    case 'reserved': return `${g} reserved by ${ev.user} (${ev.kind})`;
+    case 'released': case 'expired': case 'reclaimed': case 'forced':
+      return `${g} ${ev.type} (${ev.user})`;
+    case 'queued': return `${ev.user} queued for ${ev.ids ? 'GPU ' + ids(ev.ids) : (ev.count + ' GPU(s)')}`;
+    case 'granted': return `${g} granted to ${ev.user}${ev.complete ? '' : ' (partial)'}`;
+    case 'left': return `${ev.user} left the queue (${ev.reason})`;
+    case 'unreserved_detected': return `${g} IN USE WITHOUT RESERVATION by ${(ev.users || []).join(', ') || 'unknown'}`;
+    case 'unreserved_cleared': return `${g} no longer in use without reservation`;
+    case 'usage_changed': return `${g} ${ev.memory_used_mb} MB used`;
+    case 'gpu_error': return `${g} error: ${ev.error}`;
+    case 'gpu_recovered': return `${g} readable again`;
+    case 'pool_changed': return `pool is ${ev.count} GPUs`;
+    default: return ev.type;
+  }
+}
+
+function logEvent(ev) {
+  const list = document.getElementById('activity');
+  const time = new Date(ev.time_ms).toLocaleTimeString();
+  list.prepend(el('li', {}, el('time', {datetime: new Date(ev.time_ms).toISOString(), text: time}),
+    ' ', el('span', {class: 'event-host', text: ev.host}), ' ', describe(ev)));
+  while (list.children.length > ACTIVITY_MAX) list.lastElementChild.remove();
+  document.getElementById('activity-empty').hidden = true;
+  if (ENDINGS.has(ev.type)) scheduleReport();
+}
+
+function connect() {
+  source = new EventSource('/api/v1/events?view=1');
+  source.addEventListener('open', () => setConnection('live', 'Live'));
+  source.addEventListener('error', () => {
+    if (source.readyState === EventSource.CLOSED) {
+      setConnection('down', 'Disconnected; retrying…');
+      source.close();
+      setTimeout(connect, 2000);
+    } else {
+      setConnection('down', 'Reconnecting…');
+    }
+  });
+  source.addEventListener('hosts', msg => setHosts(JSON.parse(msg.data).hosts));
+  source.addEventListener('state', msg => {
+    const state = JSON.parse(msg.data);
+    const entry = hosts.get(state.host);
+    if (!entry) return;
+    entry.state = state;
+    if (state.status) entry.skew = Date.now() - state.status.time_ms;
+    drawHost(state.host);
+    updateConnection();
+  });
+  source.addEventListener('event', msg => logEvent(JSON.parse(msg.data)));
+}
+
+// ---------------------------------------------------------------- report
+function scheduleReport() {
+  clearTimeout(reportTimer);
+  reportTimer = setTimeout(loadReport, 1000);
+}
+
+async function loadReport() {
+  const days = document.getElementById('report-days').value;
+  const body = document.querySelector('#report tbody');
+  const total = document.getElementById('report-total');
+  let data;
+  try {
+    const reply = await fetch(`/api/v1/report?days=${encodeURIComponent(days)}`);
+    data = await reply.json();
+    if (!reply.ok) throw new Error(data.error || reply.statusText);
+  } catch (err) {
+    total.textContent = `The report could not be read: ${err.message}`;
+    return;
+  }
+  const users = new Map();
+  const failed = [];
+  for (const entry of data.hosts) {
+    if (!entry.report) { failed.push(entry.host); continue; }
+    for (const u of entry.report.users) users.set(u.user, (users.get(u.user) || 0) + u.gpu_hours);
+  }
+  const rows = [...users.entries()].sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]));
+  const sum = rows.reduce((acc, [, h]) => acc + h, 0);
+  const top = rows.length ? rows[0][1] : 0;
+  total.textContent = `${sum.toFixed(2)} GPU hours in total` +
+    (failed.length ? ` (not counted: ${failed.join(', ')})` : '') +
+    (rows.length ? '' : '; no reservations in this period.');
+  body.replaceChildren(...rows.map(([user, h]) => {
+    const fill = el('span', {class: 'fill'});
+    fill.style.width = `${top ? (100 * h) / top : 0}%`;
+    return el('tr', {},
+      el('th', {scope: 'row', text: user}),
+      el('td', {}, el('div', {class: 'hbar', 'aria-hidden': 'true'}, fill), el('span', {text: hours(h)})),
+      el('td', {text: `${sum ? ((100 * h) / sum).toFixed(1) : '0.0'}%`}));
+  }));
+}
+
+document.addEventListener('DOMContentLoaded', () => {
+  document.getElementById('report-days').addEventListener('change', loadReport);
+  connect();
+  loadReport();
+  setInterval(tick, 1000);
+});

@@ -1,0 +1,48 @@
+"""Running the real CLI as another user (uid 65534, "nobody"), where identity decides.
+
+We run as root; `setpriv` drops to nobody. Nobody cannot enter pytest's temporary
+directories (mode 0700), so what it must reach (a Redis socket, a fake GPU file) lives in
+`open_dir`, a world-readable directory of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from canhazgpu.embedded import RedisServer
+
+NOBODY = 65534
+needs_root = pytest.mark.skipif(os.getuid() != 0 or not shutil.which("setpriv"),
+                                reason="needs root and setpriv to run as another uid")
+
+
+@pytest.fixture(scope="module")
+def open_dir():
+    path = Path(tempfile.mkdtemp(prefix="canhazgpu-open-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def open_redis(open_dir):
+    """A Redis that nobody can reach (its socket is mode 777 in a world-readable dir)."""
+    server = RedisServer(open_dir / "redis").start()
+    yield server
+    server.stop()
+
+
+def as_nobody(*args, env: dict, groups: str = "", timeout: float = 60):
+    """`canhazgpu ARGS` as uid/gid 65534; `groups` its supplementary groups (none by default)."""
+    who = ["--groups", groups] if groups else ["--clear-groups"]
+    return subprocess.run(
+        ["setpriv", "--reuid", str(NOBODY), "--regid", str(NOBODY), *who,
+         sys.executable, "-m", "canhazgpu", *map(str, args)],
+        capture_output=True, text=True, env=env, timeout=timeout)

@@ -1,0 +1,35 @@
+"""scripts/demo end to end, in the test's own environment: it finishes, and every command it
+shows can be pasted (quoted as the shell needs, like shlex.join)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_demo_runs_and_prints_commands_that_can_be_pasted(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CANHAZGPU_")}
+    env.update(CANHAZGPU_VENV=sys.prefix, TMPDIR=str(tmp_path))
+    proc = subprocess.run([str(ROOT / "scripts" / "demo")], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    assert "\x1b[" not in proc.stdout  # no colour off a terminal
+    shown = [shlex.split(line[2:]) for line in proc.stdout.splitlines()
+             if line.startswith("$ canhazgpu ")]
+    assert ["canhazgpu", "reserve", "--gpus", "1", "--duration", "4h", "--note",
+            "notebook"] in shown
+    assert ["canhazgpu", "run", "--gpus", "2", "--", "sh", "-c",
+            'echo "my job sees CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES"; '
+            "canhazgpu status --format lines"] in shown
+    assert "my job sees CUDA_VISIBLE_DEVICES=" in proc.stdout
+    assert "IN USE WITHOUT RESERVATION by user bob" in proc.stdout
+    assert proc.stdout.rstrip().endswith("Demo finished: everything above ran against a "
+                                         "private Redis on fake GPUs.")
