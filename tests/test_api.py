@@ -81,6 +81,12 @@ async def test_errors_keep_their_class_message_and_exit_code(pool, config, me):
         assert str(short.value).startswith("Not enough GPUs available. Requested: 1")
 
 
+def test_client_daemon_without_a_daemon_is_one_line(cli):
+    proc = cli("status", extra_env={"CANHAZGPU_CLIENT": "daemon"})
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith("Error: no canhazgpu daemon answers at ")
+
+
 def cli_env(env) -> dict:
     return {**env, "CANHAZGPU_CLIENT": "daemon"}
 

@@ -71,3 +71,10 @@ def test_events_through_the_daemon(admin):
     docs = [json.loads(line) for line in out.splitlines()]
     assert [d["type"] for d in docs] == ["pool_changed", "reserved", "released"]
     assert [d["seq"] for d in docs] == [1, 2, 3]
+
+
+def test_client_direct_goes_to_redis_even_with_a_daemon(admin):
+    unreachable = {"CANHAZGPU_REDIS_URL": "redis://127.0.0.1:1/0", "CANHAZGPU_CLIENT": "auto"}
+    admin("status", extra_env=unreachable, check=0)  # the daemon answers: its Redis is used
+    proc = admin("--client", "direct", "status", extra_env=unreachable)
+    assert proc.returncode == 1 and "127.0.0.1:1" in proc.stderr

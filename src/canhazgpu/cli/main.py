@@ -117,6 +117,8 @@ def global_options() -> list[click.Option]:
         flag("--config", "FILE", "Config file to read (env CANHAZGPU_CONFIG)."),
         flag("--redis-url", "URL", "Redis to use (env CANHAZGPU_REDIS_URL)."),
         flag("--host", "NAME", "Host name used in keys (env CANHAZGPU_HOST)."),
+        flag("--client", "MODE", "auto (the daemon's API when it answers, else Redis), daemon "
+                                 "or direct (env CANHAZGPU_CLIENT)."),
         flag("--memory-threshold", "MB", "Used memory at or above which a GPU is in use "
                                           "(default 1024)."),
         GlobalOption(["--no-color"], is_flag=True, expose_value=False, callback=_no_color,
