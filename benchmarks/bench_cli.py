@@ -103,8 +103,9 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "canhazgpu", "admin", "--gpus", "8"],
                        check=True, capture_output=True)
         with daemon(env):
+            load = os.getloadavg()[0]
             figures = commands()
-            print(f"load average at the start: {os.getloadavg()[0]:.1f}")
+            print(f"load average at the start: {load:.1f}")
             print("| command | direct wall ms | daemon wall ms | direct CPU ms | "
                   "daemon CPU ms |")
             print("|---|---:|---:|---:|---:|")
