@@ -15,7 +15,7 @@ import pytest
 from canhazgpu.api import protocol
 from canhazgpu.api.client import RemoteCore
 from canhazgpu.core import Request
-from eventtools import Recorder, running_daemon
+from eventtools import Recorder, rest, running_daemon
 
 pytestmark = pytest.mark.anyio
 
@@ -25,14 +25,7 @@ async def request(path, doc: dict | bytes) -> list[dict]:
     data = doc if isinstance(doc, bytes) else protocol.dump(doc)
     async with await anyio.connect_unix(path) as stream:
         await stream.send(data)
-        chunks = []
-        with anyio.fail_after(10):
-            try:
-                while True:
-                    chunks.append(await stream.receive())
-            except (anyio.EndOfStream, anyio.BrokenResourceError):
-                pass
-    return [json.loads(line) for line in b"".join(chunks).splitlines()]
+        return [json.loads(line) for line in (await rest(stream)).splitlines()]
 
 
 async def test_reserve_status_release_through_the_api(pool, config):
