@@ -44,6 +44,10 @@ async def test_clients_keep_naming_the_daemons_redis_when_it_is_down(env, tmp_pa
         doc = json.loads((await run(local, "status", "--json")).stdout)
         assert len(doc["gpus"]) == 4 and doc["provider"] == "fake"  # --fake made the pool
         assert (await run(local, "reserve", "--gpu-ids", "2", "-d", "1h")).returncode == 0
+        checks = json.loads((await run(local, "doctor", "--json")).stdout)["checks"]
+        assert {name: c["status"] for name, c in checks.items()} == {
+            "redis": "ok", "pool": "ok", "daemon": "ok", "provider": "ok"}
+        assert checks["daemon"]["detail"].startswith(f"PID {daemon.pid} on ")
         client = redis.Redis(unix_socket_path=str(state / "redis.sock"), decode_responses=True)
         assert client.config_get("appendfsync") == {"appendfsync": "always"}
         client.close()
