@@ -9,9 +9,7 @@ import json
 import os
 import stat
 import sys
-import tempfile
 from dataclasses import replace
-from pathlib import Path
 
 import anyio
 import pytest
@@ -19,9 +17,11 @@ import pytest
 from canhazgpu.api import protocol
 from canhazgpu.core import Request
 from eventtools import running_daemon
+from otheruser import NOBODY as NOBODY_UID
+from otheruser import needs_root, open_dir  # noqa: F401 (fixture)
 
-pytestmark = pytest.mark.anyio
-NOBODY = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
+pytestmark = [pytest.mark.anyio, needs_root]
+NOBODY = ["setpriv", "--reuid", str(NOBODY_UID), "--regid", str(NOBODY_UID), "--clear-groups"]
 
 # One raw request, sent by nobody: prints the reply lines as one JSON list.
 RAW = """
@@ -37,29 +37,18 @@ print(json.dumps([json.loads(line) for line in data.splitlines()]))
 
 
 @pytest.fixture
-def public(tmp_path):
-    """A directory every user can enter (pytest's tmp_path is root's only)."""
-    path = Path(tempfile.mkdtemp(prefix="canhazgpu-api-"))
-    path.chmod(0o755)
-    (path / "config.toml").write_text("")
-    (path / "config.toml").chmod(0o644)
-    yield path
-    for child in path.iterdir():
-        child.unlink()
-    path.rmdir()
-
-
-@pytest.fixture
-async def daemon(pool, config, public):
-    config = replace(config, api_socket=str(public / "api.sock"))
+async def daemon(pool, config, open_dir):
+    config = replace(config, api_socket=str(open_dir / "api.sock"))
     async with running_daemon(config):
         yield config
 
 
 @pytest.fixture
-def nobody_env(env, public):
-    return {**env, "CANHAZGPU_CONFIG": str(public / "config.toml"), "HOME": str(public),
-            "CANHAZGPU_API_SOCKET": str(public / "api.sock"), "CANHAZGPU_CLIENT": "daemon"}
+def nobody_env(env, open_dir):
+    (open_dir / "config.toml").write_text("")
+    (open_dir / "config.toml").chmod(0o644)
+    return {**env, "CANHAZGPU_CONFIG": str(open_dir / "config.toml"), "HOME": str(open_dir),
+            "CANHAZGPU_API_SOCKET": str(open_dir / "api.sock"), "CANHAZGPU_CLIENT": "daemon"}
 
 
 async def as_nobody(env, *args: str, check: int | None = None):
