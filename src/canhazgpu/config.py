@@ -15,8 +15,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from .errors import InvalidRequest
-from .store import check_url, redacted
 from .timefmt import parse_duration
+from .urls import check_url, redacted
 
 SYSTEM_CONFIG = Path("/etc/canhazgpu/config.toml")
 USER_CONFIG = Path("~/.config/canhazgpu/config.toml")
@@ -24,6 +24,9 @@ SYSTEM_STATE = Path("/var/lib/canhazgpu")
 URL_FILE = "redis.url"  # where `serve --embedded-redis` publishes its Redis's URL
 DEFAULT_URL = "redis://localhost:6379/0"
 DEFAULT = "default"
+# Where clients also look for the daemon's API: the secured systemd unit's, then one beside
+# the system state directory (an unsecured daemon with the default state directory).
+SYSTEM_API_SOCKETS = (Path("/run/canhazgpu/api.sock"), SYSTEM_STATE / "api.sock")
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,8 @@ class Config:
     snapshot_max_age: str = "3s"  # a daemon snapshot younger than this is used instead of a scan
     queue_lease: str = "10s"  # a waiter that stops heartbeating leaves the queue after this
     embedded_fsync: str = "always"  # `serve --embedded-redis`: AOF fsync policy
+    api_socket: str = ""  # empty: STATE_DIR/api.sock (clients also try SYSTEM_API_SOCKETS)
+    client: str = "auto"  # auto: the daemon's API when it answers, else Redis; daemon; direct
     # where each key's value came from ("--host", "$CANHAZGPU_HOST", a file); not a setting
     origins: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -119,6 +124,18 @@ class Config:
         """Where a setting came from: a flag, an env variable, a config file, or "default"."""
         return self.origins.get(key, DEFAULT)
 
+    @property
+    def api_path(self) -> Path:
+        """Where the daemon listens for API clients."""
+        return Path(self.api_socket).expanduser() if self.api_socket \
+            else self.state_path / "api.sock"
+
+    def api_paths(self) -> list[Path]:
+        """Where a client looks for the daemon, like the embedded Redis URL is found."""
+        if self.api_socket:
+            return [self.api_path]
+        return list(dict.fromkeys([self.api_path, *SYSTEM_API_SOCKETS]))
+
     def seconds(self, name: str) -> float:
         return parse_duration(getattr(self, name), what=name.replace("_", "-"))
 
@@ -127,7 +144,7 @@ _INT_KEYS = {"memory_threshold"}
 _DURATION_KEYS = {"default_duration", "run_lease", "heartbeat_interval", "kill_grace",
                   "scan_interval", "snapshot_max_age", "queue_lease"}
 _CHOICES = {"strategy": ("lru", "mru"), "provider": ("", "nvidia", "amd", "fake"),
-            "embedded_fsync": ("always", "everysec")}
+            "embedded_fsync": ("always", "everysec"), "client": ("auto", "daemon", "direct")}
 KEYS = tuple(f.name for f in fields(Config) if f.name != "origins")
 
 

@@ -243,14 +243,20 @@ class Core:
         raise GpusUnavailable(f"{reasons} - run 'canhazgpu status' for details")
 
     async def acquire(self, req: Request, caller: Caller, wait_s: float | None = None, *,
-                      progress=None, warn=lambda text: None) -> Reservation:
+                      progress=None, warn=lambda text: None, signals: bool = True,
+                      reservation: Reservation | None = None, resume: bool = False
+                      ) -> Reservation:
         """The allocate-or-queue policy: allocate now when wait_s is None (fail at once when
         short), else queue first come first served for at most wait_s (inf: no limit).
-        `progress` (None: quiet) and `warn` are the waiter's callbacks."""
+        `progress` (None: quiet) and `warn` are the waiter's callbacks; signals=False: the
+        waiter leaves SIGINT/SIGTERM alone (the daemon waits for its API clients). A waiter
+        may queue with a `reservation` made beforehand (new_reservation), or `resume` one
+        that is queued already (a client of the daemon reconnecting)."""
         if wait_s is None:
             return await self.allocate(req, caller)
         from .waitqueue import Waiter as QueueWaiter
-        waiter = QueueWaiter(self, req, caller, progress=progress, warn=warn)
+        waiter = QueueWaiter(self, req, caller, progress=progress, warn=warn, signals=signals,
+                             reservation=reservation, resume=resume)
         with boundary():  # callers want the one error, not the waiter's task group
             res = await waiter.wait(None if wait_s == float("inf") else wait_s)
         if req.kind == "manual":  # the grant held GPUs on the queue lease: now the duration

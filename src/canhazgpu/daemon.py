@@ -7,6 +7,7 @@ Sibling tasks in one task group, all on one pub/sub subscription (events.EventHu
 - the journal: one log line per state change on the host, whoever made it;
 - the lock keeper: one daemon per host, through a Redis key with a TTL;
 - the registry heartbeat: the host is listed, daemon up, for every view across hosts.
+- the API server (api/server.py): local clients on a unix socket (docs/api.md).
 Everything the daemon does is a core call; with no daemon running every command still works.
 """
 
@@ -26,6 +27,7 @@ import anyio
 import redis
 
 from . import hosts, identity
+from .api.server import ApiServer
 from .config import Config
 from .core import Core
 from .embedded import RedisServer
@@ -89,6 +91,7 @@ class Daemon:
                     await tg.start(self._listening, hub, self._expiry_listener)
                     await tg.start(self._listening, hub, self.watcher.run)
                     await tg.start(self.scanner.run)
+                    await tg.start(ApiServer(self.core, hub).serve, self.config.api_path)
                     tg.start_soon(self._keep_lock)
                     await tg.start(self._keep_registered)
                     self.serving = True

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 from importlib import resources
-from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import LockError
 
-from .errors import BackendUnavailable, CorruptState, InvalidRequest
+from .errors import BackendUnavailable, CorruptState
 from .model import Hold, Record, State, Usage, Waiter
+from .urls import check_url, redacted  # noqa: F401 (redacted: used by the daemon, tests)
 
 # The script interface, defined once: the Lua constants (K_*, LEASE0, ARG.*) are generated
 # from these tuples (see _prelude), and a test checks that every script uses exactly them.
@@ -32,7 +32,6 @@ ARGS = {
     "usage": ("snapshot", "busy", "events"),
     "register": ("op", "entry"),  # the one script on REGISTRY_KEY instead of the host's keys
 }
-_URL_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 # The registry of hosts (hosts.py): one hash, host -> its entry, outside every host's slot.
 REGISTRY_KEY = "canhazgpu:hosts"
 # Every host's event channel (canhazgpu:{HOST}:events), for one subscription to all hosts.
@@ -40,34 +39,6 @@ ALL_HOSTS_EVENTS = "canhazgpu:*:events"
 _CLUSTER_DOWN = (rexc.ConnectionError, rexc.TimeoutError, OSError, rexc.ClusterError,
                  rexc.RedisClusterException)
 
-
-def redacted(url: str) -> str:
-    """The URL with any password replaced, fit for error messages and logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url.split("@")[-1]
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def check_url(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 (raises on a port that is not a number from 0 to 65535)
-        scheme = parts.scheme
-    except ValueError as err:
-        raise InvalidRequest(f"invalid Redis URL {redacted(url)!r} ({err}): use "
-                             "redis://[user:password@]host:port/db") from None
-    if scheme not in _URL_SCHEMES:
-        raise InvalidRequest(
-            f"invalid Redis URL {redacted(url)!r}: use redis://[user:password@]host:port/db, "
-            "rediss://... for TLS, unix:///path/to/redis.sock, or "
-            "redis+cluster://host:port for a Redis Cluster"
-        )
-    return url
 
 
 def is_cluster(url: str) -> bool:

@@ -9,13 +9,16 @@ import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import anyio
 
-from .core import Core
 from .request import Reservation
 from .errors import BackendUnavailable, CanHazGpuError
 from .identity import Caller
+
+if TYPE_CHECKING:  # a run through the daemon passes its RemoteCore, without redis
+    from .core import Core
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 

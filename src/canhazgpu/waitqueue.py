@@ -67,6 +67,9 @@ class Waiter:
     warn: Callable[[str], None] = lambda s: None
     position: int = 0
     trouble: bool = False  # Redis unreachable: said once, until it is back
+    signals: bool = True  # SIGINT/SIGTERM end the wait (False in the daemon: not ours)
+    reservation: Reservation | None = None  # made by the caller (None: made here)
+    resume: bool = False  # the reservation is queued already: follow it, do not enqueue
 
     async def wait(self, timeout_s: float | None = None) -> Reservation:
         """Queue for the request; return the granted reservation (leases on the queue TTL).
@@ -75,7 +78,7 @@ class Waiter:
         edge that unwraps them); whatever ends the wait without a grant gives the place
         back, and any GPUs granted so far with it."""
         store = self.core.store
-        res = self.core.new_reservation(self.req, self.caller)
+        res = self.reservation or self.core.new_reservation(self.req, self.caller)
         self.wid, self.granted, enqueued, timed_out = res.rid, None, False, False
         # A quiet waiter listens only to its own channel (its grant) and to lease expiry:
         # a hundred waiters must not all wake up for every change on the host.
@@ -83,14 +86,16 @@ class Waiter:
                        host_events=self.progress is not None)
         try:
             async with hub.running(), hub.listen() as stream:
-                status = await self.core.enqueue(res, self.req)
+                status = await (self.core.queue_heartbeat(res.rid) if self.resume
+                                else self.core.enqueue(res, self.req))
                 enqueued = True
                 with anyio.move_on_after(timeout_s) as deadline:
                     async with anyio.create_task_group() as tg:
                         self.tg = tg
                         await self._update(status)
                         tg.start_soon(self._heartbeat)
-                        tg.start_soon(self._signals)
+                        if self.signals:
+                            tg.start_soon(self._signals)
                         await self._follow(stream)
                 timed_out = deadline.cancelled_caught and self.granted is None
             if timed_out:

@@ -34,7 +34,7 @@ async def admin(state, count, provider, force, as_json, retire):
     if retire:
         if count is not None or provider or force:
             raise click.UsageError("--retire takes no --gpus, --provider or --force")
-        host = await hosts.retire(state.core, state.caller())
+        host = await hosts.retire(state.direct, state.local_caller())
         if as_json:
             output.emit_json({"retired": host})
         else:
@@ -43,7 +43,8 @@ async def admin(state, count, provider, force, as_json, retire):
     if count is not None:
         count = parse_count(count)
     result = await state.core.setup_pool(count, provider, force, state.caller())
-    await hosts.register(state.core, "admin")
+    if not state.remote:  # a daemon registers its host itself
+        await hosts.register(state.core, "admin")
     if as_json:
         output.emit_json(result)
     elif result["changed"]:

@@ -58,7 +58,7 @@ Set-up for a team and failure modes: canhazgpu help hosts
 async def hosts(state, as_json):
     """Every host sharing this Redis: GPUs available/reserved/unreserved, queue, daemon."""
     from .. import hosts as registry
-    now, found = await registry.views(state.core)
+    now, found = await registry.views(state.direct)
     rows = [registry.summary(hv, now) for hv in found]
     if as_json:
         output.emit_json({"version": HOSTS_JSON_VERSION, "time_ms": now, "hosts": rows})
@@ -93,7 +93,7 @@ async def status_of_hosts(state, span: list[str], fmt, as_json: bool, summary: b
     each entry the single-host document (docs/status.md) with host, daemon and last seen."""
     from .. import hosts as registry
     from .. import render
-    now, found = await registry.views(state.core, names(span))
+    now, found = await registry.views(state.direct, names(span))
     if as_json:
         docs = []
         for hv in found:
@@ -125,7 +125,7 @@ async def queue_of_hosts(state, span: list[str], as_json: bool) -> None:
     from .. import hosts as registry
     from ..render import queue_json, render_queue
     found = [(host, queue_json(now, waiters))
-             for host, now, waiters in await registry.queues(state.core, names(span))]
+             for host, now, waiters in await registry.queues(state.direct, names(span))]
     if as_json:
         output.emit_json({"hosts": [{"host": h, "queue": rows} for h, rows in found]})
         return
@@ -138,7 +138,7 @@ async def report_of_hosts(state, span: list[str], days: float, as_json: bool) ->
     """`report --all-hosts`: GPU hours per user over all the hosts together."""
     from .. import hosts as registry
     from ..render import render_report
-    data = await registry.report(state.core, days, names(span))
+    data = await registry.report(state.direct, days, names(span))
     if as_json:
         output.emit_json(data)
     else:

@@ -63,8 +63,9 @@ class ProgressLine:
 
 async def acquire(state, req, caller, wait_s: float | None, quiet: bool = False):
     """Allocate now, or queue for at most wait_s (None: fail at once when short)."""
-    from ..hosts import check_here
-    await check_here(state.core)  # reservations are made by the host that runs the job
+    if not state.remote:  # (a local daemon's host is this machine's by definition)
+        from ..hosts import check_here
+        await check_here(state.core)  # reservations are made by the host that runs the job
     line = None if quiet or wait_s is None else ProgressLine()
     try:
         return await state.core.acquire(req, caller, wait_s, progress=line, warn=output.warn)

@@ -33,6 +33,7 @@ class Context:
         self.flags: dict = {}  # the global options given (config keys, and "config")
         self._config = None
         self._core = None
+        self._direct_core = None
 
     @property
     def config(self):
@@ -43,18 +44,69 @@ class Context:
 
     @property
     def core(self):
+        """The daemon's API when it answers (setting `client`: auto, daemon or direct),
+        else the core over Redis: the same operations either way."""
         if self._core is None:
-            from ..core import Core
-            self._core = Core(self.config)
+            self._core = self._remote() or self._direct()
         return self._core
 
-    def caller(self, pid: int | None = None):
+    @property
+    def remote(self) -> bool:
+        from ..api.client import RemoteCore
+        return isinstance(self.core, RemoteCore)
+
+    def _remote(self):
+        if self.config.client == "direct":
+            return None
+        from ..api.client import RemoteCore, answering
+        path = answering(self.config)
+        if path is not None:
+            return RemoteCore(self.config, path)
+        if self.config.client == "daemon":
+            from ..errors import BackendUnavailable
+            where = " or ".join(map(str, self.config.api_paths()))
+            raise BackendUnavailable(f"no canhazgpu daemon answers at {where}: start it with "
+                                     "'canhazgpu serve', or set client = auto")
+        return None
+
+    def _direct(self):
+        from ..core import Core
+        return Core(self.config)
+
+    @property
+    def direct(self):
+        """The core over Redis itself, whatever the mode: for what spans hosts (the views of
+        every host, the registry), which the daemon of one host does not serve."""
+        if not self.remote:
+            return self.core
+        if self._direct_core is None:
+            self._direct_core = self._direct()
+        return self._direct_core
+
+    def local_caller(self, pid: int | None = None):
+        """Who we are, looked up here (direct mode's identity, for direct operations)."""
         from ..identity import current
         return current(self.config.admin_group, pid)
 
+    def event_hub(self):
+        """The host's events: from the daemon, or subscribed to Redis directly."""
+        if self.remote:
+            from ..api.hub import RemoteHub
+            return RemoteHub(self.core)
+        from ..events import EventHub
+        return EventHub(self.core.store)
+
+    def caller(self, pid: int | None = None):
+        from ..identity import Caller, user_name
+        if self.remote:  # the daemon asks the kernel who we are: nothing to look up here
+            uid = os.getuid()
+            return Caller(user_name(uid), uid, os.getpid(), 0.0, False)
+        return self.local_caller(pid)
+
     async def aclose(self) -> None:
-        if self._core is not None:
-            await self._core.aclose()
+        for core in (self._core, self._direct_core):
+            if core is not None:
+                await core.aclose()
 
 
 # ---------------------------------------------------------------------- global options
@@ -82,6 +134,8 @@ def global_options() -> list[click.Option]:
         flag("--config", "FILE", "Config file to read (env CANHAZGPU_CONFIG)."),
         flag("--redis-url", "URL", "Redis to use (env CANHAZGPU_REDIS_URL)."),
         flag("--host", "NAME", "Host name used in keys (env CANHAZGPU_HOST)."),
+        flag("--client", "MODE", "auto (the daemon's API when it answers, else Redis), daemon "
+                                 "or direct (env CANHAZGPU_CLIENT)."),
         flag("--memory-threshold", "MB", "Used memory at or above which a GPU is in use "
                                           "(default 1024)."),
         GlobalOption(["--no-color"], is_flag=True, expose_value=False, callback=_no_color,

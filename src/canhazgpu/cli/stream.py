@@ -17,7 +17,7 @@ import anyio
 
 from .. import render
 from ..errors import BackendUnavailable
-from ..events import Disconnected, Event, EventHub, Resync
+from ..events import Disconnected, Event, Resync
 from ..render import line
 from . import output
 from .lifetime import ReaderGone, until_signalled, write_line
@@ -35,8 +35,8 @@ class Consumer:
         self.state = state
         self.down = False
 
-    def hub(self) -> EventHub:
-        return EventHub(self.state.core.store)
+    def hub(self):
+        return self.state.event_hub()  # the daemon's, or our own subscription to Redis
 
     async def run(self) -> None:
         hub = self.hub()
@@ -101,7 +101,7 @@ class EventPrinter(Consumer):
         if not self.all_hosts:
             return super().hub()
         from ..store import ALL_HOSTS_EVENTS
-        return EventHub(self.state.core.store, host_events=False,
+        return EventHub(self.state.direct.store, host_events=False,
                         patterns=(ALL_HOSTS_EVENTS,))
 
     async def start(self) -> None:

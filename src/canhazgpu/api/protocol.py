@@ -1,0 +1,128 @@
+"""The wire: one JSON document per line, version VERSION (docs/api.md).
+
+A connection carries one request, then its replies: zero or more stream lines
+(`progress`, `warn`, `event`) and one last line (`ok` or `error`). Errors travel as the
+name of their CanHazGpuError class, the one-line message and the exit code, so the CLI
+says and exits exactly what it would in direct mode. Imports nothing heavy: the CLI uses
+it on its fast path.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+from .. import errors
+from ..model import GpuProcess, GpuState, GpuUsage, Hold, PoolView, Waiter
+from ..request import QueueStatus, Request, Reservation
+
+VERSION = 1
+MAX_LINE = 64 * 1024  # a request or reply line longer than this is refused
+OPS = ("hello", "pool_size", "setup_pool", "view", "queue", "report", "acquire", "heartbeat",
+       "end", "release", "events", "events_since")
+
+
+class ProtocolError(errors.CanHazGpuError):
+    """The other side broke the protocol (garbage, unknown operation, wrong version)."""
+
+    exit_code = 2
+
+
+class RemoteError(errors.CanHazGpuError):
+    """An error the daemon raised whose class the client does not know: same text and
+    exit code."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def dump(doc: dict) -> bytes:
+    return json.dumps({"v": VERSION, **doc}, separators=(",", ":")).encode() + b"\n"
+
+
+def load(line: bytes) -> dict:
+    """One received line as a document; ProtocolError for anything else."""
+    try:
+        doc = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        raise ProtocolError("not a JSON document") from None
+    if not isinstance(doc, dict):
+        raise ProtocolError("not a JSON object")
+    if doc.get("v") != VERSION:
+        raise ProtocolError(f"protocol version {doc.get('v')!r} is not {VERSION}: "
+                            "use a canhazgpu of the daemon's version")
+    return doc
+
+
+# ---------------------------------------------------------------------- errors
+def error_doc(err: errors.CanHazGpuError) -> dict:
+    return {"error": {"type": type(err).__name__, "message": str(err),
+                      "exit_code": err.exit_code}}
+
+
+def raise_error(doc: dict) -> None:
+    """Raise the error a reply's `error` stands for: our own class when it is one of
+    errors.py (NotEnoughGpus, NotOwner, ...), else a RemoteError with its exit code."""
+    message, code = str(doc.get("message", "")), int(doc.get("exit_code", 1))
+    cls = getattr(errors, str(doc.get("type", "")), None)
+    if isinstance(cls, type) and issubclass(cls, errors.CanHazGpuError) \
+            and cls.exit_code == code:
+        err = cls.__new__(cls)
+        Exception.__init__(err, message)
+        raise err
+    raise RemoteError(message, code)
+
+
+# ---------------------------------------------------------------------- values
+def encode(value):
+    """A core value (dataclasses, tuples, dicts) as JSON-able data."""
+    return asdict(value) if hasattr(value, "__dataclass_fields__") else value
+
+
+def _build(cls, doc: dict, **nested):
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in doc.items()
+                  if k not in nested}, **nested)
+
+
+def waiter(doc: dict) -> Waiter:
+    return _build(Waiter, doc)
+
+
+def usage(doc: dict | None) -> GpuUsage | None:
+    if doc is None:
+        return None
+    return _build(GpuUsage, doc, processes=tuple(_build(GpuProcess, p)
+                                                 for p in doc.get("processes", ())))
+
+
+def view(doc: dict) -> PoolView:
+    gpus = tuple(_build(GpuState, g, hold=_build(Hold, g["hold"]) if g.get("hold") else None,
+                        usage=usage(g.get("usage"))) for g in doc["gpus"])
+    return _build(PoolView, doc, gpus=gpus, queue=tuple(waiter(w) for w in doc["queue"]))
+
+
+def reservation(doc: dict) -> Reservation:
+    return _build(Reservation, doc, record=dict(doc["record"]))
+
+
+def request(doc: dict) -> Request:
+    """A Request from a client, its fields checked for type (the core checks values)."""
+    try:
+        ids = doc.get("ids")
+        req = Request(count=None if doc.get("count") is None else int(doc["count"]),
+                      ids=None if ids is None else tuple(int(i) for i in ids),
+                      kind=str(doc.get("kind", "manual")),
+                      duration_s=float(doc.get("duration_s", 1800.0)),
+                      note=str(doc.get("note", ""))[:1000], claim_own=bool(doc.get("claim_own")))
+    except (TypeError, ValueError):
+        raise errors.InvalidRequest(f"invalid request {str(doc)[:80]}") from None
+    if req.kind not in ("run", "manual") or not 0 <= req.duration_s < float("inf") \
+            or (req.kind == "manual" and req.duration_s == 0):
+        raise errors.InvalidRequest(f"invalid request kind {req.kind!r} or duration "
+                                    f"{req.duration_s!r}")
+    return req
+
+
+def queue_status(doc: dict) -> QueueStatus:
+    return _build(QueueStatus, doc)

@@ -1,0 +1,144 @@
+"""Identity from the kernel: a real process of uid 65534 (nobody), started with setpriv,
+talks to a real daemon run by root. Whatever its requests say, it is nobody: its
+reservations are nobody's, root's are not its to release, the pool is not its to change,
+and the Redis behind the daemon is out of its reach."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+from dataclasses import replace
+
+import anyio
+import pytest
+
+from canhazgpu.api import protocol
+from canhazgpu.core import Request
+from eventtools import running_daemon
+from otheruser import NOBODY as NOBODY_UID
+from otheruser import needs_root, open_dir  # noqa: F401 (fixture)
+
+pytestmark = [pytest.mark.anyio, needs_root]
+NOBODY = ["setpriv", "--reuid", str(NOBODY_UID), "--regid", str(NOBODY_UID), "--clear-groups"]
+
+# One raw request, sent by nobody: prints the reply lines as one JSON list.
+RAW = """
+import json, socket, sys
+sock = socket.socket(socket.AF_UNIX)
+sock.connect(sys.argv[1])
+sock.sendall(sys.argv[2].encode() + b"\\n")
+data = b""
+while chunk := sock.recv(65536):
+    data += chunk
+print(json.dumps([json.loads(line) for line in data.splitlines()]))
+"""
+
+
+@pytest.fixture
+async def daemon(pool, config, open_dir):
+    config = replace(config, api_socket=str(open_dir / "api.sock"))
+    async with running_daemon(config):
+        yield config
+
+
+@pytest.fixture
+def nobody_env(env, open_dir):
+    (open_dir / "config.toml").write_text("")
+    (open_dir / "config.toml").chmod(0o644)
+    return {**env, "CANHAZGPU_CONFIG": str(open_dir / "config.toml"), "HOME": str(open_dir),
+            "CANHAZGPU_API_SOCKET": str(open_dir / "api.sock"), "CANHAZGPU_CLIENT": "daemon"}
+
+
+async def as_nobody(env, *args: str, check: int | None = None):
+    proc = await anyio.run_process([*NOBODY, sys.executable, "-m", "canhazgpu", *args],
+                                   env=env, check=False)
+    out, err = proc.stdout.decode(), proc.stderr.decode()
+    if check is not None:
+        assert proc.returncode == check, (proc.returncode, out, err)
+    return proc.returncode, out, err
+
+
+async def raw_as_nobody(env, op: str, args: dict) -> dict:
+    """The last reply line to one request sent by nobody, bypassing our client."""
+    doc = json.dumps({"v": protocol.VERSION, "op": op, "args": args})
+    proc = await anyio.run_process([*NOBODY, sys.executable, "-c", RAW,
+                                    env["CANHAZGPU_API_SOCKET"], doc], env=env)
+    return json.loads(proc.stdout)[-1]
+
+
+async def test_the_api_socket_is_open_to_every_user(daemon):
+    assert stat.S_IMODE(os.stat(daemon.api_socket).st_mode) == 0o666
+
+
+async def test_reservations_are_recorded_as_the_kernel_says(daemon, pool, nobody_env):
+    hello = await raw_as_nobody(nobody_env, "hello", {"user": "root", "uid": 0})
+    assert hello["ok"]["user"] == "nobody" and hello["ok"]["uid"] == 65534
+    assert hello["ok"]["admin"] is False
+    await as_nobody(nobody_env, "reserve", "--gpu-ids", "1", "--note", "mine", check=0)
+    forged = await raw_as_nobody(nobody_env, "acquire", {
+        "user": "root", "uid": 0, "pid": 1,
+        "request": {"ids": [2], "duration_s": 60, "user": "root", "uid": 0}})
+    assert forged["ok"]["user"] == "nobody"
+    holds = (await pool.store.read_state()).holds
+    assert {(g, h.user, h.uid) for g, h in holds.items()} == \
+        {(1, "nobody", 65534), (2, "nobody", 65534)}
+    assert holds[2].pid != 1  # the connection's pid, not the one claimed
+    code, out, _ = await as_nobody(nobody_env, "status", "--json", check=0)
+    assert json.loads(out)["gpus"][1]["reservation"]["user"] == "nobody"
+    await as_nobody(nobody_env, "release", check=0)
+    assert (await pool.store.read_state()).holds == {}
+
+
+async def test_nobody_cannot_release_roots_reservation(daemon, pool, nobody_env, me):
+    res = await pool.allocate(Request(ids=(0,), duration_s=600), me)
+    code, _, err = await as_nobody(nobody_env, "release", "--gpu-ids", "0")
+    assert code == 1 and f"reserved by {me.user}" in err
+    code, _, err = await as_nobody(nobody_env, "release", "--user", me.user, "--force")
+    assert code == 1 and "--force is for root or the admin group only" in err
+    for op in ("end", "heartbeat"):
+        reply = await raw_as_nobody(nobody_env, op, {"rid": res.rid, "gpus": [0]})
+        assert reply["error"]["type"] == "NotOwner", reply
+    reply = await raw_as_nobody(nobody_env, "release", {"user": me.user, "force": True,
+                                                        "caller": me.user})
+    assert reply["error"]["type"] == "NotOwner"
+    holds = (await pool.store.read_state()).holds
+    assert holds[0].rid == res.rid and holds[0].user == me.user
+
+
+async def test_nobody_cannot_take_over_roots_place_in_the_queue(daemon, pool, nobody_env, me):
+    await pool.allocate(Request(count=8, duration_s=600), me)
+    req = Request(count=1, duration_s=60)
+    place = pool.new_reservation(req, me)
+    await pool.enqueue(place, req)
+    reply = await raw_as_nobody(nobody_env, "acquire", {
+        "request": {"count": 1, "duration_s": 60}, "wait_s": 5, "resume": place.rid})
+    assert reply["error"]["type"] == "NotOwner", reply
+    assert [w.wid for w in (await pool.queue())[1]] == [place.rid]
+    await pool.leave(place.rid, "cancelled")
+
+
+async def test_nobody_cannot_change_the_pool(daemon, pool, nobody_env):
+    code, _, err = await as_nobody(nobody_env, "admin", "--gpus", "4", "--force")
+    assert code == 1 and "may change the pool; you are nobody" in err
+    assert err.count("\n") == 1
+    assert await pool.pool_size() == 8
+
+
+async def test_nobody_runs_jobs_and_waits_through_the_api(daemon, pool, nobody_env):
+    code, out, _ = await as_nobody(nobody_env, "run", "--gpus", "2", "--", "sh", "-c",
+                                   "echo $CUDA_VISIBLE_DEVICES", check=0)
+    assert out == "0,1\n"
+    code, out, _ = await as_nobody(nobody_env, "wait", "--gpus", "1", "--short", check=0)
+    assert out == "2\n"
+    code, out, _ = await as_nobody(nobody_env, "queue", "--json", check=0)
+    assert json.loads(out) == []
+    code, out, _ = await as_nobody(nobody_env, "report", "--json", check=0)
+    assert [u["user"] for u in json.loads(out)["users"]] == ["nobody"]
+
+
+async def test_direct_redis_is_out_of_nobodys_reach(daemon, nobody_env):
+    code, _, err = await as_nobody({**nobody_env, "CANHAZGPU_CLIENT": "direct"}, "status")
+    assert code == 1 and err.startswith("Error: ") and err.count("\n") == 1
+    assert "Traceback" not in err
