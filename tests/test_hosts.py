@@ -16,8 +16,8 @@ from canhazgpu import hosts
 from canhazgpu.core import Core, Request
 from canhazgpu.errors import NotOwner
 from clustertools import cluster, patterns_subscribed  # noqa: F401 (the fixture)
-from conftest import redis_client, wait_until
-from eventtools import Lines, canhazgpu, reap, running_daemon
+from conftest import Cli, redis_client, wait_until
+from eventtools import Lines, reap, running_daemon
 
 pytestmark = pytest.mark.anyio
 HOSTS = ("alpha", "beta", "gamma")
@@ -141,8 +141,8 @@ async def test_queue_and_report_across_hosts(three, cli, me):
 
 async def test_events_across_hosts_come_on_one_subscription(three, env, redis_url, me,
                                                             request):
-    proc = await anyio.open_process(canhazgpu("events", "--all-hosts", "--json",
-                                              "--count", "2"), env=env,
+    proc = await anyio.open_process(Cli.argv("events", "--all-hosts", "--json",
+                                             "--count", "2"), env=env,
                                     stderr=subprocess.DEVNULL)
     try:
         await anyio.to_thread.run_sync(
