@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from urllib.parse import urlsplit
 from importlib import resources
 
 import redis.asyncio as aioredis
