@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from urllib.parse import urlsplit
 from importlib import resources
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
