@@ -17,7 +17,7 @@ import anyio
 
 from .. import render
 from ..errors import BackendUnavailable
-from ..events import Disconnected, Event, Resync
+from ..events import Disconnected, Event, EventHub, Resync
 from ..render import line
 from . import output
 from .lifetime import ReaderGone, until_signalled, write_line
