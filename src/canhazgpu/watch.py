@@ -120,8 +120,20 @@ class OwnerWatcher:
             task_status.started()
             async for item in stream:
                 if isinstance(item, Resync) or \
-                        (isinstance(item, Event) and item.type in CHANGES):
+                        (isinstance(item, Event) and self.concerns(item)):
                     self._dirty.set()  # a burst of events is one re-read
+
+    def concerns(self, event: Event) -> bool:
+        """Whether the set of watched reservations may change with `event`: a new `run`
+        reservation or a completed grant, the end of one we watch, a pool change. Manual
+        reservations coming and going (most events) need no re-read of the state."""
+        if event.type == "reserved":
+            return event.data.get("kind") == "run"
+        if event.type == "granted":
+            return bool(event.data.get("complete"))
+        if event.type == "pool_changed":
+            return True
+        return event.type in CHANGES and event.rid in self.watched
 
     async def _reconciler(self) -> None:
         while True:
