@@ -58,19 +58,28 @@ local function publish(ev, also)
 end
 
 -- ---------------------------------------------------------------- holds, read once
--- S.holds: gpu -> hold (decoded; an unreadable one is a stand-in that no lease names, so
--- the sweep finalizes it), S.leases: gpu -> the rid its lease names (or false).
+-- S.rids: gpu -> the rid of its stored hold (read without decoding the JSON: most scripts
+-- need nothing else), S.holds: gpu -> the hold, decoded on first use (an unreadable one is a
+-- stand-in that no lease names, so the sweep finalizes it), S.leases: gpu -> the rid its
+-- lease names (or false). Work stays proportional to the GPUs a script looks at.
 local function load_state(n)
-  local S = {holds = {}, leases = {}}
+  local S = {rids = {}, raw = {}, leases = {}}
+  S.holds = setmetatable({}, {__index = function(t, i)
+    local raw = S.raw[i]
+    if raw == nil then return nil end
+    local ok, h = pcall(cjson.decode, raw)
+    if not ok or type(h) ~= 'table' or type(h.rid) ~= 'string' then
+      h = {rid = '?', user = '?', kind = '?', start_ms = NOW, corrupt = true}
+    end
+    rawset(t, i, h)
+    return h
+  end})
   local raw = redis.call('HGETALL', KEYS[K_HOLDS])
   for k = 1, #raw, 2 do
     local i = tonumber(raw[k])
     if i then
-      local ok, h = pcall(cjson.decode, raw[k + 1])
-      if not ok or type(h) ~= 'table' or type(h.rid) ~= 'string' then
-        h = {rid = '?', user = '?', kind = '?', start_ms = NOW, corrupt = true}
-      end
-      S.holds[i] = h
+      S.raw[i] = raw[k + 1]
+      S.rids[i] = string.match(raw[k + 1], '"rid"%s*:%s*"([^"]*)"') or '?'
     end
   end
   if n > 0 then
@@ -84,8 +93,8 @@ end
 
 local function gpus_of(S, rid)
   local out = {}
-  for i, h in pairs(S.holds) do
-    if h.rid == rid then out[#out + 1] = i end
+  for i, r in pairs(S.rids) do
+    if r == rid then out[#out + 1] = i end
   end
   table.sort(out)
   return out
@@ -101,9 +110,11 @@ local function put_hold(S, i, base, ttl_ms)
   h.heartbeat_ms = NOW
   h.deadline_ms = NOW + ttl_ms
   if h.kind == 'manual' then h.expires_ms = NOW + ttl_ms end
-  redis.call('HSET', KEYS[K_HOLDS], tostring(i), cjson.encode(h))
+  local doc = cjson.encode(h)
+  redis.call('HSET', KEYS[K_HOLDS], tostring(i), doc)
   redis.call('SET', lease_key(i), h.rid, 'PX', ttl_ms)
-  S.holds[i], S.leases[i] = h, h.rid
+  rawset(S.holds, i, h)
+  S.raw[i], S.rids[i], S.leases[i] = doc, h.rid, h.rid
 end
 
 -- Reservations ended on purpose (released, reclaimed, forced), by rid: a heartbeat must not
@@ -133,7 +144,8 @@ local function end_hold(S, i, reason)
     gpu = i, rid = h.rid, user = h.user, kind = h.kind, start_ms = h.start_ms,
     end_ms = end_ms, reason = reason, note = h.note}))
   redis.call('ZREMRANGEBYRANK', KEYS[K_HISTORY], 0, -HISTORY_CAP - 1)
-  S.holds[i], S.leases[i] = nil, false
+  rawset(S.holds, i, nil)
+  S.raw[i], S.rids[i], S.leases[i] = nil, nil, false
   return {gpu = i, h = h}
 end
 
@@ -164,27 +176,23 @@ end
 -- Finalize every hold whose lease is gone: the reservation ended when its lease did.
 local function sweep(S)
   local gone = {}
-  for i, h in pairs(S.holds) do
-    if S.leases[i] ~= h.rid then gone[#gone + 1] = i end
+  for i, rid in pairs(S.rids) do
+    if S.leases[i] ~= rid then gone[#gone + 1] = i end
   end
   table.sort(gone)
   return end_holds(S, gone, 'expired')
 end
 
-local RELEASED = nil  -- gpu -> {ms, user}, read on first use
+local RELEASED = {}  -- gpu -> {ms, user}, read on first use
 local function released(i)
-  if RELEASED == nil then
-    RELEASED = {}
-    local raw = redis.call('HGETALL', KEYS[K_RELEASED])
-    for k = 1, #raw, 2 do
-      local ms, user = string.match(raw[k + 1], '^(%d+)|(.*)$')
-      local g = tonumber(raw[k])
-      if g then RELEASED[g] = {tonumber(ms or '0') or 0, user or ''} end
-    end
-  end
   local r = RELEASED[i]
-  if r then return r[1], r[2] end
-  return 0, ''
+  if r == nil then
+    local raw = redis.call('HGET', KEYS[K_RELEASED], tostring(i)) or ''
+    local ms, user = string.match(raw, '^(%d+)|(.*)$')
+    r = {tonumber(ms or '0') or 0, user or ''}
+    RELEASED[i] = r
+  end
+  return r[1], r[2]
 end
 
 -- Candidates {gpu, key} in allocation order: smallest key (last release) first, ties by id.
@@ -306,7 +314,7 @@ local function grant_queue(S)
   local busy = busy_set()
   local free = {}
   for i = 0, N - 1 do
-    if not S.holds[i] and not busy[i] then free[#free + 1] = i end
+    if not S.rids[i] and not busy[i] then free[#free + 1] = i end
   end
   if #free == 0 then return end
   local counts, heads = head(KEYS[K_Q_COUNTS]), {}

@@ -20,8 +20,7 @@ local ttl = tonumber(ARG.ttl_ms)
 local promised = queue_claims()
 
 local function blocked(i)
-  local h = S.holds[i]
-  if h then return 'held by ' .. (h.user or '?') end
+  if S.rids[i] then return 'held by ' .. (S.holds[i].user or '?') end
   if unreserved[i] then return 'in use without reservation' end
   if errored[i] then return 'in error' end
   if promised[i] then return 'promised to the queue' end
@@ -41,8 +40,8 @@ else
   local count = tonumber(ARG.want)
   local cands, n_unreserved = {}, 0
   for i = 0, n - 1 do
-    if not S.holds[i] and unreserved[i] then n_unreserved = n_unreserved + 1 end
-    if not blocked(i) then
+    if not S.rids[i] and unreserved[i] then n_unreserved = n_unreserved + 1 end
+    if not S.rids[i] and not blocked(i) then
       local ms, by = released(i)
       local key = ms
       -- MRU for this user: their own most recent GPUs first, then everyone else's by LRU.

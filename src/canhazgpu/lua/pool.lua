@@ -13,14 +13,16 @@ if old == new and old_provider == provider then return {'UNCHANGED', tostring(ol
 
 local live = {}
 for i = 0, old - 1 do
-  local h = S.holds[i]
-  if h then live[#live + 1] = {gpu = i, user = h.user, kind = h.kind} end
+  if S.rids[i] then
+    local h = S.holds[i]
+    live[#live + 1] = {gpu = i, user = h.user, kind = h.kind}
+  end
 end
 if #live > 0 and not force then return {'BUSY', cjson.encode(live)} end
 
 local held = {}
 for i = 0, old - 1 do
-  if S.holds[i] then held[#held + 1] = i end
+  if S.rids[i] then held[#held + 1] = i end
 end
 end_holds(S, held, 'forced')
 for i = new, math.max(old, new) - 1 do redis.call('HDEL', KEYS[K_RELEASED], tostring(i)) end

@@ -29,11 +29,11 @@ if mode == 'ids' then
   if #foreign > 0 then return {'NOTOWNER', cjson.encode(foreign)} end
 else
   for i = 0, n - 1 do
-    local h = S.holds[i]
-    if h and ((mode == 'rid' and h.rid == target)
-        or (mode == 'mine' and h.user == caller and h.kind == 'manual'
-            and not is_waiting(h.rid))
-        or (mode == 'user' and h.user == target)) then
+    local rid = S.rids[i]
+    if rid and ((mode == 'rid' and rid == target)
+        or (mode == 'mine' and S.holds[i].user == caller and S.holds[i].kind == 'manual'
+            and not is_waiting(rid))
+        or (mode == 'user' and S.holds[i].user == target)) then
       picked[#picked + 1] = i
     end
   end

@@ -16,7 +16,7 @@ sweep(S)
 local published, dropped = 0, {}
 for _, ev in ipairs(cjson.decode(ARG.events)) do
   local g = ev.gpus and ev.gpus[1]
-  if ev.type == 'unreserved_detected' and g and S.holds[g] then
+  if ev.type == 'unreserved_detected' and g and S.rids[g] then
     dropped[#dropped + 1] = g
   else
     publish(ev)
