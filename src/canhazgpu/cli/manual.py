@@ -4,7 +4,6 @@ installed canhazgpu can show what its --help texts point at."""
 from __future__ import annotations
 
 import re
-from importlib import resources
 
 import asyncclick as click
 
@@ -18,6 +17,7 @@ ALIASES = {"release": "reserve", "config": "configuration", "doctor": "configura
 
 
 def _docs():
+    from importlib import resources  # here: most commands never read the docs
     return resources.files("canhazgpu") / "docs"
 
 

@@ -25,9 +25,12 @@ already serves this host. More: canhazgpu help serve
               help="How often to scan the GPUs (default 1s; env CANHAZGPU_SCAN_INTERVAL).")
 @click.option("--print-systemd-unit", "print_unit", is_flag=True,
               help="Print a systemd unit that runs this canhazgpu, and exit.")
+@click.option("--web", "web", metavar="ADDR",
+              help="Also serve the read-only web page, HTTP API and /metrics on ADDR "
+                   "(e.g. 127.0.0.1:8080; canhazgpu help web).")
 @click.option("--verbose", "-v", is_flag=True, help="Log debug details too.")
 @click.pass_obj
-async def serve(state, embedded_redis, fake, scan_interval, print_unit, verbose):
+async def serve(state, embedded_redis, fake, scan_interval, print_unit, web, verbose):
     """Run the daemon: GPU scans, instant expiry, crash reclaim, events (one per host)."""
     import logging
     import sys
@@ -61,17 +64,28 @@ async def serve(state, embedded_redis, fake, scan_interval, print_unit, verbose)
         if count is not None:
             await _fake_pool(core, count, caller)
 
+    if web is not None:
+        from ..web.server import parse_listen
+        parse_listen(web)  # a bad address is a usage error before anything starts
     await until_signalled(_serving, partial(run_daemon, prepare=prepare), config,
-                          embedded_redis, state.flags)
+                          embedded_redis, state.flags, web)
     return 0
 
 
-async def _serving(run_daemon, config, embedded: bool, flags: dict) -> None:
-    """The daemon; once it serves, a word on persistence (a daemon refused at start says
-    only why)."""
+async def _serving(run_daemon, config, embedded: bool, flags: dict, web: str | None) -> None:
+    """The daemon; once it serves, the web page if asked for, and a word on persistence (a
+    daemon refused at start says only why)."""
+    import logging
+
     import anyio
     async with anyio.create_task_group() as tg:
         await tg.start(run_daemon, config, embedded)
+        if web is not None:
+            from ..config import load
+            from ..web.server import serve_web
+            # loaded again: an embedded Redis has published its URL by now
+            host, port = await tg.start(serve_web, load(flags), web)
+            logging.getLogger("canhazgpu.serve").info("web page on http://%s:%s/", host, port)
         await _warn_unless_persistent(flags)
 
 
