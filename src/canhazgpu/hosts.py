@@ -119,6 +119,13 @@ async def check_here(core: Core) -> None:
 
 
 # ---------------------------------------------------------------------- views
+async def snapshot_usage(core: Core) -> Usage:
+    """Another host's GPU usage: whatever its daemon stored last (however old), never a scan
+    of this machine's GPUs; without a snapshot, no usage is known."""
+    now_ms, snap = await core.store.read_usage()
+    return snap if snap is not None else Usage(now_ms, (), "none")
+
+
 def host_core(core: Core, host: str) -> Core:
     """The Core of `host` on `core`'s connections (core itself for its own host)."""
     if host == core.config.host_name:
@@ -161,8 +168,7 @@ async def views(core: Core, names: list[str] | None = None) -> tuple[int, list[H
             if hcore is core:
                 view = await core.view()
             else:
-                _, snap = await hcore.store.read_usage()
-                view = await hcore.view(snap or Usage(0, (), "none"))
+                view = await hcore.view(await snapshot_usage(hcore))
         except BackendUnavailable:
             raise  # Redis itself: one line for the whole command
         except CanHazGpuError as err:  # no pool there, corrupt state: this host only

@@ -395,6 +395,10 @@ class Store:
             raise BackendUnavailable(self.unreachable(err)) from None
         return None
 
+    async def last_seq(self) -> int:
+        """The sequence number of the host's latest event (0: none yet)."""
+        return _int(self.key("seq"), await self.guard(self.redis.get(self.key("seq"))))
+
     async def ping(self) -> None:
         await self.guard(self.redis.ping())
 

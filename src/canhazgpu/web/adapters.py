@@ -3,7 +3,6 @@
 - `queue_rows`: `canhazgpu queue --json`'s rows from a PoolView (render.queue_json), with
   `eta_s` per row (waitqueue.eta_ms, as `wait` estimates it), so the page's queue and its
   status come from one read;
-- `last_seq`: the host's event counter (Store has no reader for it);
 - `events_since`: Store.events_since, decoded to Event values;
 - `daemon_up`: whether a daemon holds the host's lock.
 """
@@ -27,11 +26,6 @@ def queue_rows(view: PoolView) -> list[dict]:
         eta = eta_ms(view, row["id"])
         row["eta_s"] = None if eta is None else max(0.0, (eta - view.now_ms) / 1000)
     return rows
-
-
-async def last_seq(store: Store) -> int:
-    """The sequence number of the host's latest event (0: none yet)."""
-    return int(await store.guard(store.redis.get(store.key("seq"))) or 0)
 
 
 async def events_since(store: Store, seq: int) -> list[Event]:

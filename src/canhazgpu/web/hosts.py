@@ -12,6 +12,7 @@ from dataclasses import replace
 from ..config import Config
 from ..core import Core
 from ..errors import InvalidRequest
+from ..hosts import snapshot_usage
 from ..model import Usage
 
 
@@ -20,8 +21,7 @@ class SnapshotCore(Core):
     stored last (however old), never a scan of our own GPUs. No snapshot: no usage known."""
 
     async def usage(self) -> Usage:
-        now_ms, snap = await self.store.read_usage()
-        return snap if snap is not None else Usage(now_ms, (), "none")
+        return await snapshot_usage(self)
 
 
 class Hosts:

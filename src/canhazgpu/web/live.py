@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 from .. import render
 from ..errors import CanHazGpuError
 from ..events import Disconnected, Event, EventHub, Message, Resync
-from .adapters import daemon_up, events_since, last_seq, queue_rows
+from .adapters import daemon_up, events_since, queue_rows
 from .hosts import Hosts
 
 log = logging.getLogger("canhazgpu.web")
@@ -194,7 +194,7 @@ class HostFeed:
         """(Re)subscribed: send what was missed since the last event sent, or say resync."""
         store, seqs = self.core.store, self.live.seqs
         try:
-            latest = await last_seq(store)
+            latest = await store.last_seq()
             sent = seqs.get(self.host)
             if sent is not None and sent != latest:
                 missed = [e for e in await events_since(store, sent) if e.seq <= latest] \
