@@ -13,6 +13,7 @@ import subprocess
 import sys
 import termios
 import time
+import zlib
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -36,7 +37,7 @@ def anyio_backend():
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    server = RedisServer(tmp_path_factory.mktemp("redis"), shared=True).start()
     yield server
     server.stop()
 
@@ -112,7 +113,8 @@ def caller(me):
     caller(process=proc) is us as if `proc` were the run supervisor (started at `start`)."""
     def make(user: str | None = None, *, process=None, start: float | None = None,
              admin: bool | None = None):
-        who = me if user in (None, me.user) else replace(me, user=user, uid=me.uid + 1)
+        who = me if user in (None, me.user) else \
+            replace(me, user=user, uid=10000 + zlib.crc32(user.encode()) % 1000000)
         if process is not None:
             who = replace(who, pid=process.pid,
                           pid_start=process_start(process.pid) if start is None else start)

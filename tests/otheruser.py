@@ -49,7 +49,7 @@ def open_dir():
 @pytest.fixture(scope="module")
 def open_redis(open_dir):
     """A Redis that nobody can reach (its socket is mode 777 in a world-readable dir)."""
-    server = RedisServer(open_dir / "redis").start()
+    server = RedisServer(open_dir / "redis", shared=True).start()
     yield server
     server.stop()
 
@@ -61,3 +61,14 @@ def as_nobody(*args, env: dict, groups: str = "", timeout: float = 60):
         ["setpriv", "--reuid", str(NOBODY), "--regid", str(NOBODY), *who,
          *Cli.argv(*args)],
         capture_output=True, text=True, env=env, timeout=timeout)
+
+
+async def nobody_runs(env, *args: str, check: int | None = None):
+    """`canhazgpu ARGS` as uid 65534 without blocking the event loop: (code, out, err)."""
+    import anyio
+    proc = await anyio.run_process(["setpriv", "--reuid", str(NOBODY), "--regid", str(NOBODY),
+                                    "--clear-groups", *Cli.argv(*args)], env=env, check=False)
+    out, err = proc.stdout.decode(), proc.stderr.decode()
+    if check is not None:
+        assert proc.returncode == check, (proc.returncode, out, err)
+    return proc.returncode, out, err

@@ -14,7 +14,7 @@ import socket
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from .errors import InvalidRequest
+from .errors import BackendUnavailable, InvalidRequest
 from .timefmt import parse_duration
 from .urls import check_url, redacted
 
@@ -79,6 +79,10 @@ class Config:
     embedded_fsync: str = "always"  # `serve --embedded-redis`: AOF fsync policy
     api_socket: str = ""  # empty: STATE_DIR/api.sock (clients also try SYSTEM_API_SOCKETS)
     client: str = "auto"  # auto: the daemon's API when it answers, else Redis; daemon; direct
+    # per-user limits the daemon enforces (0: none); root is never limited
+    user_connections: int = 12000  # API connections open at once (a wait, `events`: one each)
+    user_waiters: int = 2500  # requests queued at once through the daemon
+    max_duration: str = "366d"  # the longest manual reservation
     # where each key's value came from ("--host", "$CANHAZGPU_HOST", a file); not a setting
     origins: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -102,8 +106,14 @@ class Config:
             return RedisChoice(self.redis_url, self.origins.get("redis_url", ""))
         for directory in dict.fromkeys((self.state_path, SYSTEM_STATE)):  # in this order
             found = directory / URL_FILE
-            text = _read(found, "the canhazgpu daemon's URL file",
-                         "or set redis_url (CANHAZGPU_REDIS_URL)")
+            try:
+                text = _read(found, "the canhazgpu daemon's URL file", "")
+            except PermissionError:
+                raise BackendUnavailable(
+                    f"the canhazgpu daemon's Redis (its URL in {found}) is private to the "
+                    "daemon's user: commands reach it through the daemon, which does not "
+                    "answer now; is 'canhazgpu serve' running? (an admin: systemctl status "
+                    "canhazgpu)") from None
             if text is not None:
                 url = text.strip()
                 try:
@@ -140,9 +150,9 @@ class Config:
         return parse_duration(getattr(self, name), what=name.replace("_", "-"))
 
 
-_INT_KEYS = {"memory_threshold"}
+_INT_KEYS = {"memory_threshold", "user_connections", "user_waiters"}
 _DURATION_KEYS = {"default_duration", "run_lease", "heartbeat_interval", "kill_grace",
-                  "scan_interval", "snapshot_max_age", "queue_lease"}
+                  "scan_interval", "snapshot_max_age", "queue_lease", "max_duration"}
 _CHOICES = {"strategy": ("lru", "mru"), "provider": ("", "nvidia", "amd", "fake"),
             "embedded_fsync": ("always", "everysec"), "client": ("auto", "daemon", "direct")}
 KEYS = tuple(f.name for f in fields(Config) if f.name != "origins")
@@ -159,7 +169,9 @@ def _coerce(key: str, value, origin: str):
         except (TypeError, ValueError):
             number = -1
         if number < 0 or isinstance(value, bool):
-            raise InvalidRequest(f"invalid {key} {value!r} in {origin}: use a whole number of MB >= 0")
+            unit = " of MB" if key == "memory_threshold" else ""
+            raise InvalidRequest(f"invalid {key} {value!r} in {origin}: use a whole number"
+                                 f"{unit} >= 0")
         return number
     value = str(value)
     if key in _DURATION_KEYS:
@@ -179,6 +191,11 @@ def _read(path: Path, what: str, fix: str) -> str | None:
         return path.read_text(encoding="utf-8")
     except (FileNotFoundError, NotADirectoryError):
         return None
+    except PermissionError:
+        if not fix:  # a file private by design (the daemon's URL file): the caller says why
+            raise
+        raise InvalidRequest(f"cannot read {what} {path} (Permission denied): make it "
+                             f"readable, {fix}") from None
     except OSError as err:
         raise InvalidRequest(f"cannot read {what} {path} ({err.strerror or err}): fix its "
                              f"permissions, {fix}") from None

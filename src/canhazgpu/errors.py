@@ -62,6 +62,10 @@ class BackendUnavailable(CanHazGpuError):
     """Redis cannot be reached or refuses us."""
 
 
+class LimitReached(CanHazGpuError):
+    """A per-user limit set by the admin (connections, waiters, GPUs, duration)."""
+
+
 class CorruptState(CanHazGpuError):
     """A key in Redis holds something we cannot read; the message names the key."""
 

@@ -171,7 +171,8 @@ class OwnerWatcher:
             reason = await wait_gone(watch.owner, watch.verified)
             while True:
                 try:
-                    ended = await self.core.end(rid, self.caller, reason="reclaimed")
+                    ended = await self.core.end(rid, self.caller, reason="reclaimed",
+                                                force=True)
                     self.trouble("reclaim", None)
                     break
                 except CanHazGpuError as err:  # Redis away: keep trying, it is still dead

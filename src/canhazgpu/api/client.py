@@ -18,20 +18,63 @@ from ..errors import BackendUnavailable, boundary
 from . import protocol
 
 MAX_REPLY = 64 * 1024 * 1024  # a status of many GPUs with their processes is one line
+MAX_HELLO = 64 * 1024
+HELLO_TIMEOUT_S = 5.0
 
 
 def answering(config) -> str | None:
-    """The API socket of a daemon that accepts connections, or None."""
+    """The API socket of a daemon that serves the host and the Redis of our settings."""
+    return find_daemon(config)[0]
+
+
+def find_daemon(config) -> tuple[str | None, str | None]:
+    """(the socket of a daemon that serves our settings, None), else (None, why the
+    daemons that answered do not: another host, or another Redis than the one our
+    settings name explicitly). An explicit setting always wins over a daemon that answers."""
+    why = None
     for path in config.api_paths():
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(str(path))
-            return str(path)
-        except OSError:
+        hello = _hello(path)
+        if hello is None:
             continue
-        finally:
-            sock.close()
+        why = _mismatch(config, path, hello)
+        if why is None:
+            return str(path), None
+    return None, why
+
+
+def _mismatch(config, path, hello: dict) -> str | None:
+    host = str(hello.get("host", ""))
+    if host != config.host_name:
+        return (f"the daemon at {path} serves host {host[:80]!r}, not "
+                f"{config.host_name!r} ({config.origin('host')})")
+    if "redis_url" in config.origins:
+        from ..urls import store_identity
+        mine, theirs = store_identity(config.redis_url), str(hello.get("redis", "?"))
+        if mine != theirs:
+            return (f"the daemon at {path} serves Redis {theirs[:120]}, not {mine} "
+                    f"({config.origin('redis_url')})")
     return None
+
+
+def _hello(path) -> dict | None:
+    """The daemon's handshake at `path` (which host and Redis it serves), or None."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(HELLO_TIMEOUT_S)
+    try:
+        sock.connect(str(path))
+        sock.sendall(protocol.dump({"op": "hello"}))
+        data = b""
+        while not data.endswith(b"\n") and len(data) < MAX_HELLO:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        doc = protocol.load(data)
+        return doc["ok"] if isinstance(doc.get("ok"), dict) else None
+    except (OSError, protocol.ProtocolError, ValueError):
+        return None
+    finally:
+        sock.close()
 
 
 class RemoteCore:

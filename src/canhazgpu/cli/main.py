@@ -58,12 +58,15 @@ class Context:
     def _remote(self):
         if self.config.client == "direct":
             return None
-        from ..api.client import RemoteCore, answering
-        path = answering(self.config)
+        from ..api.client import RemoteCore, find_daemon
+        path, why = find_daemon(self.config)
         if path is not None:
             return RemoteCore(self.config, path)
         if self.config.client == "daemon":
             from ..errors import BackendUnavailable
+            if why is not None:
+                raise BackendUnavailable(f"{why}: drop that setting to use the daemon, or "
+                                         "set client = direct")
             where = " or ".join(map(str, self.config.api_paths()))
             raise BackendUnavailable(f"no canhazgpu daemon answers at {where}: start it with "
                                      "'canhazgpu serve', or set client = auto")

@@ -7,6 +7,8 @@ import json
 import os
 import sys
 
+from ..text import printable
+
 
 def is_tty(stream=None) -> bool:
     stream = stream or sys.stdout
@@ -41,13 +43,13 @@ def emit_json(data) -> None:
 def warn(text: str, stream=None) -> None:
     """A note on stderr that must never kill us (the terminal may be gone after a hang-up)."""
     try:
-        print(f"canhazgpu: {text}", file=stream or sys.stderr, flush=True)
+        print(f"canhazgpu: {printable(text)}", file=stream or sys.stderr, flush=True)
     except (OSError, ValueError):
         pass
 
 
 def error(text: str) -> None:
     try:
-        print(f"Error: {text}", file=sys.stderr, flush=True)
+        print(f"Error: {printable(text)}", file=sys.stderr, flush=True)
     except (OSError, ValueError):
         pass

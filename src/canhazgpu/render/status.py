@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from ..gpu.models import model_of, model_provider
 from ..model import DEFAULT_THRESHOLD_MB, GpuProcess, GpuState, GpuUsage, Hold, PoolView
+from ..text import printable
 from ..timefmt import coarse, hms, short
 from .tables import Column, fit, line
 
@@ -84,7 +85,7 @@ def _hold_detail(hold: Hold, now_ms: int, fmt) -> str:
 # ---------------------------------------------------------------- lines (seeds/003)
 def render_lines(view: PoolView) -> str:
     """One line per GPU and nothing else, exactly as in the documents."""
-    return "\n".join(_line(g, view.now_ms) for g in view.gpus)
+    return "\n".join(printable(_line(g, view.now_ms)) for g in view.gpus)
 
 
 def _line(g: GpuState, now_ms: int) -> str:

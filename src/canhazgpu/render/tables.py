@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..text import printable
 from ..timefmt import short
 
 ELLIPSIS = "…"
@@ -33,7 +34,7 @@ class Column:
 def fit(columns: Sequence[Column], rows: Sequence[Sequence[str]], limit: int | None = None,
         gap: int = 1) -> list[int]:
     """The width of each column, the table at most `limit` characters wide if it can be."""
-    natural = [max([len(col.title)] + [len(row[i]) for row in rows])
+    natural = [max([len(col.title)] + [len(printable(row[i])) for row in rows])
                for i, col in enumerate(columns)]
     padded = [max(n, col.minimum) for n, col in zip(natural, columns)]
     room = None if limit is None else limit - gap * (len(columns) - 1)
@@ -67,7 +68,7 @@ def line(cells: Sequence[str], widths: Sequence[int], columns: Sequence[Column],
     padding stays outside the colour, so columns still line up). No trailing spaces."""
     out = []
     for i, (cell, width, col) in enumerate(zip(cells, widths, columns)):
-        text = cut(cell, width)
+        text = cut(printable(cell), width)
         pad = " " * (width - len(text))
         if colors and colors.get(i) and text:
             text = f"{colors[i]}{text}{RESET}"

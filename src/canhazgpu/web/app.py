@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from ..config import Config
 from ..errors import (BackendUnavailable, CanHazGpuError, InvalidRequest, PoolNotInitialized)
+from ..model import seen_by
 from .hosts import Hosts, UnknownHost
 from .live import Live, read_all
 from .metrics import CONTENT_TYPE, Metrics
@@ -166,7 +167,7 @@ def create_app(web: Web):
     async def status(request: Request) -> JSONResponse:
         from .. import render
         core = hosts.core(await known(request.path_params["host"]))
-        return JSONResponse(render.render_json(await core.view()))
+        return JSONResponse(render.render_json(seen_by(await core.view(), None)))
 
     async def queue(request: Request) -> JSONResponse:
         from .adapters import queue_rows
