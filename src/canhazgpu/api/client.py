@@ -12,7 +12,6 @@ import socket
 from types import SimpleNamespace
 
 import anyio
-from anyio.streams.buffered import BufferedByteReceiveStream
 
 from ..errors import BackendUnavailable, boundary
 from . import protocol
@@ -53,37 +52,42 @@ class RemoteCore:
                    interruptible: bool = False):
         """One request; stream lines go to on_line(doc); returns the `ok` value or raises
         the error the daemon sent."""
+        import asyncio  # asyncio's own unix connection: anyio's sockets would import ssl
         try:
-            stream = await anyio.connect_unix(self.path)
+            reader, writer = await asyncio.open_unix_connection(self.path, limit=MAX_REPLY)
         except OSError as err:
             raise BackendUnavailable(self._unreachable(err)) from None
         settings = {"memory_threshold": self.config.memory_threshold,
                     "strategy": self.config.strategy}
-        async with stream:
-            reader = BufferedByteReceiveStream(stream)
-            request = protocol.dump({"op": op, "args": {**(args or {}), "settings": settings}})
+        request = protocol.dump({"op": op, "args": {**(args or {}), "settings": settings}})
+        try:
             if not interruptible:
-                return await self._exchange(stream, request, reader, on_line)
+                return await self._exchange(reader, writer, request, on_line)
             with boundary():  # the one error, not the task group's
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(_interrupt_on_signal)
-                    result = await self._exchange(stream, request, reader, on_line)
+                    result = await self._exchange(reader, writer, request, on_line)
                     tg.cancel_scope.cancel()
             return result
+        finally:
+            writer.transport.abort()  # nothing left to send: no goodbye to wait for
 
-    async def _exchange(self, stream, request: bytes, reader, on_line):
+    async def _exchange(self, reader, writer, request: bytes, on_line):
         try:
-            await stream.send(request)
+            writer.write(request)
+            await writer.drain()
             return await self._replies(reader, on_line)
-        except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError,
-                OSError) as err:
+        except (ValueError, OSError) as err:  # ValueError: a line over MAX_REPLY
             raise BackendUnavailable(
                 f"lost the connection to the canhazgpu daemon at {self.path} "
                 f"({err or type(err).__name__}): is 'canhazgpu serve' running?") from None
 
     async def _replies(self, reader, on_line):
         while True:
-            doc = protocol.load(await reader.receive_until(b"\n", MAX_REPLY))
+            line = await reader.readline()
+            if not line.endswith(b"\n"):
+                raise ConnectionResetError("the daemon closed the connection")
+            doc = protocol.load(line)
             if "ok" in doc:
                 return doc["ok"]
             if "error" in doc:
