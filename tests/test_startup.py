@@ -56,7 +56,7 @@ def test_the_table_names_every_command_and_its_module():
 
 def test_help_lists_whole_descriptions_without_importing_commands(env):
     proc, modules = imported(env, "--help")
-    assert commands_of(modules) == set() and heavy(modules) == []
+    assert commands_of(modules) == set() and heavy(modules) == [] and "asyncio" not in modules
     listing = proc.stdout.split("Commands:\n", 1)[1].split("\n\n", 1)[0].splitlines()
     rows = {line.split()[0]: line.split(None, 1)[1] for line in listing}
     assert "..." not in "\n".join(listing) and len(rows) == len(listing)
@@ -78,12 +78,18 @@ def test_completion_of_command_names_imports_no_command(env):
 
 def test_a_command_imports_its_own_module_only(env):
     _, modules = imported(env, "completion", "bash")
-    assert commands_of(modules) == {"canhazgpu.cli.completion"}
+    assert commands_of(modules) == {"canhazgpu.cli.completion"} and "asyncio" not in modules
 
 
 def test_an_unknown_command_is_still_a_usage_error(env):
     proc, _ = imported(env, "stauts", check=2)
     assert "No such command 'stauts'" in proc.stderr
+
+
+def test_direct_mode_starts_its_event_loop_once(env, cli):
+    cli("admin", "--gpus", 2, check=0)
+    proc, modules = imported({**env, "CANHAZGPU_CLIENT": "direct"}, "status")
+    assert "redis" in modules and proc.stdout.count("GPU 0:") == 1
 
 
 @pytest.fixture
@@ -105,3 +111,18 @@ def test_the_daemon_path_imports_no_redis_psutil_ssl_or_logging_set_up(daemon_en
     proc, modules = imported(daemon_env, *args)
     assert heavy(modules) == [], proc.stdout
     assert len(commands_of(modules)) <= 3  # its own module and the helpers it shares
+    assert "asyncio" not in modules  # one request over a blocking socket: no event loop
+
+
+@pytest.mark.parametrize("args", [["status", "--all-hosts"], ["reserve", "--wait", "1s"],
+                                  ["status", "--host", "x,y"]])
+def test_what_needs_an_event_loop_gets_one(daemon_env, args):
+    """The fast path gives way before it prints anything: the output appears once."""
+    proc, modules = imported(daemon_env, *args)
+    assert "asyncio" in modules
+    if args[1] == "--host":
+        assert proc.stdout.count("== x ") == 1 and proc.stdout.count("== y ") == 1
+    elif args[0] == "status":
+        assert proc.stdout.count("GPU 0:") == 1
+    else:
+        assert proc.stdout.count("Reserved 1 GPU(s)") == 1

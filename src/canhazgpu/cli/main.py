@@ -9,7 +9,7 @@ from importlib import import_module
 import asyncclick as click
 from asyncclick.exceptions import NoArgsIsHelpError
 
-from ..errors import CanHazGpuError, boundary
+from ..errors import CanHazGpuError, NeedsEventLoop, boundary, without_loop
 from . import output, runner
 
 COMPLETE_VAR = "_CANHAZGPU_COMPLETE"  # asyncclick's protocol: _{PROG}_COMPLETE=bash_complete
@@ -70,6 +70,8 @@ class Context:
         return None
 
     def _direct(self):
+        if without_loop():  # redis-py is asked within an event loop: start one
+            raise NeedsEventLoop
         from ..core import Core
         return Core(self.config)
 
@@ -90,6 +92,8 @@ class Context:
 
     def event_hub(self):
         """The host's events: from the daemon, or subscribed to Redis directly."""
+        if without_loop():
+            raise NeedsEventLoop
         if self.remote:
             from ..api.hub import RemoteHub
             return RemoteHub(self.core)
@@ -277,14 +281,23 @@ def main() -> None:
     exit_now(code)
 
 
+# Commands that, through the daemon, are one request each: tried without an event loop
+# (cli/runner.py), unless an option needs one (--follow, --wait; a short-option cluster).
+ONE_REQUEST = ("status", "queue", "release", "reserve")
+
+
 def loopless(args: list[str]) -> bool:
-    """Whether these arguments only ask for help, a completion script or completions: the
-    command awaits nothing then, and runs without an event loop (start-up time)."""
+    """Whether to try these arguments without an event loop first (start-up time): help, a
+    completion script or completions, and the one-request commands."""
     if os.environ.get(COMPLETE_VAR):
         return True
     help_flags = ("-h", "--help")
-    return not args or args[0] in help_flags or args[0] == "completion" or \
-        (len(args) == 2 and args[0] in COMMANDS and args[1] in help_flags)
+    if not args or args[0] in help_flags or args[0] == "completion" or \
+            (len(args) == 2 and args[0] in COMMANDS and args[1] in help_flags):
+        return True
+    return args[0] in ONE_REQUEST and not any(
+        arg.startswith(("--follow", "--wait", "-f", "-w")) or
+        (arg[:1] == "-" and arg[1:2] != "-" and len(arg) > 2) for arg in args[1:])
 
 
 def exit_now(code: int) -> None:
