@@ -135,8 +135,8 @@ def imports() -> tuple[list[str], list[str]]:
     rows, names = [], set()
     for line in proc.stderr.splitlines():
         parts = line.split("|")
-        if len(parts) != 3 or not parts[1].strip().isdigit():
-            continue
+        if len(parts) != 3 or not parts[1].strip().isdigit() or int(parts[1]) <= 10:
+            continue  # (<= 10 us: an import refused at once, e.g. asyncio's ssl)
         name = parts[2][1:]
         names.add(name.strip().split(".")[0])
         if not name.startswith(" "):  # imported by us, not by another module
