@@ -126,3 +126,36 @@ def test_what_needs_an_event_loop_gets_one(daemon_env, args):
         assert proc.stdout.count("GPU 0:") == 1
     else:
         assert proc.stdout.count("Reserved 1 GPU(s)") == 1
+
+
+TLS_AFTER_LEAN_ASYNCIO = """
+import socket, sys, threading
+from canhazgpu.cli import runner
+runner.import_asyncio()
+import asyncio
+assert "ssl" not in sys.modules and asyncio.base_events.ssl is None
+import ssl  # the first real import hands ssl to asyncio
+assert asyncio.base_events.ssl is ssl and asyncio.selector_events.ssl is ssl
+assert asyncio.sslproto.SSLAgainErrors
+server = socket.create_server(("127.0.0.1", 0))
+def answer():
+    conn, _ = server.accept()
+    conn.sendall(b"not TLS at all\\r\\n" * 64)
+    conn.close()
+threading.Thread(target=answer, daemon=True).start()
+async def handshake():
+    try:
+        await asyncio.open_connection("127.0.0.1", server.getsockname()[1],
+                                      ssl=ssl.create_default_context())
+    except (ssl.SSLError, ConnectionError) as err:
+        return type(err).__name__
+print(asyncio.run(handshake()))
+"""
+
+
+def test_tls_works_after_asyncio_was_imported_without_ssl():
+    proc = subprocess.run([sys.executable, "-c", TLS_AFTER_LEAN_ASYNCIO], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() in ("SSLError", "SSLCertVerificationError",
+                                   "ConnectionResetError"), proc.stdout
