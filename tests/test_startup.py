@@ -114,6 +114,12 @@ def test_the_daemon_path_imports_no_redis_psutil_ssl_or_logging_set_up(daemon_en
     assert "asyncio" not in modules  # one request over a blocking socket: no event loop
 
 
+def test_events_through_the_daemon_import_no_redis(daemon_env):
+    proc, modules = imported(daemon_env, "events", "--since", "0", "--count", "1")
+    assert "pool_changed" in proc.stdout  # (anyio's event loop, with ssl: a command that lasts)
+    assert not {m.split(".")[0] for m in modules} & {"redis", "psutil"}
+
+
 @pytest.mark.parametrize("args", [["status", "--all-hosts"], ["reserve", "--wait", "1s"],
                                   ["status", "--host", "x,y"]])
 def test_what_needs_an_event_loop_gets_one(daemon_env, args):
