@@ -61,6 +61,8 @@ class RedisChoice:
 
 @dataclass(frozen=True)
 class Config:
+    """The effective settings (a docstring also spares dataclass an inspect.signature)."""
+
     redis_url: str = ""  # empty: the embedded daemon's published URL, else DEFAULT_URL
     provider: str = ""  # empty: the pool's provider, else auto-detect
     fake_gpus: str = ""
@@ -202,15 +204,17 @@ def _read(path: Path, what: str, fix: str) -> str | None:
 
 
 def _read_toml(path: Path, required: bool) -> dict | None:
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
     text = _read(path, "config file", "or name another with --config FILE (CANHAZGPU_CONFIG)")
     if text is None:
         if required:
             raise InvalidRequest(f"cannot read config file {path}: it does not exist")
         return None
+    if not text.strip():
+        return {}  # an empty file: no parser to import
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:

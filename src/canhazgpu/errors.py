@@ -74,6 +74,18 @@ class ProviderUnavailable(CanHazGpuError):
     """The GPU provider cannot be read (no NVIDIA driver, amd-smi failing); names the fix."""
 
 
+class NeedsEventLoop(BaseException):
+    """Code driven without an event loop (the CLI's fast path, cli/runner.py) reached what
+    needs one: raised before anything was changed or printed, so the CLI runs the command
+    again in a loop. A BaseException: no handler of expected errors takes it."""
+
+
+def without_loop() -> bool:
+    """Whether this code runs without an event loop (driven by hand: cli/runner.py)."""
+    asyncio = sys.modules.get("asyncio")
+    return asyncio is None or asyncio._get_running_loop() is None
+
+
 # ---------------------------------------------------------------------- the edge
 def expected(exc: BaseException) -> CanHazGpuError | None:
     """The one error a user should read for `exc`, or None when it is a bug (or a
@@ -91,10 +103,12 @@ def expected(exc: BaseException) -> CanHazGpuError | None:
         if found and all(f is not None for f in found):
             return found[0]
         return None
-    from redis import exceptions as rexc  # the store maps most; this catches the rest
-    if isinstance(exc, (rexc.ConnectionError, rexc.TimeoutError)):
+    rexc = sys.modules.get("redis.exceptions")  # the store maps most; this catches the rest
+    if rexc is None:  # redis-py not imported (the daemon's API): none of its errors
+        pass
+    elif isinstance(exc, (rexc.ConnectionError, rexc.TimeoutError)):
         return BackendUnavailable(f"lost the connection to Redis ({exc})")
-    if isinstance(exc, rexc.RedisError):
+    elif isinstance(exc, rexc.RedisError):
         return BackendUnavailable(f"Redis refused a command ({exc})")
     if isinstance(exc, OSError) and exc.filename is not None:
         return CanHazGpuError(f"cannot use {exc.filename}: {exc.strerror or exc}")

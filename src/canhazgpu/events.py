@@ -15,7 +15,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import anyio
-from redis import exceptions as rexc
 
 from .errors import BackendUnavailable
 
@@ -170,6 +169,7 @@ class EventHub:
                 self._drop(send)
 
     async def _pump(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
+        from redis import exceptions as rexc  # here: through the daemon, no redis-py at all
         delay, started, subscribed_before = 0.05, False, False
         channels = tuple(dict.fromkeys(self.channels))
         wait_s = FOLLOW_SLOT_S if self.store.cluster else KEEPALIVE_S

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 from .. import errors
 from ..model import GpuProcess, GpuState, GpuUsage, Hold, PoolView, Waiter
-from ..request import QueueStatus, Request, Reservation
+
+if TYPE_CHECKING:
+    from ..request import QueueStatus, Request, Reservation
 
 VERSION = 1
 MAX_LINE = 64 * 1024  # a request or reply line longer than this is refused
@@ -113,11 +116,13 @@ def view(doc: dict) -> PoolView:
 
 
 def reservation(doc: dict) -> Reservation:
+    from ..request import Reservation  # (not imported by status: start-up time)
     return _build(Reservation, doc, record=dict(doc["record"]))
 
 
 def request(doc: dict) -> Request:
     """A Request from a client: its fields converted here, its values checked by Request."""
+    from ..request import Request
     try:
         ids = doc.get("ids")
         return Request(count=None if doc.get("count") is None else int(doc["count"]),
@@ -130,4 +135,5 @@ def request(doc: dict) -> Request:
 
 
 def queue_status(doc: dict) -> QueueStatus:
+    from ..request import QueueStatus
     return _build(QueueStatus, doc)

@@ -4,6 +4,7 @@ whether Redis, the pool, the daemon and the GPU provider answer."""
 from __future__ import annotations
 
 import json
+from copy import copy
 
 import anyio
 import asyncclick as click
@@ -48,7 +49,11 @@ async def config_command(state, wait_for, as_json):
     return 0 if not any(c["status"] == "fail" for c in checks.values()) else 1
 
 
-cli.add_command(config_command, "doctor")
+doctor_command = copy(config_command)  # the same command, described by what it checks
+doctor_command.name = "doctor"
+doctor_command.help = ("Check that Redis, the pool, the daemon and the GPU provider answer; "
+                       "the effective settings and their sources first.")
+cli.add_command(doctor_command)
 
 
 def _check(status: str, detail: str) -> dict:

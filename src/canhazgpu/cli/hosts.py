@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import shutil
-
 import asyncclick as click
 
 from . import output
@@ -63,7 +61,7 @@ async def hosts(state, as_json):
     if as_json:
         output.emit_json({"version": HOSTS_JSON_VERSION, "time_ms": now, "hosts": rows})
         return
-    width = shutil.get_terminal_size().columns if output.is_tty() else None
+    width = output.width()
     output.emit(render_hosts(rows, width))
 
 
@@ -104,7 +102,7 @@ async def status_of_hosts(state, span: list[str], fmt, as_json: bool, summary: b
         output.emit_json({"version": render.JSON_VERSION, "time_ms": now, "hosts": docs})
         return
     mode = "summary" if summary else (fmt or ("table" if output.is_tty() else "lines"))
-    width = shutil.get_terminal_size().columns if output.is_tty() else None
+    width = output.width()
     sections = []
     for hv in found:
         row = registry.summary(hv, now)
@@ -129,7 +127,7 @@ async def queue_of_hosts(state, span: list[str], as_json: bool) -> None:
     if as_json:
         output.emit_json({"hosts": [{"host": h, "queue": rows} for h, rows in found]})
         return
-    width = shutil.get_terminal_size().columns if output.is_tty() else None
+    width = output.width()
     output.emit("\n\n".join(f"== {h}\n{render_queue(rows, width)}" for h, rows in found)
                 if found else render_hosts([]))
 

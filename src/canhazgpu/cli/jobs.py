@@ -4,7 +4,6 @@ queue (with a progress line), then supervise the command until it ends."""
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 
 import asyncclick as click
@@ -47,7 +46,10 @@ class ProgressLine:
             columns = os.get_terminal_size(self.stream.fileno()).columns
         except (AttributeError, OSError, ValueError):
             columns = 0
-        return columns or shutil.get_terminal_size().columns
+        if not columns:
+            import shutil
+            columns = shutil.get_terminal_size().columns
+        return columns
 
     def draw(self, text: str) -> None:
         try:

@@ -18,6 +18,23 @@ def is_tty(stream=None) -> bool:
         return False
 
 
+def width() -> int | None:
+    """The terminal's columns when stdout is one, else None (no fitting). COLUMNS wins, as
+    in shutil.get_terminal_size, which the everyday commands do not import (start-up)."""
+    if not is_tty():
+        return None
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
 _color_off = False  # --no-color
 
 
