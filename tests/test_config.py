@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from canhazgpu.config import DEFAULT_URL, load
 from canhazgpu.errors import InvalidRequest
@@ -140,15 +142,33 @@ def test_passwords_never_appear_in_messages():
 
 
 @pytest.mark.parametrize("text, seconds", [
-    ("30s", 30), ("30m", 1800), ("2h", 7200), ("1d", 86400), ("0.5h", 1800), ("1H", 3600)])
+    ("30s", 30), ("30m", 1800), ("2h", 7200), ("1d", 86400), ("0.5h", 1800), ("1H", 3600),
+    ("1h30m", 5400), ("1h 30m", 5400), ("1h 30m 0s", 5400), (" 2h 5s ", 7205),
+    ("1d 12h", 129600), ("0h 15m 30s", 930)])
 def test_durations(text, seconds):
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["5x", "0", "0m", "-1h", "", "h", "400d", "1.5.h"])
+@given(st.integers(1, 366 * 86400))
+def test_what_we_print_reads_back(seconds):
+    """hms and short print durations that -d accepts as they are (issue 17)."""
+    assert parse_duration(hms(seconds)) == parse_duration(short(seconds)) == seconds
+
+
+@pytest.mark.parametrize("text", ["5x", "0", "0m", "-1h", "", "h", "400d", "1.5.h", "30",
+                                  "1h1h", "30m 1h", "1h,30m", "1h30"])
 def test_bad_durations(text):
     with pytest.raises(InvalidRequest):
         parse_duration(text)
+
+
+def test_zero_is_zero_with_or_without_a_unit():
+    messages = []
+    for text in ("0", "0s", "0h 0m 0s"):
+        with pytest.raises(InvalidRequest) as err:
+            parse_duration(text)
+        messages.append(str(err.value).replace(repr(text), "D"))
+    assert messages == ["invalid duration D: it must be greater than zero, e.g. 30m"] * 3
 
 
 def test_duration_formats():

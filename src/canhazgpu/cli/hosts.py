@@ -72,10 +72,11 @@ def render_hosts(rows: list[dict], width: int | None = None) -> str:
     if not rows:
         return ("No hosts registered yet: a host registers with 'canhazgpu admin' and while "
                 "its daemon ('canhazgpu serve') runs.")
-    columns = (Column("HOST", flexible=True, keep=8), Column("GPUS", right=True),
+    # GPU TYPE: the cards' names (status's MODEL is the ML model a process serves)
+    columns = (Column("HOST", shrink=2, least=8), Column("GPUS", right=True),
                Column("AVAIL", right=True), Column("RESERVED", right=True),
                Column("UNRESERVED", right=True), Column("QUEUE", right=True),
-               Column("DAEMON"), Column("LAST SEEN"), Column("MODEL", flexible=True))
+               Column("DAEMON"), Column("LAST SEEN"), Column("GPU TYPE", shrink=1))
     cells = []
     for r in rows:
         counts = r["gpus"] or {}

@@ -26,21 +26,32 @@ class ProgressLine:
         self.last = None
 
     def __call__(self, progress) -> None:
-        from ..timefmt import short
-        st = progress.status
-        text = (f"waiting for {progress.want} GPU(s): position {st.position} of {st.queued} "
-                f"in the queue, {len(st.gpus)}/{progress.want} granted")
-        if progress.eta_s is not None:
-            text += ", expected now" if progress.eta_s == 0 else \
-                f", expected in ~{short(progress.eta_s)}"
-        seen = text if self.tty else (st.position, st.queued, len(st.gpus))
+        texts = self.texts(progress)
+        seen = texts[0] if self.tty else (progress.status.position, progress.status.queued,
+                                          len(progress.status.gpus))
         if seen == self.last:
             return
         self.last = seen
         if self.tty:  # the last column left free: writing it would wrap on some terminals
-            self.draw(text[:max(1, self.columns() - 1)])
+            room = max(1, self.columns() - 1)
+            self.draw(next((t for t in texts if len(t) <= room), texts[-1][:room]))
         else:
-            output.warn(text, self.stream)
+            output.warn(texts[0], self.stream)
+
+    @staticmethod
+    def texts(progress) -> list[str]:
+        """The progress, from the whole sentence to the shortest form: a narrow terminal
+        gets the longest that fits, so the estimate is never cut in the middle."""
+        from ..timefmt import short
+        st, want = progress.status, progress.want
+        eta = "" if progress.eta_s is None else \
+            ("now" if progress.eta_s == 0 else f"in ~{short(progress.eta_s)}")
+        granted = f"{len(st.gpus)}/{want} granted"
+        return [f"waiting for {want} GPU(s): position {st.position} of {st.queued} in the "
+                f"queue, {granted}" + (f", expected {eta}" if eta else ""),
+                f"waiting: position {st.position} of {st.queued}, {granted}"
+                + (f", expected {eta}" if eta else ""),
+                f"queued {st.position}/{st.queued}, {granted}" + (f", {eta}" if eta else "")]
 
     def columns(self) -> int:
         try:

@@ -22,7 +22,7 @@ Examples:
 """)
 @gpu_selection
 @click.option("--duration", "-d", "duration_text", metavar="D",
-              help="How long: 30s, 30m, 2h, 1d, 0.5h (default 30m).")
+              help="How long: 30s, 30m, 2h, 1h30m, 1d (default 30m).")
 @click.option("--short", "-s", is_flag=True, help="Print only the GPU ids, comma-separated.")
 @click.option("--json", "-j", "as_json", is_flag=True, help="Print the reservation as JSON.")
 @click.option("--force", is_flag=True,
