@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from canhazgpu.config import DEFAULT_URL, load
-from canhazgpu.errors import InvalidRequest
+from canhazgpu.errors import FileUnreadable, InvalidRequest
 from canhazgpu.store import Store, redacted
 from canhazgpu.timefmt import coarse, hms, parse_duration, short
 from otheruser import as_nobody, needs_root, open_dir  # noqa: F401 (fixture)
@@ -58,7 +58,8 @@ def test_the_default_url_says_it_is_the_default(tmp_path):
 def test_a_bad_url_file_is_named(tmp_path):
     (tmp_path / "redis.url").write_text("garbage\n")
     cfg = load(env={"CANHAZGPU_CONFIG": "/dev/null", "CANHAZGPU_STATE_DIR": str(tmp_path)})
-    with pytest.raises(InvalidRequest, match=f"URL file {tmp_path / 'redis.url'} holds 'garbage'"):
+    with pytest.raises(FileUnreadable,
+                       match=f"URL file {tmp_path / 'redis.url'} holds 'garbage'"):
         cfg.url
 
 
@@ -86,7 +87,7 @@ def test_embedded_fsync_is_always_unless_configured():
 
 
 @needs_root
-def test_an_unreadable_config_file_is_one_line_exit_2(env, open_dir):
+def test_an_unreadable_config_file_is_one_line_exit_1(env, open_dir):
     secret = open_dir / "root-only.toml"
     secret.write_text("memory_threshold = 5\n")
     secret.chmod(0o600)
@@ -98,7 +99,7 @@ def test_an_unreadable_config_file_is_one_line_exit_2(env, open_dir):
     for extra, path in (({"CANHAZGPU_CONFIG": str(secret)}, secret),
                         ({"HOME": str(home)}, home / ".config/canhazgpu/config.toml")):
         proc = as_nobody("status", env={**implicit, **extra})
-        assert proc.returncode == 2, proc.stderr
+        assert proc.returncode == 1, proc.stderr  # operational: the file, not a value
         assert proc.stderr == (f"Error: cannot read config file {path} (Permission denied): "
                                "fix its permissions, or name another with --config FILE "
                                "(CANHAZGPU_CONFIG)\n")

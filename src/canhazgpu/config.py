@@ -14,7 +14,7 @@ import socket
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from .errors import InvalidRequest
+from .errors import FileUnreadable, InvalidRequest
 from .timefmt import parse_duration
 from .urls import check_url, redacted
 
@@ -109,7 +109,7 @@ class Config:
                 try:
                     check_url(url)
                 except InvalidRequest:
-                    raise InvalidRequest(f"the canhazgpu daemon's URL file {found} holds "
+                    raise FileUnreadable(f"the canhazgpu daemon's URL file {found} holds "
                                          f"{url[:80]!r}, not a Redis URL: delete it and "
                                          "start 'canhazgpu serve --embedded-redis' again"
                                          ) from None
@@ -150,8 +150,12 @@ KEYS = tuple(f.name for f in fields(Config) if f.name != "origins")
 
 def _coerce(key: str, value, origin: str):
     if key not in KEYS:
+        from difflib import get_close_matches
+        close = get_close_matches(str(key).lower().replace("-", "_").replace(".", "_"),
+                                  KEYS, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? " if close else ""
         raise InvalidRequest(
-            f"unknown config key {key!r} in {origin}: known keys are {', '.join(KEYS)}"
+            f"unknown config key {key!r} in {origin}: {hint}known keys are {', '.join(KEYS)}"
         )
     if key in _INT_KEYS:
         try:
@@ -173,14 +177,14 @@ def _coerce(key: str, value, origin: str):
 
 
 def _read(path: Path, what: str, fix: str) -> str | None:
-    """A file's text; None when it does not exist. Any other failure is one line (exit 2):
+    """A file's text; None when it does not exist. Any other failure is one line (exit 1):
     a file we cannot read is never silently skipped, or the settings would depend on who asks."""
     try:
         return path.read_text(encoding="utf-8")
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as err:
-        raise InvalidRequest(f"cannot read {what} {path} ({err.strerror or err}): fix its "
+        raise FileUnreadable(f"cannot read {what} {path} ({err.strerror or err}): fix its "
                              f"permissions, {fix}") from None
 
 

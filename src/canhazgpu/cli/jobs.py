@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 
 import asyncclick as click
 
-from ..errors import InvalidRequest
+from ..errors import CanHazGpuError, InvalidRequest
 from . import output
 from .options import duration
+
+
+# Ctrl+C or SIGTERM while queued (waitqueue.Interrupted, or the daemon's word for it)
+STOPPED = (128 + signal.SIGINT, 128 + signal.SIGTERM)
 
 
 class ProgressLine:
@@ -80,6 +85,14 @@ async def acquire(state, req, caller, wait_s: float | None, quiet: bool = False)
     line = None if quiet or wait_s is None else ProgressLine()
     try:
         return await state.core.acquire(req, caller, wait_s, progress=line, warn=output.warn)
+    except CanHazGpuError as err:
+        if err.exit_code not in STOPPED:
+            raise
+        if line is not None:
+            line.done()
+            line = None
+        output.warn(str(err))  # a cancel the user asked for: a note, not an error
+        raise SystemExit(err.exit_code) from None
     finally:
         if line is not None:
             line.done()

@@ -64,6 +64,9 @@ Examples:
 async def release(state, gpu_ids, user, force, as_json):
     """Release your reservations."""
     from ..request import parse_ids
+    if force and user is None and gpu_ids is None:
+        raise click.UsageError("--force releases someone else's reservations: say whose "
+                               "with --user NAME, or which with --gpu-ids IDS", None)
     ids = parse_ids(gpu_ids) if gpu_ids is not None else None
     released = await state.core.release(state.caller(), ids=ids, user=user, force=force)
     if as_json:
