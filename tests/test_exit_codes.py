@@ -5,6 +5,7 @@ value (docs/run.md, README); and the small refusals of issue 17: an option given
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 
@@ -85,3 +86,14 @@ def test_an_unknown_config_key_gets_a_did_you_mean(cli, env, text, suggested):
         config.write(text + "\n")
     line = one_error_line(cli("status", check=2))
     assert (f"did you mean {suggested!r}?" in line) if suggested else "did you mean" not in line
+
+
+def test_the_suite_finds_the_processes_it_left(no_process_left_behind):
+    """conftest's check at the end of the session sees a process this session started."""
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        assert child.pid in no_process_left_behind.processes()
+    finally:
+        child.kill()
+        child.wait()
+    assert child.pid not in no_process_left_behind.processes()

@@ -383,7 +383,7 @@ def test_bad_options_are_usage_errors(cli):
 
 
 @pytest.mark.slow
-async def test_the_demo_shows_the_documents_scenes(env):
+async def test_the_demo_shows_the_documents_scenes(env, no_process_left_behind):
     import httpx
 
     from conftest import Cli
@@ -404,6 +404,9 @@ async def test_the_demo_shows_the_documents_scenes(env):
             assert gpu01[3]["reservation"]["note"] == "notebook"
             gpu02 = (await client.get("/api/v1/hosts/gpu02/status")).json()["gpus"]
             assert gpu02[1]["users"] == ["root", "alice"] and gpu02[4]["status"] == "error"
-        assert await stop(proc, __import__("signal").SIGINT) == 0
+        assert await stop(proc, __import__("signal").SIGTERM) == 0
+        # its private redis-server went with it (issue 17: SIGTERM left it running)
+        assert not [cmd for cmd in no_process_left_behind.processes().values()
+                    if "canhazgpu-web-demo-" in cmd]
     finally:
         await reap(proc)
