@@ -79,19 +79,12 @@ def no_process_left_behind(tmp_path_factory):
     base = str(tmp_path_factory.getbasetemp())  # (fixed before TMPDIR changes)
     tmpdir = tempfile.mkdtemp(prefix="canhazgpu-tests-")
     os.chmod(tmpdir, 0o755)
-    saved = {k: os.environ.get(k) for k in (SESSION_MARK, "TMPDIR")}
     session = Session(f"{os.getpid()}-{time.time_ns()}", (base + "/", tmpdir + "/"))
-    os.environ.update({SESSION_MARK: session.token, "TMPDIR": tmpdir})
-    tempfile.tempdir = None  # read TMPDIR again
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(SESSION_MARK, session.token)
+        patch.setenv("TMPDIR", tmpdir)
+        patch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
         yield session
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        tempfile.tempdir = None
     deadline = time.monotonic() + 10
     while (left := session.processes()) and time.monotonic() < deadline:
         time.sleep(0.05)  # processes being stopped: nothing to wait on but their exit

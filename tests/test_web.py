@@ -194,6 +194,24 @@ async def test_a_queue_is_pushed_with_its_state(pool, config, me):
             (1, waiter.rid, 2, [], "big job")
 
 
+async def test_recent_events_are_sent_first_without_a_position(pool, config, me):
+    """The page opens with ?recent=20: the last events of the host, oldest first, then live
+    ones, each once (issue 17: "nothing has happened" although the stream kept them)."""
+    done = [await pool.allocate(Request(ids=(g,)), me) for g in range(3)]
+    if not await events_since(pool.store, 0):
+        pytest.skip("the scripts do not write the host's event stream yet")
+    async with served(config) as client:
+        reply = await client.get("/api/v1/events?recent=x")
+        assert reply.status_code == 400 and "invalid recent 'x'" in reply.json()["error"]
+        async with sse(client, "/api/v1/events?recent=2") as stream:
+            got = [await stream.until(lambda m: m["event"] == "event") for _ in range(2)]
+            assert [m["data"]["rid"] for m in got] == [r.rid for r in done[1:]]
+            res = await pool.allocate(Request(ids=(5,)), me)
+            live = await stream.until(lambda m: m["event"] == "event")
+            assert live["data"]["rid"] == res.rid
+            assert live["data"]["seq"] == got[-1]["data"]["seq"] + 1
+
+
 async def test_last_event_id_from_an_older_redis_says_resync(pool, config, me):
     """A client whose position is past the host's counter (Redis lost its data) is told
     to re-read, and then gets every new event."""
