@@ -26,7 +26,7 @@ BOB_ON_GPU_2 = {"index": 2, "name": "Fake H100", "memory_total_mb": 81559,
                                "cmdline": ["vllm", "serve", "mistralai/Mistral-7B-Instruct-v0.1"]}]}
 MOVING = {"time_ms", "scanned_ms", "duration_s", "heartbeat_age_s", "expires_in_s",
           "free_for_s", "waiting_s", "since_ms", "now_ms", "gpu_hours", "total_gpu_hours",
-          "percent", "eta_s"}
+          "percent", "eta_s", "last_seen_s"}
 
 
 def steady(doc):
@@ -62,12 +62,14 @@ async def test_every_document_equals_the_cli_json(pool, config, cli, fake_gpus, 
         everyone = (await client.get("/api/v1/report?days=7")).json()
         assert [steady(h["report"]) for h in everyone["hosts"]] == [steady(report)]
 
+        from canhazgpu.hosts import register
+        await register(pool, "admin")  # as `canhazgpu admin` does: `hosts` lists it
         hosts = (await client.get("/api/v1/hosts")).json()
-        assert hosts["version"] == 1
+        assert steady(hosts) == steady(cli_json(cli, "hosts"))  # the same document
         [entry] = hosts["hosts"]
-        assert entry["host"] == HOST and entry["error"] is None and entry["local"] is True
-        assert entry["summary"] == status["summary"] and entry["queue_length"] == 1
-        assert entry["daemon"] is False
+        assert entry["host"] == HOST and entry["error"] is None and entry["version"]
+        assert entry["gpus"] == status["summary"] and entry["queue"] == 1
+        assert entry["daemon"] == "none"  # registered by admin, no daemon
 
         health = await client.get("/healthz")
         assert health.status_code == 200 and health.json()["hosts"] == {HOST: "ok"}
@@ -255,8 +257,9 @@ async def test_each_host_is_followed(pool, config, me, redis_url):
     """--hosts: only the named hosts; a host without a pool shows its error, not a crash."""
     async with served(config, hosts=(HOST, "elsewhere")) as client:
         hosts = (await client.get("/api/v1/hosts")).json()["hosts"]
-        assert [(h["host"], h["local"]) for h in hosts] == [(HOST, True), ("elsewhere", False)]
-        assert "no GPU pool" in hosts[1]["error"]
+        assert [h["host"] for h in hosts] == [HOST, "elsewhere"]
+        assert hosts[0]["error"] is None and hosts[0]["gpus"]["total"] == 8
+        assert "no GPU pool" in hosts[1]["error"] and hosts[1]["gpus"] is None
         reply = await client.get("/api/v1/hosts/elsewhere/status")
         assert reply.status_code == 404 and "no GPU pool" in reply.json()["error"]
         async with sse(client, f"/api/v1/events?view=1&host={HOST}") as stream:
@@ -355,9 +358,9 @@ async def test_it_starts_with_redis_down(env, tmp_path):
     from canhazgpu.config import load
     config = replace(load(env=env), redis_url=f"unix://{tmp_path}/nothing.sock")
     async with served(config) as client:
-        reply = await client.get("/api/v1/hosts")
-        assert reply.status_code == 200
-        assert "cannot reach Redis" in reply.json()["hosts"][0]["error"]
+        reply = await client.get("/api/v1/hosts")  # as `hosts --json`: Redis is needed
+        assert reply.status_code == 503 and "cannot reach Redis" in reply.json()["error"]
+        assert (await client.get("/healthz")).status_code == 200
         assert (await client.get("/")).status_code == 200
 
 

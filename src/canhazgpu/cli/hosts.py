@@ -10,7 +10,6 @@ import asyncclick as click
 from . import output
 from .main import cli
 
-HOSTS_JSON_VERSION = 1
 
 
 def all_hosts_option(what: str):
@@ -58,13 +57,12 @@ Set-up for a team and failure modes: canhazgpu help hosts
 async def hosts(state, as_json):
     """Every host sharing this Redis: GPUs available/reserved/unreserved, queue, daemon."""
     from .. import hosts as registry
-    now, found = await registry.views(state.direct)
-    rows = [registry.summary(hv, now) for hv in found]
+    doc = await registry.document(state.direct)
     if as_json:
-        output.emit_json({"version": HOSTS_JSON_VERSION, "time_ms": now, "hosts": rows})
+        output.emit_json(doc)
         return
     width = shutil.get_terminal_size().columns if output.is_tty() else None
-    output.emit(render_hosts(rows, width))
+    output.emit(render_hosts(doc["hosts"], width))
 
 
 def render_hosts(rows: list[dict], width: int | None = None) -> str:

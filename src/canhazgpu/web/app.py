@@ -152,16 +152,12 @@ def create_app(web: Web):
             h: "ok" if st.error is None else st.error for h, st in states.items()}})
 
     async def host_list(request: Request) -> JSONResponse:
-        rows = []
-        for st in await read_all(hosts, await hosts.names()):
-            doc = st.status
-            rows.append({"host": st.host, "local": hosts.local(st.host), "error": st.error,
-                         "summary": doc["summary"] if doc else None,
-                         "provider": doc["provider"] if doc else None,
-                         "scanned_ms": doc["scanned_ms"] if doc else None,
-                         "queue_length": len(st.queue) if st.queue is not None else None,
-                         "daemon": st.daemon})
-        return JSONResponse({"version": API_VERSION, "hosts": rows})
+        """The document `canhazgpu hosts --json` prints, for the hosts shown."""
+        from ..hosts import document
+        names = await hosts.names()
+        here = hosts.config.host_name  # this machine's GPUs are scanned, the others' not
+        return JSONResponse(await document(hosts.core(here if here in names else names[0]),
+                                           names))
 
     async def status(request: Request) -> JSONResponse:
         from .. import render
