@@ -153,10 +153,8 @@ def _coerce(key: str, value, origin: str):
         from difflib import get_close_matches
         close = get_close_matches(str(key).lower().replace("-", "_").replace(".", "_"),
                                   KEYS, n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise InvalidRequest(
-            f"unknown config key {key!r} in {origin}: {hint}known keys are {', '.join(KEYS)}"
-        )
+        fix = f"did you mean {close[0]!r}?" if close else f"known keys are {', '.join(KEYS)}"
+        raise InvalidRequest(f"unknown config key {key!r} in {origin}: {fix}")
     if key in _INT_KEYS:
         try:
             number = int(value)
