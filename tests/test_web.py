@@ -61,6 +61,10 @@ async def test_every_document_equals_the_cli_json(pool, config, cli, fake_gpus, 
         assert steady(report) == steady(cli_json(cli, "report", "--days", "7"))
         everyone = (await client.get("/api/v1/report?days=7")).json()
         assert [steady(h["report"]) for h in everyone["hosts"]] == [steady(report)]
+        # and summed by the server, as `report --all-hosts` sums them (not again in JS)
+        assert everyone["all"]["hosts"] == [HOST]
+        assert steady({k: v for k, v in everyone["all"].items() if k != "hosts"}) == \
+            steady(report)
 
         from canhazgpu.hosts import register
         await register(pool, "admin")  # as `canhazgpu admin` does: `hosts` lists it

@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..config import Config
+from ..core import Core
 from ..errors import (BackendUnavailable, CanHazGpuError, InvalidRequest, PoolNotInitialized)
 from .hosts import Hosts, UnknownHost
 from .live import Live, read_all
@@ -151,13 +152,16 @@ def create_app(web: Web):
         return JSONResponse({"status": "ok", "hosts": {
             h: "ok" if st.error is None else st.error for h, st in states.items()}})
 
+    async def base() -> Core:
+        """A core on the shown hosts' Redis for views across them: this machine's when it
+        is shown (its GPUs are scanned, the others' are their daemons' snapshots)."""
+        names, here = await hosts.names(), hosts.config.host_name
+        return hosts.core(here if here in names else names[0])
+
     async def host_list(request: Request) -> JSONResponse:
         """The document `canhazgpu hosts --json` prints, for the hosts shown."""
         from ..hosts import document
-        names = await hosts.names()
-        here = hosts.config.host_name  # this machine's GPUs are scanned, the others' not
-        return JSONResponse(await document(hosts.core(here if here in names else names[0]),
-                                           names))
+        return JSONResponse(await document(await base(), await hosts.names()))
 
     async def status(request: Request) -> JSONResponse:
         from .. import render
@@ -188,7 +192,12 @@ def create_app(web: Web):
                                 "report": await hosts.core(host).report(days)})
             except CanHazGpuError as err:
                 entries.append({"host": host, "error": str(err), "report": None})
-        return JSONResponse({"version": API_VERSION, "days": days, "hosts": entries})
+        # the hosts that could be read, together: `report --all-hosts --json`'s document
+        from ..hosts import report as across
+        readable = [e["host"] for e in entries if e["report"] is not None]
+        together = await across(await base(), days, readable) if readable else None
+        return JSONResponse({"version": API_VERSION, "days": days, "hosts": entries,
+                             "all": together})
 
     async def events(request: Request) -> Response:
         return await events_endpoint(request, web.live, await chosen(request))

@@ -50,6 +50,7 @@ function ids(list) { return (list || []).join(',') || '-'; }
 function who(users) {
   if (!users || !users.length) return 'user unknown';
   if (users.length === 1) return `user ${users[0]}`;
+  if (users.length === 2) return `users ${users[0]}, ${users[1]}`;  // as the CLI's lines
   return `users ${users.slice(0, -1).join(', ')} and ${users[users.length - 1]}`;
 }
 
@@ -316,25 +317,20 @@ async function loadReport() {
     total.textContent = `The report could not be read: ${err.message}`;
     return;
   }
-  const users = new Map();
-  const failed = [];
-  for (const entry of data.hosts) {
-    if (!entry.report) { failed.push(entry.host); continue; }
-    for (const u of entry.report.users) users.set(u.user, (users.get(u.user) || 0) + u.gpu_hours);
-  }
-  const rows = [...users.entries()].sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]));
-  const sum = rows.reduce((acc, [, h]) => acc + h, 0);
-  const top = rows.length ? rows[0][1] : 0;
-  total.textContent = `${sum.toFixed(2)} GPU hours in total` +
+  // every readable host together, summed by the server as `report --all-hosts` sums them
+  const failed = data.hosts.filter(entry => !entry.report).map(entry => entry.host);
+  const rows = data.all ? data.all.users : [];
+  const top = rows.length ? Math.max(...rows.map(u => u.gpu_hours)) : 0;
+  total.textContent = `${hours(data.all ? data.all.total_gpu_hours : 0)} GPU hours in total` +
     (failed.length ? ` (not counted: ${failed.join(', ')})` : '') +
     (rows.length ? '' : '; no reservations in this period.');
-  body.replaceChildren(...rows.map(([user, h]) => {
+  body.replaceChildren(...rows.map(u => {
     const fill = el('span', {class: 'fill'});
-    fill.style.width = `${top ? (100 * h) / top : 0}%`;
+    fill.style.width = `${top ? (100 * u.gpu_hours) / top : 0}%`;
     return el('tr', {},
-      el('th', {scope: 'row', text: user}),
-      el('td', {}, el('div', {class: 'hbar', 'aria-hidden': 'true'}, fill), el('span', {text: hours(h)})),
-      el('td', {text: `${sum ? ((100 * h) / sum).toFixed(1) : '0.0'}%`}));
+      el('th', {scope: 'row', text: u.user}),
+      el('td', {}, el('div', {class: 'hbar', 'aria-hidden': 'true'}, fill), el('span', {text: hours(u.gpu_hours)})),
+      el('td', {text: `${u.percent.toFixed(1)}%`}));
   }));
 }
 
