@@ -97,3 +97,20 @@ def test_the_suite_finds_the_processes_it_left(no_process_left_behind):
         child.kill()
         child.wait()
     assert child.pid not in no_process_left_behind.processes()
+
+
+def test_a_hung_redis_is_not_called_not_running(cli, tmp_path):
+    """A stopped (SIGSTOP) Redis accepts connections and never answers: say so, not 'start
+    that Redis' (issue 17)."""
+    import signal
+
+    from canhazgpu.embedded import RedisServer
+    with RedisServer(tmp_path / "hung") as server:
+        server.proc.send_signal(signal.SIGSTOP)
+        try:
+            proc = cli("status", extra_env={"CANHAZGPU_REDIS_URL": server.url}, check=1)
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
+    line = one_error_line(proc)
+    assert "does not answer" in line and "stopped, hung or overloaded" in line
+    assert "start that Redis" not in line

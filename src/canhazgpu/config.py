@@ -40,6 +40,12 @@ class RedisChoice:
     def unreachable(self, err: BaseException) -> str:
         """The one line for "this Redis does not answer", naming where it came from."""
         url, why = redacted(self.url), err or type(err).__name__
+        if type(err).__name__ == "TimeoutError":  # builtin or redis-py's: it is there, hung
+            whose = "the canhazgpu daemon's Redis" if self.published else "Redis"
+            set_by = f" (set by {self.origin})" if self.origin not in ("", DEFAULT) else ""
+            return (f"{whose} at {url}{set_by} does not answer ({why}): it accepts "
+                    "connections but is stopped, hung or overloaded; check its redis-server "
+                    "process ('kill -CONT PID' resumes a stopped one)")
         if self.published is not None:
             return (f"the canhazgpu daemon's Redis at {url} is not running ({why}; its URL "
                     f"is published in {self.published}): start 'canhazgpu serve "
