@@ -383,7 +383,7 @@ def test_table_fits_the_terminal(pool, width):
         kept = [full_row[i] for i in at]
         assert all(cut_from(a, b) for a, b in zip(kept, row)), row
         assert [row[i] for i in whole] == [kept[i] for i in whole]  # what a glance needs
-        for title in ("DURATION", "TYPE"):  # never cut: whole, or left out
+        for title in ("DURATION", "TYPE"):  # whole or left out (run, manual: never cut)
             assert title not in got[0] or row[got[0].index(title)] == kept[got[0].index(title)]
     # 80 columns keep how long a GPU is held, and something of what it really does
     assert width < 80 or {"DURATION", "VALIDATION"} <= set(got[0])

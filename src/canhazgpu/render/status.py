@@ -20,15 +20,15 @@ JSON_VERSION = 1
 # Minimum widths are the documents' own, so a table of short values matches them exactly.
 # MODEL and NOTE appear only when some GPU has one.
 # On a narrow terminal, GPU, STATUS, USER and DETAILS (until when) stay whole; the others
-# give way in this order (docs/status.md): MODEL, NOTE, VALIDATION are cut, then MODEL,
-# NOTE, TYPE, VALIDATION, DURATION are left out; USER is cut only when nothing else is left.
+# give way in this order (docs/status.md): MODEL, NOTE, TYPE, VALIDATION are cut, then
+# MODEL, NOTE, TYPE, VALIDATION, DURATION are left out; USER is cut only when nothing else is.
 COLUMNS = (Column("GPU", 3), Column("STATUS", 9),
-           Column("USER", 8, shrink=9, least=8),
-           Column("DURATION", 11, drop=8), Column("TYPE", 7, drop=6),
-           Column("MODEL", 16, shrink=1, drop=4, least=16),
+           Column("USER", 8, shrink=10, least=8),
+           Column("DURATION", 11, drop=9), Column("TYPE", 7, shrink=3, drop=7, least=7),
+           Column("MODEL", 16, shrink=1, drop=5, least=16),
            Column("DETAILS", 26),
-           Column("VALIDATION", 21, shrink=3, drop=7, least=12),
-           Column("NOTE", shrink=2, drop=5, least=10))
+           Column("VALIDATION", 21, shrink=4, drop=8, least=12),
+           Column("NOTE", shrink=2, drop=6, least=10))
 OPTIONAL = ("MODEL", "NOTE")
 COLORS = {"available": "\033[32m", "reserved": "\033[33m", "unreserved": "\033[31m",
           "error": "\033[31m"}
