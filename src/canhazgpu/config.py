@@ -14,7 +14,7 @@ import socket
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from .errors import BackendUnavailable, InvalidRequest
+from .errors import BackendUnavailable, FileUnreadable, InvalidRequest
 from .timefmt import parse_duration
 from .urls import check_url, redacted
 
@@ -40,6 +40,12 @@ class RedisChoice:
     def unreachable(self, err: BaseException) -> str:
         """The one line for "this Redis does not answer", naming where it came from."""
         url, why = redacted(self.url), err or type(err).__name__
+        if type(err).__name__ == "TimeoutError":  # builtin or redis-py's: it is there, hung
+            whose = "the canhazgpu daemon's Redis" if self.published else "Redis"
+            set_by = f" (set by {self.origin})" if self.origin not in ("", DEFAULT) else ""
+            return (f"{whose} at {url}{set_by} does not answer ({why}): it accepts "
+                    "connections but is stopped, hung or overloaded; check its redis-server "
+                    "process ('kill -CONT PID' resumes a stopped one)")
         if self.published is not None:
             return (f"the canhazgpu daemon's Redis at {url} is not running ({why}; its URL "
                     f"is published in {self.published}): start 'canhazgpu serve "
@@ -121,7 +127,7 @@ class Config:
                 try:
                     check_url(url)
                 except InvalidRequest:
-                    raise InvalidRequest(f"the canhazgpu daemon's URL file {found} holds "
+                    raise FileUnreadable(f"the canhazgpu daemon's URL file {found} holds "
                                          f"{url[:80]!r}, not a Redis URL: delete it and "
                                          "start 'canhazgpu serve --embedded-redis' again"
                                          ) from None
@@ -162,9 +168,11 @@ KEYS = tuple(f.name for f in fields(Config) if f.name != "origins")
 
 def _coerce(key: str, value, origin: str):
     if key not in KEYS:
-        raise InvalidRequest(
-            f"unknown config key {key!r} in {origin}: known keys are {', '.join(KEYS)}"
-        )
+        from difflib import get_close_matches
+        close = get_close_matches(str(key).lower().replace("-", "_").replace(".", "_"),
+                                  KEYS, n=1, cutoff=0.6)
+        fix = f"did you mean {close[0]!r}?" if close else f"known keys are {', '.join(KEYS)}"
+        raise InvalidRequest(f"unknown config key {key!r} in {origin}: {fix}")
     if key in _INT_KEYS:
         try:
             number = int(value)
@@ -187,7 +195,7 @@ def _coerce(key: str, value, origin: str):
 
 
 def _read(path: Path, what: str, fix: str) -> str | None:
-    """A file's text; None when it does not exist. Any other failure is one line (exit 2):
+    """A file's text; None when it does not exist. Any other failure is one line (exit 1):
     a file we cannot read is never silently skipped, or the settings would depend on who asks."""
     try:
         return path.read_text(encoding="utf-8")
@@ -196,10 +204,10 @@ def _read(path: Path, what: str, fix: str) -> str | None:
     except PermissionError:
         if not fix:  # a file private by design (the daemon's URL file): the caller says why
             raise
-        raise InvalidRequest(f"cannot read {what} {path} (Permission denied): make it "
+        raise FileUnreadable(f"cannot read {what} {path} (Permission denied): make it "
                              f"readable, {fix}") from None
     except OSError as err:
-        raise InvalidRequest(f"cannot read {what} {path} ({err.strerror or err}): fix its "
+        raise FileUnreadable(f"cannot read {what} {path} ({err.strerror or err}): fix its "
                              f"permissions, {fix}") from None
 
 

@@ -106,14 +106,17 @@ class Core:
                 "root (no admin_group is configured)"
             raise NotOwner(f"only {who} may change the pool; you are {caller.user}: "
                            "ask an admin, or run it with sudo")
-        prov = self.provider_named(provider or self.config.provider or None, count)
+        pool = await self.store.read_pool()
+        # a re-run keeps the provider the pool was made with (docs/admin.md)
+        prov = self.provider_named(provider or self.config.provider or pool.get("provider")
+                                   or None, count)
         try:
             found = await prov.count()  # a provider that cannot read this machine is refused
         except ProviderUnavailable as err:
             raise ProviderUnavailable(f"pool not changed: provider {prov.name} does not work "
                                       f"here: {err}") from None
         count = parse_count(found if count is None else count)
-        current = (await self.store.read_pool()).get("count", "0")
+        current = pool.get("count", "0")
         span = max(count, int(current) if str(current).isdigit() else 0)
         status, data = await self.store.run("pool", span, count=count, provider=prov.name,
                                             force=int(force))

@@ -66,12 +66,19 @@ class LimitReached(CanHazGpuError):
     """A per-user limit set by the admin (connections, waiters, GPUs, duration)."""
 
 
+class FileUnreadable(CanHazGpuError):
+    """A file we must read (a config file, the daemon's URL file) cannot be read, or the
+    daemon's own file holds what it never writes: an operational failure (exit 1), fixed
+    on that file, not by giving another value."""
+
+
 class CorruptState(CanHazGpuError):
     """A key in Redis holds something we cannot read; the message names the key."""
 
 
 class ProviderUnavailable(CanHazGpuError):
-    """The GPU provider cannot be read (no NVIDIA driver, amd-smi failing); names the fix."""
+    """The GPU provider cannot be read (no NVIDIA driver, amd-smi failing, none found, a
+    fake GPU file that cannot be read or parsed); names the fix."""
 
 
 class NeedsEventLoop(BaseException):
