@@ -201,12 +201,9 @@ def _read(path: Path, what: str, fix: str) -> str | None:
         return path.read_text(encoding="utf-8")
     except (FileNotFoundError, NotADirectoryError):
         return None
-    except PermissionError:
-        if not fix:  # a file private by design (the daemon's URL file): the caller says why
-            raise
-        raise FileUnreadable(f"cannot read {what} {path} (Permission denied): make it "
-                             f"readable, {fix}") from None
     except OSError as err:
+        if isinstance(err, PermissionError) and not fix:
+            raise  # a file private by design (the daemon's URL file): the caller says why
         raise FileUnreadable(f"cannot read {what} {path} ({err.strerror or err}): fix its "
                              f"permissions, {fix}") from None
 

@@ -19,7 +19,7 @@ from . import protocol
 
 MAX_REPLY = 64 * 1024 * 1024  # a status of many GPUs with their processes is one line
 MAX_HELLO = 64 * 1024
-HELLO_TIMEOUT_S = 5.0
+HELLO_TIMEOUT_S = 2.0  # a daemon that does not answer by then is not used
 
 
 def answering(config) -> str | None:

@@ -82,9 +82,9 @@ class Context:
     def direct(self):
         """The core over Redis itself, whatever the mode: for what spans hosts (the views of
         every host, the registry), which the daemon of one host does not serve."""
-        if not self.remote:
-            return self.core
-        if self._direct_core is None:
+        if self._core is not None and not self.remote:
+            return self._core  # direct already: the same connections
+        if self._direct_core is None:  # no need to ask for a daemon first
             self._direct_core = self._direct()
         return self._direct_core
 
