@@ -1,5 +1,5 @@
 -- End reservations. ARG: mode, target, caller (user name), force ('1'|'0'), reason
--- ('released'|'reclaimed')
+-- ('released'|'reclaimed'|'idle': the idle policy, published as `released` with reason idle)
 --   mode 'rid':  every GPU of reservation `target` (a run supervisor ending, or a reclaim)
 --   mode 'mine': every manual reservation of the caller (not those still waiting in the queue)
 --   mode 'ids':  the GPUs in `target` (csv), which must all be the caller's (or forced)
