@@ -149,7 +149,7 @@ async def test_terminal_lines_reach_only_their_users_ttys(pool, config, fake_gpu
             await mine.until(f"{me.user}: you are using GPU 0 without a reservation")
             await theirs.until("nobody: you are using GPU 3 without a reservation")
             await pool.allocate(Request(ids=(5,), duration_s=3), me)
-            await mine.until("GPU 5 (root, manual) expires in")
+            await mine.until(f"GPU 5 ({me.user}, manual) expires in")
             await mine.until("EOF", timeout=1)
     finally:
         mine.close()
@@ -177,3 +177,31 @@ async def test_a_down_or_slow_receiver_delays_nothing(pool, config, fake_gpus):
             assert daemon.notifier.in_flight == 2  # the slow one and the down one's retries
             await remote.aclose()
     assert delivered < 2 and answered < 1 and view.gpus[4].unreserved
+
+
+async def test_unreserved_use_that_goes_on_is_told_again_once_per_repeat(pool, config,
+                                                                         fake_gpus):
+    with http_receiver() as (url, hooks):
+        settings = with_rules(config, {"channel": "webhook", "url": url,
+                                       "events": ["unreserved_detected"]},
+                              notify_repeat="1s")
+        async with running_daemon(settings):
+            fake_gpus.write([on(2, "bob")])
+            first = time.monotonic()
+            await hooks.until(lambda h: len(h) == 1)
+            await hooks.until(lambda h: len(h) == 2, timeout=4)
+            again = time.monotonic() - first
+            fake_gpus.write([])
+            await hooks.until(lambda h: len(h) == 2)
+    assert 0.9 <= again < 3
+
+
+async def test_rate_limit_per_recipient(pool):
+    from canhazgpu.notify.service import RATE, Notifier
+    notifier = Notifier(pool)
+    rule = parse_admin_rules([{"channel": "terminal"}], "t")[0]
+    doc = {"type": "granted", "user": "bob", "complete": True}
+    assert all(notifier.allowed(rule, "bob", doc, 100.0) for _ in range(RATE))
+    assert not notifier.allowed(rule, "bob", doc, 100.0)
+    assert notifier.allowed(rule, "alice", doc, 100.0)  # another recipient: its own budget
+    assert notifier.allowed(rule, "bob", doc, 103.1)  # refilled: 20 a minute

@@ -66,22 +66,43 @@ class Notifier:
         self._buckets: dict[tuple, Bucket] = {}
         self._repeats: dict[tuple, float] = {}
         self.in_flight = 0
+        self.ongoing: dict[int, dict] = {}  # GPU -> its unreserved_detected, while it lasts
 
     # ------------------------------------------------------------------ the daemon's task
     async def run(self, stream, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
         send, receive = anyio.create_memory_object_stream[Delivery](QUEUE_MAX)
         async with anyio.create_task_group() as tg, send:
             tg.start_soon(self._deliverer, receive)
+            tg.start_soon(self._reminders, send)
             task_status.started()
             async for item in stream:
-                if not isinstance(item, Event):
-                    continue
-                for d in await self.plan(item.data):
-                    try:
-                        send.send_nowait(d)
-                    except anyio.WouldBlock:
-                        log.warning("notify: queue full, dropped %s to %s", d.doc.get("type"),
-                                    d.rule.target())
+                if isinstance(item, Event):
+                    self._follow(item)
+                    await self._enqueue(send, item.data)
+
+    async def _enqueue(self, send, doc: dict) -> None:
+        for d in await self.plan(doc):
+            try:
+                send.send_nowait(d)
+            except anyio.WouldBlock:
+                log.warning("notify: queue full, dropped %s to %s", d.doc.get("type"),
+                            d.rule.target())
+
+    def _follow(self, event: Event) -> None:
+        """Unreserved use that goes on, for its reminders (one per notify_repeat)."""
+        for gpu in event.gpus:
+            if event.type == "unreserved_detected":
+                self.ongoing[gpu] = event.data
+            elif event.type in ("unreserved_cleared", "pool_changed"):
+                self.ongoing.pop(gpu, None)
+        if event.type == "pool_changed":
+            self.ongoing.clear()
+
+    async def _reminders(self, send) -> None:
+        while True:
+            await anyio.sleep(min(60.0, self.repeat_s / 4))
+            for doc in list(self.ongoing.values()):
+                await self._enqueue(send, doc)  # allowed() lets one through per repeat
 
     async def _deliverer(self, receive) -> None:
         async with anyio.create_task_group() as tg, receive:
