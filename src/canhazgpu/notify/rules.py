@@ -20,7 +20,7 @@ from ..urls import redacted
 CHANNELS = ("terminal", "webhook", "apprise")
 # event types a rule may name: the host's events, the jobs' (when that feature publishes
 # them) and the test message of `canhazgpu notify test`
-EVENTS = (*TYPES, "job_ended", "test")
+EVENTS = tuple(dict.fromkeys((*TYPES, "job_ended", "test")))
 # what a user's rule delivers when it names no events: news about their own reservations
 DEFAULT_EVENTS = ("granted", "expiring", "idle_warning", "released", "foreign_use",
                   "unreserved_detected", "job_ended")

@@ -77,8 +77,11 @@ class Notifier:
             task_status.started()
             async for item in stream:
                 if isinstance(item, Event):
-                    self._follow(item)
-                    await self._enqueue(send, item.data)
+                    try:
+                        self._follow(item)
+                        await self._enqueue(send, item.data)
+                    except Exception:  # a bug: logged; the daemon and other events go on
+                        log.exception("notify: event #%s not handled", item.seq)
 
     async def _enqueue(self, send, doc: dict) -> None:
         for d in await self.plan(doc):
@@ -139,6 +142,8 @@ class Notifier:
             return f"no answer within {ATTEMPT_S:g}s"
         except DeliveryError as err:
             return str(err)
+        except Exception as err:  # a channel's library failing its own way
+            return f"{type(err).__name__}: {err}"
 
     def send_now(self, d: Delivery) -> None:
         """Deliver one message (blocking: a worker thread)."""
@@ -232,6 +237,11 @@ def message(doc: dict, user: str | None) -> str:
                 "'canhazgpu run --gpus N -- CMD'")
     if kind == "test":
         return doc.get("text") or "canhazgpu test message"
+    if kind == "job_ended":  # the jobs' event (docs/jobs.md), whatever else it carries
+        code = doc.get("exit_code", doc.get("returncode"))
+        job = doc.get("name") or doc.get("job") or doc.get("rid") or "?"
+        return f"{doc.get('user') or '?'}: your job {job} ended" + \
+            (f" with exit code {code}" if code is not None else "")
     event = Event(type=str(kind), seq=int(doc.get("seq") or 0), time_ms=0, host="",
                   gpus=tuple(doc.get("gpus") or ()), rid=doc.get("rid"),
                   user=doc.get("user"), data=doc)
