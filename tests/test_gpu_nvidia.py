@@ -258,3 +258,4 @@ async def test_real_gpus_scan(real_nvml):
         assert usage.error or (usage.memory_total_mb > 0 and usage.name)
         assert 0 <= usage.memory_used_mb <= usage.memory_total_mb or usage.error
         assert all(p.pid > 0 and p.user for p in usage.processes)
+        assert usage.utilization_pct is None or 0 <= usage.utilization_pct <= 100

@@ -46,6 +46,13 @@ class Rule:
         return self.channel if self.channel == "terminal" else \
             f"{self.channel} {redacted(self.url) if '://' in self.url else self.url}"
 
+    def shown(self) -> dict:
+        """An admin rule as `canhazgpu config` shows it (no URL password)."""
+        doc = {"channel": self.channel, "events": list(self.events)}
+        if self.url:
+            doc["url"] = redacted(self.url)
+        return {**doc, "users": list(self.users)} if self.users else doc
+
     def to_json(self) -> dict:
         doc = {"id": self.id, "channel": self.channel, "events": list(self.events)}
         if self.url:
