@@ -207,3 +207,19 @@ async def test_rate_limit_per_recipient(pool):
     assert not notifier.allowed(rule, "bob", doc, 100.0)
     assert notifier.allowed(rule, "alice", doc, 100.0)  # another recipient: its own budget
     assert notifier.allowed(rule, "bob", doc, 103.1)  # refilled: 20 a minute
+
+
+async def test_the_holder_hears_of_grant_idle_warning_and_idle_release(pool, config, me):
+    with http_receiver() as (url, hooks):
+        settings = replace(config, idle_warn_after="1s", idle_release_after="2s")
+        async with running_daemon(settings):
+            await pool.notify(me, "add", channel="webhook", url=url, events=None)
+            held = await pool.allocate(Request(count=8, kind="run"), me)
+            waiter = pool.new_reservation(Request(count=1), me)
+            await pool.enqueue(waiter, Request(count=1))
+            await pool.end(held.rid, me)  # the run ends: the queued request is granted
+            got = await hooks.until(lambda h: len(h) >= 3, timeout=8)
+    kinds = [(b["event"]["type"], b["event"].get("reason")) for _, b in got]
+    assert kinds[:3] == [("granted", None), ("idle_warning", None), ("released", "idle")]
+    assert all(b["user"] == me.user for _, b in got)
+    assert "idle too long" in got[2][1]["text"]
