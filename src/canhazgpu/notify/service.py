@@ -27,6 +27,8 @@ log = logging.getLogger("canhazgpu.serve")
 
 QUEUE_MAX = 1000  # deliveries waiting for a task
 IN_FLIGHT_MAX = 200  # deliveries being sent (slow receivers included)
+THREADS = 32  # worker threads sending at once, all targets together
+PER_TARGET = 4  # of which one target (a URL, a user's terminals) may hold
 ATTEMPT_S = 10.0  # one attempt's deadline
 RETRIES = (1.0, 4.0, 15.0)  # back-off before the 2nd, 3rd and 4th attempts
 RATE = 20  # messages per recipient and channel target ...
@@ -67,6 +69,8 @@ class Notifier:
         self._repeats: dict[tuple, float] = {}
         self.in_flight = 0
         self.ongoing: dict[int, dict] = {}  # GPU -> its unreserved_detected, while it lasts
+        self.threads = anyio.CapacityLimiter(THREADS)
+        self._per_target: dict[tuple, anyio.CapacityLimiter] = {}
 
     # ------------------------------------------------------------------ the daemon's task
     async def run(self, stream, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
@@ -77,14 +81,16 @@ class Notifier:
             task_status.started()
             async for item in stream:
                 if isinstance(item, Event):
-                    try:
-                        self._follow(item)
-                        await self._enqueue(send, item.data)
-                    except Exception:  # a bug: logged; the daemon and other events go on
-                        log.exception("notify: event #%s not handled", item.seq)
+                    self._follow(item)
+                    await self._enqueue(send, item.data)
 
     async def _enqueue(self, send, doc: dict) -> None:
-        for d in await self.plan(doc):
+        try:
+            planned = await self.plan(doc)
+        except Exception:  # a bug: logged; the daemon and the other events go on
+            log.exception("notify: event %s not handled", doc.get("seq"))
+            return
+        for d in planned:
             try:
                 send.send_nowait(d)
             except anyio.WouldBlock:
@@ -136,7 +142,11 @@ class Notifier:
         """One try with a deadline; the error's line, or None when delivered."""
         try:
             with anyio.fail_after(ATTEMPT_S):
-                await anyio.to_thread.run_sync(self.send_now, d, abandon_on_cancel=True)
+                # threads of our own (never the daemon's scans'), a few per target: a slow
+                # receiver waits on its own limiter, holding no thread another one needs
+                async with self._target_limiter(d.rule):
+                    await anyio.to_thread.run_sync(self.send_now, d, abandon_on_cancel=True,
+                                                   limiter=self.threads)
             return None
         except TimeoutError:
             return f"no answer within {ATTEMPT_S:g}s"
@@ -144,6 +154,15 @@ class Notifier:
             return str(err)
         except Exception as err:  # a channel's library failing its own way
             return f"{type(err).__name__}: {err}"
+
+    def _target_limiter(self, rule: Rule) -> anyio.CapacityLimiter:
+        key = (rule.channel, rule.url, rule.uid)
+        limiter = self._per_target.get(key)
+        if limiter is None:
+            if len(self._per_target) > 10_000:
+                self._per_target.clear()
+            limiter = self._per_target[key] = anyio.CapacityLimiter(PER_TARGET)
+        return limiter
 
     def send_now(self, d: Delivery) -> None:
         """Deliver one message (blocking: a worker thread)."""
