@@ -114,3 +114,15 @@ async def test_expiring_and_foreign_use_events(pool, config, me, fake_gpus):
     assert expiring.rid == res.rid and 0 < expiring.data["expires_in_ms"] <= 2000
     assert foreign.data["user"] == me.user and foreign.data["users"] == ["mallory"]
     assert [e.type for e in rec.seen].count("foreign_use") == 1
+
+
+async def test_status_through_the_daemon_shows_the_idle_clock(pool, config, me, cli):
+    import json
+    async with running_daemon(config):
+        await pool.allocate(Request(ids=(6,), duration_s=3600), me)
+        since = await idle_since(pool, 6)
+        out = await cli.run("--client", "daemon", "status", "--json")
+        table = await cli.run("--client", "daemon", "status", "--format", "table")
+    hold = json.loads(out.stdout)["gpus"][6]["reservation"]
+    assert hold["idle_since_ms"] == since and hold["idle_s"] >= 0
+    assert "idle " in table.stdout.splitlines()[2 + 6]
