@@ -14,7 +14,7 @@ import pytest
 from canhazgpu.api.client import RemoteCore
 from canhazgpu.config import load
 from canhazgpu.core import Request
-from canhazgpu.errors import InvalidRequest
+from canhazgpu.errors import InvalidRequest, NotOwner
 from canhazgpu.identity import Caller
 from canhazgpu.notify.rules import parse_admin_rules, subjects
 from eventtools import running_daemon
@@ -223,3 +223,17 @@ async def test_the_holder_hears_of_grant_idle_warning_and_idle_release(pool, con
     assert kinds[:3] == [("granted", None), ("idle_warning", None), ("released", "idle")]
     assert all(b["user"] == me.user for _, b in got)
     assert "idle too long" in got[2][1]["text"]
+
+
+async def test_an_admins_own_rule_for_all_users(pool, config, fake_gpus, me):
+    admin = replace(me, is_admin=True)
+    with http_receiver() as (url, hooks):
+        async with running_daemon(config):
+            await pool.notify(admin, "add", channel="webhook", url=url,
+                              events=["unreserved_detected"], everyone=True)
+            fake_gpus.write([on(2, "bob")])
+            (_, body), = await hooks.until()
+    assert body["user"] is None and body["event"]["users"] == ["bob"]
+    with pytest.raises(NotOwner, match="--all-users is for root or the admin group"):
+        await pool.notify(replace(me, is_admin=False), "add", channel="terminal", url="",
+                          events=None, everyone=True)

@@ -28,6 +28,8 @@ async def test_each_user_sees_and_changes_only_their_own_rules(daemon, pool,  # 
     code, out, _ = await as_nobody(nobody_env, "notify", "test")
     assert code == 1 and out.startswith(f"{theirs['id']} terminal: FAILED: no terminal of "
                                         f"uid {NOBODY}")
+    code, _, err = await as_nobody(nobody_env, "notify", "add", "terminal", "--all-users")
+    assert code == 1 and "--all-users is for root or the admin group only" in err
     stored = await pool.store.notify_rules()
     assert {uid: e["user"] for uid, e in stored.items()} == {me.uid: me.user, NOBODY: "nobody"}
     assert [r["id"] for r in await pool.notify(me, "list")] == [mine[0]["id"]]

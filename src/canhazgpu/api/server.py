@@ -259,7 +259,8 @@ class ApiServer:
     async def op_notify_add(self, conn, caller: Caller, args: dict) -> list[dict]:
         return await self.core.notify(caller, "add", channel=_opt_str(args.get("channel")),
                                       url=_opt_str(args.get("url")) or "",
-                                      events=args.get("events"))
+                                      events=args.get("events"),
+                                      everyone=args.get("everyone") is True)
 
     async def op_notify_list(self, conn, caller: Caller, args: dict) -> list[dict]:
         return await self.core.notify(caller, "list")

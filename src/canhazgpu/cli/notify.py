@@ -30,12 +30,15 @@ async def notify():
               help="Event types, comma-separated, or '*' for all of yours (default: granted, "
                    "expiring, idle_warning, released, foreign_use, unreserved_detected, "
                    "job_ended).")
+@click.option("--all-users", "everyone", is_flag=True,
+              help="Root or the admin group: events about every user, not only you.")
 @click.option("--json", "as_json", is_flag=True, help="Print your rules as JSON.")
 @click.pass_obj
-async def add(state, channel, url, events, as_json):
+async def add(state, channel, url, events, everyone, as_json):
     """Add a rule: CHANNEL terminal, webhook URL or apprise URL."""
     rules = await state.core.notify(state.caller(), "add", channel=channel, url=url,
-                                    events=events.split(",") if events else None)
+                                    events=events.split(",") if events else None,
+                                    everyone=everyone)
     _show(rules, as_json, f"Added rule {rules[-1]['id']}." if rules else "")
 
 
@@ -89,5 +92,6 @@ def _show(rules: list[dict], as_json: bool, head: str = "") -> None:
         lines.append("No notification rules: add one with 'canhazgpu notify add terminal'")
     for r in rules:
         target = r["channel"] + (f" {r['url']}" if r.get("url") else "")
-        lines.append(f"{r['id']}  {target}  events: {','.join(r['events'])}")
+        who = "  (all users)" if r.get("everyone") else ""
+        lines.append(f"{r['id']}  {target}  events: {','.join(r['events'])}{who}")
     output.emit("\n".join(lines))

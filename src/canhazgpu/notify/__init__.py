@@ -11,15 +11,20 @@ import json
 
 import anyio
 
-from ..errors import CorruptState, InvalidRequest
+from ..errors import CorruptState, InvalidRequest, NotOwner
 from .rules import Rule, new_user_rule, user_rules
 
 __all__ = ["add", "listed", "remove", "test"]
 
 
-async def add(core, caller, channel: str, url: str, events) -> list[dict]:
-    """Add one of the caller's own rules; returns their rules."""
-    rule = new_user_rule(channel, url or "", events)
+async def add(core, caller, channel: str, url: str, events, everyone: bool = False
+              ) -> list[dict]:
+    """Add one of the caller's own rules; returns their rules. `everyone`: root or the
+    admin group only, the rule gets events about every user (unreserved use above all)."""
+    if everyone and not caller.is_admin:
+        raise NotOwner("--all-users is for root or the admin group only: without it your "
+                       "rules get the events about you")
+    rule = new_user_rule(channel, url or "", events, everyone)
     status, data = await core.store.change_notify("add", caller.uid, caller.user,
                                                   json.dumps(rule))
     if status == "FULL":

@@ -37,6 +37,7 @@ class Rule:
     id: str = ""  # user rules: how `notify remove` names it
     owner: str = ""  # user rules: the user whose events these are
     uid: int = -1
+    everyone: bool = False  # an admin's own rule for everyone's events (`--all-users`)
 
     def wants(self, event_type: str) -> bool:
         return "*" in self.events or event_type in self.events
@@ -57,6 +58,8 @@ class Rule:
         doc = {"id": self.id, "channel": self.channel, "events": list(self.events)}
         if self.url:
             doc["url"] = self.url
+        if self.everyone:
+            doc["everyone"] = True
         return doc
 
 
@@ -131,11 +134,11 @@ def parse_admin_rules(value, origin: str) -> tuple[Rule, ...]:
     return tuple(rules)
 
 
-def new_user_rule(channel: str, url: str, events) -> dict:
+def new_user_rule(channel: str, url: str, events, everyone: bool = False) -> dict:
     """A user's rule as stored (notify.lua), from `canhazgpu notify add`."""
     channel, url, events = check_rule(channel, url, events or DEFAULT_EVENTS,
                                       "canhazgpu notify add")
-    return Rule(channel, url, events, id=secrets.token_hex(3)).to_json()
+    return Rule(channel, url, events, id=secrets.token_hex(3), everyone=everyone).to_json()
 
 
 def user_rules(uid: int, entry: dict) -> list[Rule]:
@@ -148,7 +151,7 @@ def user_rules(uid: int, entry: dict) -> list[Rule]:
         except InvalidRequest:
             continue
         found.append(Rule(channel, url, events, id=str(doc.get("id", "")),
-                          owner=entry["user"], uid=uid))
+                          owner=entry["user"], uid=uid, everyone=doc.get("everyone") is True))
     return found
 
 

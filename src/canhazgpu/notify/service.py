@@ -210,7 +210,10 @@ class Notifier:
                 plans.append((rule, None))
         if about:
             own = await self.user_rules()
-            plans += [(rule, u) for u in about for rule in own.get(u, ()) if rule.wants(kind)]
+            plans += [(rule, u) for u in about for rule in own.get(u, ())
+                      if rule.wants(kind) and not rule.everyone]
+            plans += [(rule, None) for rules in own.values() for rule in rules
+                      if rule.everyone and rule.wants(kind)]  # an admin's, about anyone
         out = []
         for rule, user in plans:
             if not self.allowed(rule, user, doc, now):
