@@ -41,7 +41,7 @@ async def test_idle_manual_reservation_is_warned_once_then_released(pool, config
     assert warning.gpus == (1, 2) and warning.data["idle_ms"] >= 1000
     assert released.type == "released" and released.data["reason"] == "idle"
     assert released.rid == res.rid and released.gpus == (1, 2)
-    assert [e.type for e in rec.seen].count("idle_warning") == 1
+    assert [e["type"] for e in await pool.store.events_since(0)].count("idle_warning") == 1
     history = await pool.store.history(0)
     assert {(h.gpu, h.reason) for h in history if h.rid == res.rid} == {(1, "idle"), (2, "idle")}
     report = await pool.report(1)
@@ -86,20 +86,22 @@ async def test_a_run_is_never_released_nor_warned(pool, config, caller):
             view = await pool.view()
             assert view.gpus[3].hold is not None and view.gpus[3].hold.rid == res.rid
             assert view.gpus[3].idle_since_ms == since  # shown, never acted on
-            assert not [e for e in rec.seen if e.type in ("idle_warning", "released")]
+            assert not [e for e in await pool.store.events_since(0)
+                        if e["type"] in ("idle_warning", "released")]
     finally:
         supervisor.kill()
         await supervisor.aclose()
 
 
 async def test_policy_off_by_default_yet_the_idle_clock_is_shown(pool, config, me):
-    async with Recorder(pool.store).running() as rec, running_daemon(config):
+    async with running_daemon(config):
         await pool.allocate(Request(ids=(0,), duration_s=3600), me)
         since = await idle_since(pool, 0)
         with anyio.fail_after(10):
             while (await pool.view()).now_ms - since < 1500:
                 await anyio.sleep(0.1)
-    assert not [e for e in rec.seen if e.type in ("idle_warning", "released")]
+    assert not [e for e in await pool.store.events_since(0)
+                if e["type"] in ("idle_warning", "released")]
 
 
 async def test_expiring_and_foreign_use_events(pool, config, me, fake_gpus):
@@ -113,7 +115,7 @@ async def test_expiring_and_foreign_use_events(pool, config, me, fake_gpus):
         await rec.until(lambda e: e.type == "expired", timeout=5)
     assert expiring.rid == res.rid and 0 < expiring.data["expires_in_ms"] <= 2000
     assert foreign.data["user"] == me.user and foreign.data["users"] == ["mallory"]
-    assert [e.type for e in rec.seen].count("foreign_use") == 1
+    assert [e["type"] for e in await pool.store.events_since(0)].count("foreign_use") == 1
 
 
 async def test_status_through_the_daemon_shows_the_idle_clock(pool, config, me, cli):
@@ -126,3 +128,18 @@ async def test_status_through_the_daemon_shows_the_idle_clock(pool, config, me, 
     hold = json.loads(out.stdout)["gpus"][6]["reservation"]
     assert hold["idle_since_ms"] == since and hold["idle_s"] >= 0
     assert "idle " in table.stdout.splitlines()[2 + 6]
+
+
+async def test_a_restarted_daemon_keeps_the_clock_and_does_not_warn_again(pool, config, me):
+    policy = {"idle_warn_after": "1s", "idle_release_after": "1h"}
+    async with Recorder(pool.store).running() as rec:
+        async with running_daemon(config, **policy):
+            await pool.allocate(Request(ids=(7,), duration_s=3600), me)
+            await rec.until(lambda e: e.type == "idle_warning")
+            since = (await pool.view()).gpus[7].idle_since_ms
+        async with running_daemon(config, **policy) as daemon:
+            for _ in range(5):
+                await daemon.scanner.scan_once()
+            assert (await pool.view()).gpus[7].idle_since_ms == since
+    kept = await pool.store.events_since(0)  # every event published, read or not
+    assert [e["type"] for e in kept].count("idle_warning") == 1
