@@ -237,3 +237,19 @@ async def test_an_admins_own_rule_for_all_users(pool, config, fake_gpus, me):
     with pytest.raises(NotOwner, match="--all-users is for root or the admin group"):
         await pool.notify(replace(me, is_admin=False), "add", channel="terminal", url="",
                           events=None, everyone=True)
+
+
+async def test_a_user_who_joins_unreserved_use_is_told_too(pool, config, fake_gpus):
+    with smtp_receiver() as (port, mails):
+        settings = with_rules(config, {
+            "channel": "apprise", "events": ["unreserved_detected"],
+            "url": f"mailto://127.0.0.1:{port}?from=gpu@example.com&to={{user}}@example.com"})
+        async with running_daemon(settings) as daemon:
+            fake_gpus.write([on(2, "bob")])
+            await mails.until(lambda m: len(m) == 1)
+            fake_gpus.write([on(2, "bob", "dave")])  # no new unreserved_detected: it goes on
+            await mails.until(lambda m: len(m) == 2)
+            for _ in range(3):
+                await daemon.scanner.scan_once()
+    assert sorted(rcpt[0] for rcpt, _ in mails.snapshot()) == ["bob@example.com",
+                                                               "dave@example.com"]

@@ -81,8 +81,8 @@ class Notifier:
             task_status.started()
             async for item in stream:
                 if isinstance(item, Event):
-                    self._follow(item)
-                    await self._enqueue(send, item.data)
+                    for doc in (item.data, *self._follow(item)):
+                        await self._enqueue(send, doc)
 
     async def _enqueue(self, send, doc: dict) -> None:
         try:
@@ -97,15 +97,26 @@ class Notifier:
                 log.warning("notify: queue full, dropped %s to %s", d.doc.get("type"),
                             d.rule.target())
 
-    def _follow(self, event: Event) -> None:
-        """Unreserved use that goes on, for its reminders (one per notify_repeat)."""
+    def _follow(self, event: Event) -> list[dict]:
+        """Unreserved use that goes on, for its reminders (one per notify_repeat); returns
+        it again when more users joined it (each new one is told, the others are not)."""
+        joined = []
         for gpu in event.gpus:
             if event.type == "unreserved_detected":
                 self.ongoing[gpu] = event.data
-            elif event.type in ("unreserved_cleared", "pool_changed"):
+            elif event.type == "unreserved_cleared":
                 self.ongoing.pop(gpu, None)
+            elif event.type == "usage_changed" and gpu in self.ongoing:
+                users = list(dict.fromkeys(p.get("user") for p in
+                                           event.data.get("processes") or () if p.get("user")))
+                doc = self.ongoing[gpu]
+                if set(users) - set(doc.get("users") or ()):
+                    doc = self.ongoing[gpu] = {**doc, "users": users,
+                                               "processes": event.data.get("processes")}
+                    joined.append(doc)
         if event.type == "pool_changed":
             self.ongoing.clear()
+        return joined
 
     async def _reminders(self, send) -> None:
         while True:
