@@ -143,3 +143,14 @@ async def test_a_restarted_daemon_keeps_the_clock_and_does_not_warn_again(pool, 
             assert (await pool.view()).gpus[7].idle_since_ms == since
     kept = await pool.store.events_since(0)  # every event published, read or not
     assert [e["type"] for e in kept].count("idle_warning") == 1
+
+
+def test_an_unreadable_gpu_keeps_the_clock_as_it_was():
+    from canhazgpu.idle import Policy, track
+    from canhazgpu.model import GpuState, GpuUsage, Hold, PoolView
+    hold = Hold(gpu=0, rid="r", user="alice", kind="manual", start_ms=0)
+    before = {"r": {"since": 1000, "warned": False, "expiring": False}}
+    lost = PoolView(now_ms=10_000_000, gpus=(GpuState(
+        gpu=0, hold=hold, usage=GpuUsage(index=0, error="GPU is lost")),))
+    after, events, release = track(lost, before, Policy(warn_after_ms=1, release_after_ms=2))
+    assert (after, events, release) == (before, [], [])

@@ -42,7 +42,8 @@ class Policy:
 
 
 def gpu_idle(g: GpuState, utilization_pct: int) -> bool:
-    """Nothing of the holder's computes on this GPU (unknown usage is never idle)."""
+    """Nothing of the holder's computes on this GPU (unknown usage is never idle; `track`
+    keeps a clock as it was while a GPU cannot be read)."""
     usage, hold = g.usage, g.hold
     if usage is None or usage.error or hold is None:
         return False
@@ -76,6 +77,9 @@ def track(view: PoolView, before: dict, policy: Policy) -> tuple[dict, list[dict
         hold, ids = gpus[0].hold, [g.gpu for g in gpus]
         old = before.get(rid) or {}
         base = {"type": "", "rid": rid, "user": hold.user, "kind": hold.kind, "gpus": ids}
+        if any(g.usage is None or g.usage.error for g in gpus):
+            after[rid] = old  # cannot judge now: the clock neither runs on nor resets
+            continue
         idle = all(gpu_idle(g, policy.utilization_pct) for g in gpus)
         since = (old.get("since") or now) if idle else None
         entry = {"since": since, "warned": bool(old.get("warned")) and idle,
