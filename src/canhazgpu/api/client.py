@@ -252,6 +252,12 @@ class RemoteCore:
     async def end(self, rid: str, caller=None, reason: str = "released") -> list[int]:
         return await self.call("end", {"rid": rid, "reason": reason})
 
+    async def notify(self, caller, op: str, **args):
+        """The caller's own notification rules, kept by the daemon (Core.notify)."""
+        if "rule_id" in args:
+            args = {"id": args["rule_id"]}
+        return await self.call(f"notify_{op}", args)
+
 
 class RemoteStore:
     """The two reads of the store that the event commands make, answered by the daemon."""

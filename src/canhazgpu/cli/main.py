@@ -185,6 +185,7 @@ COMMANDS = {
     "events": ("events", "Follow the host's events: reservations, queue, GPU usage."),
     "help": ("manual", "Read the documentation of a command or topic."),
     "hosts": ("hosts", "Every host sharing this Redis: its GPUs, queue and daemon."),
+    "notify": ("notify", "Your notifications: add, list, remove or test a channel."),
     "queue": ("queue", "Show who is waiting for GPUs, in order."),
     "release": ("reserve", "Release your reservations."),
     "report": ("report", "GPU hours per user, with run/manual counts and shares."),
@@ -247,8 +248,8 @@ def _closer(state: Context):
 
 def _register() -> None:
     """Every command's module (tests, and a name missing from COMMANDS)."""
-    from . import (admin, completion, doctor, events, hosts, manual, queue,  # noqa: F401
-                   report, reserve, run, serve, status, wait, web)  # (commands attach)
+    from . import (admin, completion, doctor, events, hosts, manual, notify,  # noqa: F401
+                   queue, report, reserve, run, serve, status, wait, web)  # (commands attach)
 
 
 async def _amain(args: list[str]) -> int:
