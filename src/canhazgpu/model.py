@@ -49,7 +49,7 @@ class Hold:
     gpu: int
     rid: str  # reservation id, shared by all GPUs of one reservation
     user: str
-    kind: str  # "run" or "manual"
+    kind: str  # one of request.KINDS
     start_ms: int
     uid: int = -1
     host: str = ""

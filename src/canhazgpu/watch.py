@@ -26,6 +26,7 @@ from .errors import CanHazGpuError
 from .events import Event, Resync
 from .identity import Caller
 from .model import State
+from .request import HELD_BY_PROCESS
 
 log = logging.getLogger("canhazgpu.serve")
 
@@ -128,7 +129,7 @@ class OwnerWatcher:
         reservation or a completed grant, the end of one we watch, a pool change. Manual
         reservations coming and going (most events) need no re-read of the state."""
         if event.type == "reserved":
-            return event.data.get("kind") == "run"
+            return event.data.get("kind") in HELD_BY_PROCESS
         if event.type == "granted":
             return bool(event.data.get("complete"))
         if event.type == "pool_changed":
@@ -145,7 +146,7 @@ class OwnerWatcher:
         """The live, complete `run` reservations made on this machine, by reservation id."""
         host, machine = self.core.config.host_name, socket.gethostname()
         return {h.rid: Owner(h.pid, h.pid_start) for h in state.holds.values()
-                if h.host == host and (h.machine or machine) == machine and h.kind == "run"
+                if h.host == host and (h.machine or machine) == machine and h.kind in HELD_BY_PROCESS
                 and not h.waiting and h.pid > 0}
 
     async def reconcile(self) -> None:

@@ -118,10 +118,11 @@ class RemoteCore:
         return await self.call("report", {"days": days})
 
     async def acquire(self, req, caller=None, wait_s: float | None = None, *, progress=None,
-                      warn=lambda text: None):
+                      warn=lambda text: None, signals: bool = True):
         """Allocate now, or queue (wait_s) for as long as this connection is open. A
         queued request whose daemon goes away reconnects and follows its place again,
-        for as long as the place lasts without it (queue_lease)."""
+        for as long as the place lasts without it (queue_lease). signals=False: SIGINT and
+        SIGTERM are left alone (a caller outside the main thread: the Python API)."""
         wid = None
 
         def on_line(doc: dict) -> None:
@@ -141,7 +142,8 @@ class RemoteCore:
             try:
                 doc = await self.call("acquire", {
                     "request": protocol.encode(req), "wait_s": left, "resume": wid,
-                    "progress": progress is not None}, on_line, interruptible=wait_s is not None)
+                    "progress": progress is not None}, on_line,
+                    interruptible=signals and wait_s is not None)
                 return protocol.reservation(doc)
             except BackendUnavailable as err:
                 if wid is None:

@@ -14,7 +14,7 @@ from dataclasses import asdict
 
 from .. import errors
 from ..model import GpuProcess, GpuState, GpuUsage, Hold, PoolView, Waiter
-from ..request import QueueStatus, Request, Reservation
+from ..request import KINDS, QueueStatus, Request, Reservation
 
 VERSION = 1
 MAX_LINE = 64 * 1024  # a request or reply line longer than this is refused
@@ -117,7 +117,7 @@ def request(doc: dict) -> Request:
                       note=str(doc.get("note", ""))[:1000], claim_own=bool(doc.get("claim_own")))
     except (TypeError, ValueError):
         raise errors.InvalidRequest(f"invalid request {str(doc)[:80]}") from None
-    if req.kind not in ("run", "manual") or not 0 <= req.duration_s < float("inf") \
+    if req.kind not in KINDS or not 0 <= req.duration_s < float("inf") \
             or (req.kind == "manual" and req.duration_s == 0):
         raise errors.InvalidRequest(f"invalid request kind {req.kind!r} or duration "
                                     f"{req.duration_s!r}")

@@ -270,8 +270,8 @@ class ApiServer:
         hold = holds[0]
         if hold.uid != caller.uid and not caller.is_admin:
             raise NotOwner(f"reservation {rid} is {hold.user}'s, not yours")
-        if hold.kind != "run":
-            raise InvalidRequest("only run reservations are renewed through the API")
+        if hold.kind == "manual":
+            raise InvalidRequest("manual reservations are not renewed through the API")
         record = {"rid": rid, "user": hold.user, "uid": hold.uid, "host": hold.host,
                   "machine": hold.machine, "pid": hold.pid, "pid_start": hold.pid_start,
                   "kind": hold.kind, "note": hold.note}
