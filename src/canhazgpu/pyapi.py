@@ -38,7 +38,8 @@ class Lease:
     end() stops it from the same loop."""
 
     def __init__(self, count: int | None = None, gpu_ids=None, wait=None, note: str = "",
-                 min_free_memory_mb: int | None = None, kind: str = "python") -> None:
+                 min_free_memory_mb: int | None = None, kind: str = "python",
+                 adopt: tuple[str, tuple[int, ...]] | None = None) -> None:
         if count is not None and (isinstance(count, bool) or not isinstance(count, int)):
             raise InvalidRequest(f"invalid GPU count {count!r}: use a whole number, e.g. 2")
         self.count = count
@@ -47,6 +48,8 @@ class Lease:
         self.note = note
         self.min_free_mb = min_free_memory_mb
         self.kind = kind
+        self.adopt = adopt  # (rid, gpus): hold a reservation made by an earlier process
+        self.over = False  # set once hold() has ended (read from other threads)
         self.granted: concurrent.futures.Future = concurrent.futures.Future()
         self.res = None
         self._stop: anyio.Event | None = None
@@ -62,15 +65,19 @@ class Lease:
         self._stop, self._done = anyio.Event(), anyio.Event()
         ctx = Context()
         try:
-            req = await self._request(ctx)
             caller = ctx.caller()
-            if not ctx.remote:
-                from .hosts import check_here
-                await check_here(ctx.core)  # reservations are made by the host of the job
-            res = await ctx.core.acquire(req, caller, self.wait_s, warn=_warn, signals=False)
+            if self.adopt is not None:
+                res = self._adopted(ctx, caller)
+            else:
+                req = await self._request(ctx)
+                if not ctx.remote:
+                    from .hosts import check_here
+                    await check_here(ctx.core)  # reservations are made by the job's host
+                res = await ctx.core.acquire(req, caller, self.wait_s, warn=_warn,
+                                             signals=False)
             sup = Supervisor(ctx.core, res, caller, _warn,
                              heartbeat_s=ctx.config.seconds("heartbeat_interval"),
-                             renew_at_start=self.wait_s is not None)
+                             renew_at_start=self.wait_s is not None or self.adopt is not None)
             try:
                 async with anyio.create_task_group() as tg:
                     self._tg = tg
@@ -91,7 +98,18 @@ class Lease:
         finally:
             with anyio.CancelScope(shield=True):
                 await ctx.aclose()
+            self.over = True
             self._done.set()
+
+    def _adopted(self, ctx, caller):
+        """The reservation `adopt` names, held from now on by this process."""
+        from .request import Request, Reservation as Held
+        rid, gpus = self.adopt
+        record = {"rid": rid}  # the daemon keeps the record
+        if not ctx.remote:
+            record = ctx.core.record(caller, Request(ids=gpus, kind=self.kind, note=self.note),
+                                     rid=rid)
+        return Held(rid, gpus, caller.user, self.kind, ctx.config.seconds("run_lease"), record)
 
     async def _request(self, ctx):
         from .cli.options import build_request
@@ -212,13 +230,13 @@ class Reservation:
     `ids` are the GPU ids (also in CUDA_VISIBLE_DEVICES while held), `rid` the id that
     status shows."""
 
-    def __init__(self, lease: Lease, res) -> None:
+    def __init__(self, lease: Lease, res, set_env: bool = True) -> None:
         self._lease = lease
         self.ids: tuple[int, ...] = tuple(res.gpus)
         self.rid: str = res.rid
         self.kind: str = res.kind
         self.released = False
-        self._env = _EnvSwap(self.cuda_visible_devices)
+        self._env = _EnvSwap(self.cuda_visible_devices) if set_env else None
 
     @property
     def cuda_visible_devices(self) -> str:
@@ -234,7 +252,8 @@ class Reservation:
             return
         self.released = True
         _held.discard(self)
-        self._env.restore()
+        if self._env is not None:
+            self._env.restore()
         portal().call(self._lease.end)
 
     def __enter__(self) -> Reservation:

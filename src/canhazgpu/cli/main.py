@@ -188,8 +188,9 @@ def _closer(state: Context):
 
 
 def _register() -> None:
-    from . import (admin, completion, doctor, events, hosts, manual, queue,  # noqa: F401
-                   report, reserve, run, serve, status, wait, web)  # (commands attach)
+    from . import (admin, completion, doctor, events, hosts, kernelspec,  # noqa: F401
+                   manual, queue, report, reserve, run, serve, status, wait,
+                   web)  # (commands attach)
 
 
 async def _amain(args: list[str]) -> int:
