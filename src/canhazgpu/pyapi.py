@@ -22,7 +22,7 @@ import warnings
 import anyio
 from anyio.from_thread import BlockingPortal
 
-from .errors import InvalidRequest
+from .errors import InvalidRequest, boundary
 
 ENV = "CUDA_VISIBLE_DEVICES"
 _warned_frameworks = False
@@ -324,7 +324,8 @@ class gpus:  # noqa: N801 (used as `with canhazgpu.gpus(2) as g:`)
         try:
             res = await self._tg.start(lease.hold)
         except BaseException:
-            await self._tg.__aexit__(*sys.exc_info())
+            with boundary():  # the one error to read, not the task group's
+                await self._tg.__aexit__(*sys.exc_info())
             raise
         self._res = Reservation(lease, res)
         return self._res
@@ -334,7 +335,8 @@ class gpus:  # noqa: N801 (used as `with canhazgpu.gpus(2) as g:`)
         res.released = True
         res._env.restore()
         await res._lease.end()
-        return await self._tg.__aexit__(*exc)
+        with boundary():
+            return await self._tg.__aexit__(*exc)
 
 
 def _program() -> str:
