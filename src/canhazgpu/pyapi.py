@@ -88,6 +88,7 @@ class Lease:
                     await self._stop.wait()
                     tg.cancel_scope.cancel()
             finally:
+                self.over = True  # from now on, not held (the release is under way)
                 with anyio.CancelScope(shield=True):
                     await sup._release()
         except BaseException as err:

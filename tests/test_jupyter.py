@@ -1,0 +1,168 @@
+"""The Jupyter kernel provisioner (docs/jupyter.md): a real jupyter_client KernelManager
+starts a real ipykernel through canhazgpu-provisioner against the test's Redis and daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+pytest.importorskip("jupyter_client")
+pytest.importorskip("ipykernel")
+
+from jupyter_client.manager import AsyncKernelManager  # noqa: E402
+
+from canhazgpu.core import Request  # noqa: E402
+from canhazgpu.errors import NotEnoughGpus, WaitTimedOut  # noqa: E402
+from eventtools import Recorder, running_daemon  # noqa: E402
+
+pytestmark = pytest.mark.anyio
+
+SLACK = float(os.environ.get("CANHAZGPU_TEST_SLACK", "1"))
+
+
+@pytest.fixture
+def jupyter_env(env, tmp_path, monkeypatch):
+    """Jupyter's and canhazgpu's settings, for this process and the CLI: kernelspecs in a
+    temporary data directory."""
+    jenv = {**env, "JUPYTER_DATA_DIR": str(tmp_path / "jupyter"),
+            "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config"),
+            "JUPYTER_RUNTIME_DIR": str(tmp_path / "jupyter-runtime"),
+            "JUPYTER_PLATFORM_DIRS": "1"}
+    for key in [k for k in os.environ if k.startswith("CANHAZGPU_")]:
+        monkeypatch.delenv(key)
+    for key, value in jenv.items():
+        if key.startswith(("CANHAZGPU_", "JUPYTER_")):
+            monkeypatch.setenv(key, value)
+    return jenv
+
+
+def install(cli, jupyter_env, *args) -> str:
+    out = cli("kernelspec", "install", *args, extra_env=jupyter_env, check=0)
+    return out.stdout.split()[2]
+
+
+async def run_code(km, code: str) -> str:
+    kc = km.client()
+    kc.start_channels()
+    try:
+        await kc.wait_for_ready(timeout=60)
+        out: list[str] = []
+        await kc.execute_interactive(
+            code, timeout=60,
+            output_hook=lambda m: out.append(m["content"].get("text", ""))
+            if m["msg_type"] == "stream" else None)
+        return "".join(out).strip()
+    finally:
+        kc.stop_channels()
+
+
+async def kernel_holds(core) -> dict[int, object]:
+    return {g: h for g, h in (await core.store.read_state()).holds.items() if h.kind == "kernel"}
+
+
+def test_kernelspec_install_and_list(cli, jupyter_env):
+    name = install(cli, jupyter_env, "--gpus", "2", "--wait", "10m", "--note", "team a")
+    assert name == "python3-2gpu"
+    spec = json.loads((Path(jupyter_env["JUPYTER_DATA_DIR"]) / "kernels" / name
+                       / "kernel.json").read_text())
+    assert spec["display_name"] == "Python 3 (2 GPUs, canhazgpu)"
+    assert spec["metadata"]["kernel_provisioner"] == {
+        "provisioner_name": "canhazgpu-provisioner",
+        "config": {"gpus": 2, "wait": "10m", "note": "team a"}}
+    listed = json.loads(cli("kernelspec", "list", "--json", extra_env=jupyter_env,
+                            check=0).stdout)
+    assert [(r["name"], r["gpus"], r["wait"]) for r in listed] == [(name, 2, "10m")]
+    text = cli("kernelspec", "list", extra_env=jupyter_env, check=0).stdout
+    assert text.splitlines()[0].split()[:3] == ["NAME", "GPUS", "WAIT"] and name in text
+    bad = cli("kernelspec", "install", "--from", "nope", extra_env=jupyter_env, check=2)
+    assert bad.stderr.startswith("Error: no kernelspec named 'nope'")
+    bad = cli("kernelspec", "install", "--gpus", "0", extra_env=jupyter_env, check=2)
+    assert "invalid GPU count" in bad.stderr
+
+
+async def test_a_kernel_holds_its_gpus_for_its_life(pool, config, cli, jupyter_env):
+    """Through the daemon: the kernel sees its GPUs, status shows the hold, a restart keeps
+    the GPUs, a SIGKILL of the kernel frees them within a second, shutdown frees them."""
+    name = install(cli, jupyter_env, "--gpus", "2")
+    async with running_daemon(config), Recorder(pool.store).running() as rec:
+        km = AsyncKernelManager(kernel_name=name)
+        await km.start_kernel()
+        try:
+            held = km.provisioner.reservation
+            assert held is not None and len(held.ids) == 2
+            assert await run_code(km, "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])") \
+                == held.cuda_visible_devices
+            holds = await kernel_holds(pool)
+            assert set(holds) == set(held.ids)
+            assert all(km.kernel_id in h.note and h.rid == held.rid for h in holds.values())
+            shown = json.loads((await cli.run("status", "--json", check=0)).stdout)
+            assert {g["reservation"]["type"] for g in shown["gpus"] if g["reservation"]} \
+                == {"kernel"}
+            info = await km.provisioner.get_provisioner_info()
+            assert info["canhazgpu"] == {"rid": held.rid, "gpus": list(held.ids)}
+
+            await km.restart_kernel(now=True)
+            assert km.provisioner.reservation is held
+            assert await run_code(km, "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])") \
+                == held.cuda_visible_devices
+            assert set(await kernel_holds(pool)) == set(held.ids)
+
+            killed = time.monotonic()
+            os.kill(km.provisioner.pid, 9)
+            ended = await rec.until(lambda e: e.type == "released" and e.rid == held.rid,
+                                    timeout=3 * SLACK)
+            took = time.monotonic() - killed
+            assert sorted(ended.gpus) == sorted(held.ids)
+            assert km.provisioner.reservation is None
+        finally:
+            await km.shutdown_kernel(now=True)
+        print(f"kernel SIGKILL -> GPUs back: {took * 1000:.1f} ms")
+        assert took <= 1.0 * SLACK
+
+        km = AsyncKernelManager(kernel_name=name)
+        await km.start_kernel()
+        try:
+            assert await run_code(km, "print('ready')") == "ready"
+            assert len(await kernel_holds(pool)) == 2
+        finally:
+            await km.shutdown_kernel()
+        assert await kernel_holds(pool) == {}
+
+
+async def test_a_kernel_start_queues_until_gpus_come_back(pool, caller, cli, jupyter_env):
+    """Direct mode: with the pool full the start waits in the queue and begins once the
+    other user releases; a wait that runs out fails with the CLI's one-line reason."""
+    bob = caller("bob")
+    theirs = await pool.allocate(Request(count=8, duration_s=600), bob)
+    short = install(cli, jupyter_env, "--gpus", "1", "--name", "nowait")
+    km = AsyncKernelManager(kernel_name=short)
+    with pytest.raises(NotEnoughGpus, match="Requested: 1, Available: 0"):
+        await km.start_kernel()
+
+    brief = install(cli, jupyter_env, "--gpus", "1", "--wait", "1s", "--name", "brief")
+    km = AsyncKernelManager(kernel_name=brief)
+    with pytest.raises(WaitTimedOut, match="gave up waiting after 1s; left the queue"):
+        await km.start_kernel()
+    assert (await pool.queue())[1] == ()
+
+    patient = install(cli, jupyter_env, "--gpus", "1", "--wait", "1m", "--name", "patient")
+    km = AsyncKernelManager(kernel_name=patient)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(km.start_kernel)
+        with anyio.fail_after(30):
+            while not (await pool.queue())[1]:
+                await anyio.sleep(0.05)  # the start is queued
+        await pool.end(theirs.rid, bob)
+    try:
+        held = km.provisioner.reservation
+        assert held is not None
+        assert await run_code(km, "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])") \
+            == held.cuda_visible_devices
+    finally:
+        await km.shutdown_kernel(now=True)
+    assert await kernel_holds(pool) == {}
