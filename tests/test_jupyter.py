@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -18,7 +19,9 @@ from jupyter_client.manager import AsyncKernelManager  # noqa: E402
 
 from canhazgpu.core import Request  # noqa: E402
 from canhazgpu.errors import NotEnoughGpus, WaitTimedOut  # noqa: E402
+from conftest import ROOT  # noqa: E402
 from eventtools import Recorder, running_daemon  # noqa: E402
+from test_pyapi import tour_blocks  # noqa: E402
 
 pytestmark = pytest.mark.anyio
 
@@ -165,4 +168,18 @@ async def test_a_kernel_start_queues_until_gpus_come_back(pool, caller, cli, jup
             == held.cuda_visible_devices
     finally:
         await km.shutdown_kernel(now=True)
+    assert await kernel_holds(pool) == {}
+
+
+async def test_the_tour_runs_as_pasted(pool, jupyter_env):
+    """docs/jupyter.md's tour: its shell block, then its python block."""
+    page = (ROOT / "docs" / "jupyter.md").read_text()
+    shell, code = "set -e\n" + "".join(tour_blocks(page, "sh")), "".join(tour_blocks(page))
+    env = {**jupyter_env, "PATH": f"{Path(sys.executable).parent}:{jupyter_env['PATH']}"}
+    with anyio.fail_after(60):
+        out = await anyio.run_process(["bash", "-c", shell], env=env, check=False)
+        assert out.returncode == 0, out.stderr.decode()
+        assert "gpu-tour" in out.stdout.decode()
+        out = await anyio.run_process([sys.executable, "-c", code], env=env, check=False)
+    assert out.returncode == 0, out.stderr.decode()
     assert await kernel_holds(pool) == {}

@@ -243,8 +243,9 @@ async def test_two_programs_queue_first_come_first_served(pool, config, env, me)
 
 
 # ---------------------------------------------------------------------- the tour
-def tour_blocks(text: str) -> list[str]:
-    return re.findall(r"```python\n(.*?)```", text, re.S)
+def tour_blocks(text: str, lang: str = "python") -> list[str]:
+    """The code blocks of a page in `lang`, in order."""
+    return re.findall(rf"```{lang}\n(.*?)```", text, re.S)
 
 
 async def test_the_tour_runs_as_pasted(pool, env):
