@@ -103,22 +103,27 @@ async def test_a_kernel_holds_its_gpus_for_its_life(pool, config, cli, jupyter_e
             holds = await kernel_holds(pool)
             assert set(holds) == set(held.ids)
             assert all(km.kernel_id in h.note and h.rid == held.rid for h in holds.values())
+            # the kernel's process owns it: the daemon watches the kernel
+            assert {h.pid for h in holds.values()} == {km.provisioner.pid}
             shown = json.loads((await cli.run("status", "--json", check=0)).stdout)
             assert {g["reservation"]["type"] for g in shown["gpus"] if g["reservation"]} \
                 == {"kernel"}
             info = await km.provisioner.get_provisioner_info()
             assert info["canhazgpu"] == {"rid": held.rid, "gpus": list(held.ids)}
 
-            await km.restart_kernel(now=True)
-            assert km.provisioner.reservation is held
-            assert await run_code(km, "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])") \
-                == held.cuda_visible_devices
-            assert set(await kernel_holds(pool)) == set(held.ids)
+            for now in (True, False):  # killed, or asked to shut down: the same GPUs
+                await km.restart_kernel(now=now)
+                assert km.provisioner.reservation is held
+                assert await run_code(km, "import os; print(os.environ["
+                                          "'CUDA_VISIBLE_DEVICES'])") == held.cuda_visible_devices
+                holds = await kernel_holds(pool)
+                assert {(h.gpu, h.rid, h.pid) for h in holds.values()} == \
+                    {(i, held.rid, km.provisioner.pid) for i in held.ids}  # the new kernel
 
             killed = time.monotonic()
             os.kill(km.provisioner.pid, 9)
-            ended = await rec.until(lambda e: e.type == "released" and e.rid == held.rid,
-                                    timeout=3 * SLACK)
+            ended = await rec.until(lambda e: e.type in ("reclaimed", "released")
+                                    and e.rid == held.rid, timeout=3 * SLACK)
             took = time.monotonic() - killed
             assert sorted(ended.gpus) == sorted(held.ids)
             assert km.provisioner.reservation is None

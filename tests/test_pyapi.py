@@ -256,3 +256,43 @@ async def test_the_tour_runs_as_pasted(pool, env):
         out = await anyio.run_process([sys.executable, "-c", code], env=env, check=False)
     assert out.returncode == 0, out.stderr.decode()
     assert await holds(pool) == {}
+
+
+@pytest.mark.parametrize("daemon", [True, False], ids=["daemon", "direct"])
+async def test_a_reservation_moves_to_another_process_of_its_user(pool, config, api, daemon,
+                                                                  monkeypatch):
+    """What a Jupyter kernel's reservation does: owned by the kernel's process once it runs
+    (event `owner`), so the daemon reclaims it when that process dies, not when we do."""
+    monkeypatch.setenv("CANHAZGPU_CLIENT", "daemon" if daemon else "direct")
+    async with running_daemon(config), Recorder(pool.store).running() as rec:
+        kernel = await anyio.open_process(["sleep", "60"])
+        try:
+            async with canhazgpu.gpus(2) as g:
+                await g._lease.move_to(kernel.pid)
+                moved = await rec.until(lambda e: e.type == "owner", timeout=5)
+                assert moved.rid == g.rid and moved.data["pid"] == kernel.pid
+                assert {h.pid for h in (await holds(pool)).values()} == {kernel.pid}
+                await g._lease.move_to(os.getpid())  # and back: the kernel may end now
+                await rec.until(lambda e: e.type == "owner", timeout=5)
+                await g._lease.move_to(kernel.pid)
+                kernel.kill()
+                ended = await rec.until(lambda e: e.type == "reclaimed", timeout=3 * SLACK)
+                assert ended.rid == g.rid and await holds(pool) == {}
+        finally:
+            await reap(kernel)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to start a process as nobody")
+async def test_a_reservation_moves_only_to_its_own_users_process(pool, config, api,
+                                                                 monkeypatch):
+    monkeypatch.setenv("CANHAZGPU_CLIENT", "daemon")
+    async with running_daemon(config):
+        theirs = await anyio.open_process(["setpriv", "--reuid", "65534", "--regid", "65534",
+                                           "--clear-groups", "sleep", "60"])
+        try:
+            async with canhazgpu.gpus(1) as g:
+                with pytest.raises(canhazgpu.NotOwner, match=f"process {theirs.pid} is not"):
+                    await g._lease.move_to(theirs.pid)
+                assert {h.pid for h in (await holds(pool)).values()} == {os.getpid()}
+        finally:
+            await reap(theirs)

@@ -10,7 +10,8 @@ __version__ = "0.1.0"
 _API = {"gpus": "pyapi", "reserve": "pyapi", "status": "pyapi", "Reservation": "pyapi",
         "CanHazGpuError": "errors", "InvalidRequest": "errors", "NotEnoughGpus": "errors",
         "GpusUnavailable": "errors", "NotOwner": "errors", "PoolNotInitialized": "errors",
-        "BackendUnavailable": "errors", "WaitTimedOut": "errors", "LostPlace": "errors"}
+        "BackendUnavailable": "errors", "WaitTimedOut": "errors", "LostPlace": "errors",
+        "NotHeld": "errors"}
 __all__ = ["__version__", *_API]
 
 

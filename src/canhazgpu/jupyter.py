@@ -4,12 +4,12 @@ jupyter_client.kernel_provisioners); needs the `jupyter` extra.
 
 pre_launch reserves (kernelspec metadata.kernel_provisioner.config: gpus, gpu_ids, wait,
 note), queueing up to `wait`, and puts CUDA_VISIBLE_DEVICES into the kernel's environment.
-The reservation (TYPE kernel) is held by the Jupyter server's process with a heartbeat in
-canhazgpu's loop thread, exactly like the Python API's, and watched against the kernel's
-process: it ends as soon as the kernel exits unless the kernel manager is shutting it down
-(a restart keeps the GPUs; a shutdown or a cull releases them in cleanup). A Jupyter server
-that dies gives them back like any crashed holder (the daemon within a second, else one
-lease).
+The reservation (TYPE kernel) is made by the Jupyter server's process with a heartbeat in
+canhazgpu's loop thread, exactly like the Python API's, then moved to the kernel's process
+(a daemon reclaims it within a second of the kernel's death) and watched by us as well (no
+daemon needed): it ends as soon as the kernel exits, unless the kernel manager is shutting
+the kernel down, in which case it is moved back to the server first (a restart keeps the
+GPUs; a shutdown or a cull releases them in cleanup).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Integer, List, Unicode
 
 from . import pyapi
+from .errors import CanHazGpuError
 
 INFO_KEY = "canhazgpu"
 
@@ -89,14 +90,52 @@ class CanHazGpuProvisioner(LocalProvisioner):
             raise
 
     async def post_launch(self, **kwargs: Any) -> None:
-        """Watch the kernel's process: its end (a crash) ends the reservation, unless the
-        kernel manager is shutting it down (restart or shutdown: cleanup decides)."""
         await super().post_launch(**kwargs)
+        await self._hand_to_kernel()
+
+    async def _hand_to_kernel(self) -> None:
+        """The running kernel owns the reservation (a daemon reclaims it within a second of
+        the kernel's death), and we watch it too (no daemon needed): its end ends the
+        reservation, unless the kernel manager is shutting it down (cleanup decides)."""
         held = self.reservation
-        if held is not None and self.pid:
-            km = self.parent
-            pyapi.portal().call(held._lease.end_when_gone, self.pid,
-                                lambda: bool(getattr(km, "shutting_down", False)))
+        if held is None or not self.pid:
+            return
+        km = self.parent
+        await self._move(self.pid)
+        pyapi.portal().call(held._lease.end_when_gone, self.pid,
+                            lambda: bool(getattr(km, "shutting_down", False)))
+
+    async def _move(self, pid: int) -> None:
+        held = self.reservation
+        if held is None:
+            return
+        try:
+            await anyio.to_thread.run_sync(pyapi.portal().call, held._lease.move_to, pid)
+        except CanHazGpuError as err:  # still held by us: a kernel crash frees it in cleanup
+            self.log.warning("canhazgpu: reservation %s stays with the server: %s",
+                             held.rid, err)
+
+    async def _before_stopping(self) -> None:
+        """A shutdown or restart is about to end the kernel: hold the GPUs in the server
+        again first, so that the kernel's end is not taken for a crash."""
+        if getattr(self.parent, "shutting_down", False):
+            await self._move(os.getpid())
+
+    async def send_signal(self, signum: int) -> None:
+        await self._before_stopping()  # the kernel manager's shutdown interrupts first
+        await super().send_signal(signum)
+
+    async def shutdown_requested(self, restart: bool = False) -> None:
+        await self._before_stopping()
+        await super().shutdown_requested(restart=restart)
+
+    async def terminate(self, restart: bool = False) -> None:
+        await self._before_stopping()
+        await super().terminate(restart=restart)
+
+    async def kill(self, restart: bool = False) -> None:
+        await self._before_stopping()
+        await super().kill(restart=restart)
 
     async def cleanup(self, restart: bool = False) -> None:
         await super().cleanup(restart=restart)
@@ -122,9 +161,7 @@ class CanHazGpuProvisioner(LocalProvisioner):
                             adopt=(str(mine["rid"]), tuple(int(i) for i in mine["gpus"])))
         res = await anyio.to_thread.run_sync(pyapi.start, lease)
         self._held = pyapi.Reservation(lease, res, set_env=False)
-        if self.pid:
-            pyapi.portal().call(lease.end_when_gone, self.pid,
-                                lambda: bool(getattr(self.parent, "shutting_down", False)))
+        await self._hand_to_kernel()
 
 
 # ---------------------------------------------------------------------- kernelspecs

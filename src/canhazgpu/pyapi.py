@@ -55,6 +55,7 @@ class Lease:
         self._stop: anyio.Event | None = None
         self._done: anyio.Event | None = None
         self._tg = None
+        self._sup = None
         self._watch: anyio.CancelScope | None = None
 
     async def hold(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
@@ -78,6 +79,7 @@ class Lease:
             sup = Supervisor(ctx.core, res, caller, _warn,
                              heartbeat_s=ctx.config.seconds("heartbeat_interval"),
                              renew_at_start=self.wait_s is not None or self.adopt is not None)
+            self._sup = sup
             try:
                 async with anyio.create_task_group() as tg:
                     self._tg = tg
@@ -144,6 +146,20 @@ class Lease:
             return
         self._stop.set()
         await self._done.wait()
+
+    async def move_to(self, pid: int) -> None:
+        """Make process `pid` (of the same user) the reservation's owner, whose death a
+        daemon watches (a Jupyter kernel's once it runs; the server's during a restart)."""
+        from dataclasses import replace
+
+        from .identity import process_start
+        sup = self._sup
+        if sup is None or self.over or sup.res.record.get("pid") == pid:
+            return
+        start = await anyio.to_thread.run_sync(process_start, pid)
+        moved = replace(sup.res, record={**sup.res.record, "pid": pid, "pid_start": start})
+        await sup.core.heartbeat(moved)  # refused (NotOwner): still ours
+        sup.res = moved
 
     async def end_when_gone(self, pid: int, unless=lambda: False) -> None:
         """Release as soon as process `pid` exits, unless unless() says it was meant to

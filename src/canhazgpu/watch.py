@@ -32,7 +32,7 @@ log = logging.getLogger("canhazgpu.serve")
 
 # Events after which the set of reservations may differ.
 CHANGES = ("reserved", "granted", "released", "expired", "reclaimed", "forced", "left",
-           "pool_changed")
+           "pool_changed", "owner")
 START_TOLERANCE_S = 0.5  # create times are read in clock ticks and stored as JSON floats
 POLL_S = 0.25  # without pidfds
 
@@ -167,18 +167,32 @@ class OwnerWatcher:
         done, self.reconciled = self.reconciled, anyio.Event()
         done.set()
 
+    async def still_owned(self, rid: str, owner: Owner) -> bool:
+        """Whether reservation rid is still owner's (a move happens before the old owner
+        ends, so a fresh read tells); unsure (Redis away) counts as yes."""
+        try:
+            state = await self.core.store.read_state()
+        except CanHazGpuError:
+            return True
+        return any(h.rid == rid and h.pid == owner.pid for h in state.holds.values())
+
+    async def _reclaim(self, rid: str, reason: str) -> None:
+        while True:
+            try:
+                ended = await self.core.end(rid, self.caller, reason="reclaimed")
+                self.trouble("reclaim", None)
+                break
+            except CanHazGpuError as err:  # Redis away: keep trying, it is still dead
+                self.trouble("reclaim", err)
+                await anyio.sleep(1)
+        if ended:
+            log.debug("reclaimed %s (GPU %s): %s", rid, ",".join(map(str, ended)), reason)
+
     async def _watch(self, rid: str, watch: Watch) -> None:
         with watch.scope:
             reason = await wait_gone(watch.owner, watch.verified)
-            while True:
-                try:
-                    ended = await self.core.end(rid, self.caller, reason="reclaimed")
-                    self.trouble("reclaim", None)
-                    break
-                except CanHazGpuError as err:  # Redis away: keep trying, it is still dead
-                    self.trouble("reclaim", err)
-                    await anyio.sleep(1)
-            if ended:
-                log.debug("reclaimed %s (GPU %s): %s", rid, ",".join(map(str, ended)), reason)
+            # not when it moved to another process (event `owner`) before this one ended
+            if await self.still_owned(rid, watch.owner):
+                await self._reclaim(rid, reason)
         if self.watched.get(rid) is watch:
             del self.watched[rid]

@@ -169,7 +169,9 @@ class RemoteCore:
                                            "user": user, "force": force})
 
     async def heartbeat(self, res, ttl_s: float | None = None) -> list[int]:
-        return await self.call("heartbeat", {"rid": res.rid, "gpus": list(res.gpus)})
+        owner = res.record.get("pid")  # another process of ours may own it (a kernel)
+        return await self.call("heartbeat", {"rid": res.rid, "gpus": list(res.gpus),
+                                             **({"owner_pid": owner} if owner else {})})
 
     async def end(self, rid: str, caller=None, reason: str = "released") -> list[int]:
         return await self.call("end", {"rid": rid, "reason": reason})
