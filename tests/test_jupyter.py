@@ -188,3 +188,27 @@ async def test_the_tour_runs_as_pasted(pool, jupyter_env):
         out = await anyio.run_process([sys.executable, "-c", code], env=env, check=False)
     assert out.returncode == 0, out.stderr.decode()
     assert await kernel_holds(pool) == {}
+
+
+async def test_provisioner_info_carries_the_reservation(pool, cli, jupyter_env):
+    """A server that takes over a running kernel (load_provisioner_info) holds its
+    reservation from then on: renewed at once, released at the kernel's shutdown."""
+    from jupyter_client.provisioning import KernelProvisionerFactory
+    name = install(cli, jupyter_env, "--gpus", "2")
+    km = AsyncKernelManager(kernel_name=name)
+    await km.start_kernel()
+    try:
+        held = km.provisioner.reservation
+        info = await km.provisioner.get_provisioner_info()
+        other = AsyncKernelManager(kernel_name=name)
+        taker = KernelProvisionerFactory.instance().create_provisioner_instance(
+            km.kernel_id, other.kernel_spec, parent=other)
+        await taker.load_provisioner_info(info)
+        adopted = taker.reservation
+        assert adopted is not held and (adopted.rid, adopted.ids) == (held.rid, held.ids)
+        holds = await kernel_holds(pool)
+        assert {(h.rid, h.pid) for h in holds.values()} == {(held.rid, km.provisioner.pid)}
+        await taker.cleanup(restart=False)  # its shutdown: the GPUs are back
+        assert await kernel_holds(pool) == {}
+    finally:
+        await km.shutdown_kernel(now=True)

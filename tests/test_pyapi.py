@@ -296,3 +296,21 @@ async def test_a_reservation_moves_only_to_its_own_users_process(pool, config, a
                 assert {h.pid for h in (await holds(pool)).values()} == {os.getpid()}
         finally:
             await reap(theirs)
+
+
+FORKER = """
+import os, sys, canhazgpu
+with canhazgpu.gpus(1) as g:
+    pid = os.fork()
+    if pid == 0:
+        sys.exit(0)  # through atexit: must neither hang nor release the parent's GPUs
+    os.waitpid(pid, 0)
+    print(len(canhazgpu.status()["gpus"][g.ids[0]]["reservation"] or {}) > 0, flush=True)
+"""
+
+
+async def test_a_forked_child_leaves_the_parents_gpus_alone(pool, env):
+    with anyio.fail_after(30):
+        out = await anyio.run_process([sys.executable, "-c", FORKER], env=env, check=False)
+    assert (out.returncode, out.stdout.decode().strip()) == (0, "True"), out.stderr.decode()
+    assert await holds(pool) == {}

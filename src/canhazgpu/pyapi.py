@@ -216,6 +216,17 @@ def portal() -> BlockingPortal:
     return _portal
 
 
+def _forget_in_child() -> None:
+    """A forked child (a DataLoader worker) has no loop thread and holds nothing: its
+    parent does."""
+    global _portal
+    _portal = None
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
 def _release_all() -> None:
     for res in list(_held):
         res.release()
@@ -253,6 +264,7 @@ class Reservation:
         self.rid: str = res.rid
         self.kind: str = res.kind
         self.released = False
+        self._pid = os.getpid()  # a forked child leaving the block releases nothing
         self._env = _EnvSwap(self.cuda_visible_devices) if set_env else None
 
     @property
@@ -271,7 +283,8 @@ class Reservation:
         _held.discard(self)
         if self._env is not None:
             self._env.restore()
-        portal().call(self._lease.end)
+        if os.getpid() == self._pid:
+            portal().call(self._lease.end)
 
     def __enter__(self) -> Reservation:
         return self
