@@ -88,6 +88,7 @@ def test_kernelspec_install_and_list(cli, jupyter_env):
     assert "invalid GPU count" in bad.stderr
 
 
+@pytest.mark.slow
 async def test_a_kernel_holds_its_gpus_for_its_life(pool, config, cli, jupyter_env):
     """Through the daemon: the kernel sees its GPUs, status shows the hold, a restart keeps
     the GPUs, a SIGKILL of the kernel frees them within a second, shutdown frees them."""
@@ -142,6 +143,7 @@ async def test_a_kernel_holds_its_gpus_for_its_life(pool, config, cli, jupyter_e
         assert await kernel_holds(pool) == {}
 
 
+@pytest.mark.slow
 async def test_a_kernel_start_queues_until_gpus_come_back(pool, caller, cli, jupyter_env):
     """Direct mode: with the pool full the start waits in the queue and begins once the
     other user releases; a wait that runs out fails with the CLI's one-line reason."""
@@ -176,6 +178,7 @@ async def test_a_kernel_start_queues_until_gpus_come_back(pool, caller, cli, jup
     assert await kernel_holds(pool) == {}
 
 
+@pytest.mark.slow
 async def test_the_tour_runs_as_pasted(pool, jupyter_env):
     """docs/jupyter.md's tour: its shell block, then its python block."""
     page = (ROOT / "docs" / "jupyter.md").read_text()
