@@ -14,6 +14,7 @@ import anyio
 import pytest
 
 import canhazgpu
+from canhazgpu import pyapi
 from canhazgpu.core import Request
 from conftest import ROOT
 from eventtools import Lines, Recorder, reap, running_daemon
@@ -46,7 +47,7 @@ async def test_a_with_block_holds_gpus_sets_the_env_and_releases(pool, api):
         held = await holds(pool)
         assert set(held) == set(g.ids)
         assert {(h.kind, h.pid, h.note, h.rid) for h in held.values()} == \
-            {("python", os.getpid(), "training", g.rid)}
+            {("python", os.getpid(), f"{pyapi._labelled('')}: training", g.rid)}
         doc = canhazgpu.status()  # the `status --json` document
         shown = [x["reservation"] for x in doc["gpus"] if x["reservation"]]
         assert [r["type"] for r in shown] == ["python", "python"]

@@ -321,7 +321,7 @@ def reserve(count: int | None = None, *, wait=None, note: str = "", gpu_ids=None
     """Reserve GPUs for this process until .release() (or its end); sets
     CUDA_VISIBLE_DEVICES. wait=None fails at once with NotEnoughGpus when GPUs are short;
     wait="30m" (or seconds, or "inf") queues first come first served up to that long."""
-    lease = Lease(count, gpu_ids, wait, note or _program(), min_free_memory_mb)
+    lease = Lease(count, gpu_ids, wait, _labelled(note), min_free_memory_mb)
     res = Reservation(lease, start(lease))
     _held.add(res)
     return res
@@ -348,7 +348,7 @@ class gpus:  # noqa: N801 (used as `with canhazgpu.gpus(2) as g:`)
     async def __aenter__(self) -> Reservation:
         args = dict(self._args)
         lease = Lease(args.pop("count"), args.pop("gpu_ids"), args.pop("wait"),
-                      args.pop("note") or _program(), **args)
+                      _labelled(args.pop("note")), **args)
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         try:
@@ -369,10 +369,17 @@ class gpus:  # noqa: N801 (used as `with canhazgpu.gpus(2) as g:`)
             return await self._tg.__aexit__(*exc)
 
 
-def _program() -> str:
-    """What status shows for a Python program's hold: its script (or `python`)."""
+def _labelled(note: str) -> str:
+    """What status shows for a Python program's hold: the program, then the note."""
     argv0 = sys.argv[0] if sys.argv and sys.argv[0] else ""
-    return "python" if argv0 in ("", "-c", "-m") else f"python {os.path.basename(argv0)}"
+    name = os.path.basename(argv0)
+    if argv0 in ("", "-c", "-m"):
+        program = "python"
+    elif name == "__main__.py":  # python -m package
+        program = f"python -m {os.path.basename(os.path.dirname(argv0))}"
+    else:
+        program = f"python {name}"
+    return f"{program}: {note}" if note else program
 
 
 def status() -> dict:
