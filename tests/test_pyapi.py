@@ -86,6 +86,10 @@ async def test_async_with(pool, api):
         assert os.environ["CUDA_VISIBLE_DEVICES"] == "5,6"
         assert set(await holds(pool)) == {5, 6}
     assert await holds(pool) == {}
+    async with canhazgpu.gpus(1) as g:
+        g.release()  # early, inside the block
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "before"
+    assert await holds(pool) == {}
     with pytest.raises(canhazgpu.NotEnoughGpus):
         async with canhazgpu.gpus(8):
             async with canhazgpu.gpus(1):

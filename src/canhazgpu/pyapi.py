@@ -22,7 +22,7 @@ import warnings
 import anyio
 from anyio.from_thread import BlockingPortal
 
-from .errors import InvalidRequest, boundary
+from .errors import CanHazGpuError, InvalidRequest, boundary
 
 ENV = "CUDA_VISIBLE_DEVICES"
 _warned_frameworks = False
@@ -96,7 +96,7 @@ class Lease:
         except BaseException as err:
             if not self.granted.done():
                 self.granted.set_exception(err if isinstance(err, Exception)
-                                           else InvalidRequest("stopped waiting for GPUs"))
+                                           else CanHazGpuError("stopped waiting for GPUs"))
             raise
         finally:
             with anyio.CancelScope(shield=True):
@@ -258,13 +258,14 @@ class Reservation:
     `ids` are the GPU ids (also in CUDA_VISIBLE_DEVICES while held), `rid` the id that
     status shows."""
 
-    def __init__(self, lease: Lease, res, set_env: bool = True) -> None:
+    def __init__(self, lease: Lease, res, set_env: bool = True, in_loop: bool = False) -> None:
         self._lease = lease
         self.ids: tuple[int, ...] = tuple(res.gpus)
         self.rid: str = res.rid
         self.kind: str = res.kind
         self.released = False
         self._pid = os.getpid()  # a forked child leaving the block releases nothing
+        self._in_loop = in_loop  # held by a task of the caller's event loop (async with)
         self._env = _EnvSwap(self.cuda_visible_devices) if set_env else None
 
     @property
@@ -283,7 +284,11 @@ class Reservation:
         _held.discard(self)
         if self._env is not None:
             self._env.restore()
-        if os.getpid() == self._pid:
+        if os.getpid() != self._pid:
+            return
+        if self._in_loop:  # called in that loop: the block's end waits for the release
+            self._lease._stop.set()
+        else:
             portal().call(self._lease.end)
 
     def __enter__(self) -> Reservation:
@@ -357,13 +362,12 @@ class gpus:  # noqa: N801 (used as `with canhazgpu.gpus(2) as g:`)
             with boundary():  # the one error to read, not the task group's
                 await self._tg.__aexit__(*sys.exc_info())
             raise
-        self._res = Reservation(lease, res)
+        self._res = Reservation(lease, res, in_loop=True)
         return self._res
 
     async def __aexit__(self, *exc) -> bool | None:
         res = self._res
-        res.released = True
-        res._env.restore()
+        res.release()
         await res._lease.end()
         with boundary():
             return await self._tg.__aexit__(*exc)
