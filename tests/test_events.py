@@ -95,6 +95,8 @@ SAMPLES = {
         "GPU 2 1069MB used (in use): PID 12345 (python3, bob)"),
     "gpu_error": ({"gpus": [3], "error": "GPU is lost"}, "GPU 3 error: GPU is lost"),
     "gpu_recovered": ({"gpus": [3]}, "GPU 3 readable again"),
+    "owner": ({"gpus": [1], "user": "alice", "kind": "kernel", "pid": 4242},
+              "GPU 1 now held by PID 4242 (alice, kernel)"),
 }
 
 
