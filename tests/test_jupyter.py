@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -215,3 +216,13 @@ async def test_provisioner_info_carries_the_reservation(pool, cli, jupyter_env):
         assert await kernel_holds(pool) == {}
     finally:
         await km.shutdown_kernel(now=True)
+
+
+def test_kernelspec_without_jupyter_is_one_line(env):
+    """The core package does not need Jupyter: the command says which extra brings it."""
+    code = ("import sys; sys.modules['jupyter_client'] = None; sys.argv = ['canhazgpu', "
+            "'kernelspec', 'list']; from canhazgpu.cli.main import main; main()")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 1
+    assert out.stderr == "Error: kernelspec needs Jupyter (jupyter_client is missing): pip " \
+                         "install 'canhazgpu[jupyter]'\n"

@@ -16,7 +16,8 @@ def _jupyter():
     try:
         from .. import jupyter
     except ImportError as err:
-        raise CanHazGpuError(f"kernelspec needs Jupyter ({err.name or err} is missing): "
+        missing = (err.name or "jupyter_client").split(".")[0]
+        raise CanHazGpuError(f"kernelspec needs Jupyter ({missing} is missing): "
                              "pip install 'canhazgpu[jupyter]'") from None
     return jupyter
 
