@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import stat
 import subprocess
 import time
 from dataclasses import replace
@@ -14,6 +15,7 @@ from dataclasses import replace
 import anyio
 import psutil
 import pytest
+import redis
 
 from canhazgpu.config import load
 from canhazgpu.core import Core, Request
@@ -273,7 +275,16 @@ async def test_embedded_redis_is_found_without_configuration_and_keeps_its_data(
         try:
             log = Lines(daemon.stderr)
             await log.until(lambda line: "serving host testhost" in line, timeout=20)
-            assert (state / "redis.url").read_text().strip() == f"unix://{state}/redis.sock"
+            url = (state / "redis.url").read_text().strip()
+            password = (state / "redis.pass").read_text().strip()
+            # private by construction (issue 15): a 0700 directory, a password kept 0600,
+            # a socket only the daemon's user may open
+            assert url == f"unix://:{password}@{state}/redis.sock" and len(password) >= 32
+            assert stat.S_IMODE(state.stat().st_mode) == 0o700
+            for name in ("redis.url", "redis.pass", "redis.sock"):
+                assert stat.S_IMODE((state / name).stat().st_mode) & 0o077 == 0, name
+            with pytest.raises(redis.AuthenticationError):
+                redis.Redis(unix_socket_path=str(state / "redis.sock")).ping()
             servers = psutil.Process(daemon.pid).children()
             assert len(servers) == 1
             if first:

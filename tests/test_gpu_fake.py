@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from canhazgpu.errors import InvalidRequest
+from canhazgpu.errors import InvalidRequest, ProviderUnavailable
 from canhazgpu.gpu import get_provider
 from canhazgpu.gpu.fake import FakeProvider, parse_fake
 from canhazgpu.model import GpuProcess, GpuUsage
@@ -90,14 +90,14 @@ def test_defaults_of_gpus_and_processes():
 ])
 async def test_bad_files_name_the_path_and_the_problem(gpus_file, doc, message):
     path = gpus_file(doc)
-    with pytest.raises(InvalidRequest, match=message) as caught:
+    with pytest.raises(ProviderUnavailable, match=message) as caught:
         await FakeProvider(path).scan()
     assert str(caught.value).startswith(f"fake GPU file {path}")
 
 
 async def test_missing_file(tmp_path):
     path = tmp_path / "absent.json"
-    with pytest.raises(InvalidRequest,
+    with pytest.raises(ProviderUnavailable,
                        match=f"fake GPU file {path} cannot be read: No such file"):
         await FakeProvider(path).count()
 

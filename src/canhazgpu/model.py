@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 DEFAULT_THRESHOLD_MB = 1024  # a GPU with this much memory used (or more) is in use
 
@@ -203,3 +203,25 @@ class State:
     released: dict  # gpu -> (ms, user) of the last release
     queue: tuple  # Waiter, in arrival order, live ones only
     corrupt: dict  # gpu -> message naming the key, for GPUs whose state cannot be read
+
+
+def seen_by(view: PoolView, user: str | None, admin: bool = False) -> PoolView:
+    """The view as `user` may see it: command lines (which often hold tokens) of other
+    users' processes are cut to the model detected in them. user None: nobody's (the web
+    page, the HTTP API); an admin sees everything."""
+    if admin:
+        return view
+
+    def process(p: GpuProcess) -> GpuProcess:
+        if p.user == user or not p.cmdline:
+            return p
+        from .gpu.models import detect_model
+        found = detect_model(p.cmdline)
+        return replace(p, cmdline=("--model", found) if found else ())
+
+    def gpu(g: GpuState) -> GpuState:
+        if g.usage is None or not g.usage.processes:
+            return g
+        return replace(g, usage=replace(g.usage, processes=tuple(
+            process(p) for p in g.usage.processes)))
+    return replace(view, gpus=tuple(gpu(g) for g in view.gpus))

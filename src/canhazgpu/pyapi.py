@@ -66,6 +66,7 @@ class Lease:
         self._stop, self._done = anyio.Event(), anyio.Event()
         ctx = Context()
         try:
+            await ctx.connect()
             caller = ctx.caller()
             if self.adopt is not None:
                 res = self._adopted(ctx, caller)
@@ -396,6 +397,6 @@ async def _status() -> dict:
     from .render import render_json
     ctx = Context()
     try:
-        return render_json(await ctx.core.view())
+        return render_json(await (await ctx.connect()).view())
     finally:
         await ctx.aclose()

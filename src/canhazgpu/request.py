@@ -6,7 +6,8 @@ import json
 from dataclasses import dataclass
 
 from .errors import InvalidRequest
-
+from .text import check_note
+from .timefmt import MAX_DURATION_S
 
 # What a reservation is: manual (a duration), or held by a living process's heartbeat: a
 # `run` supervisor, a Python program (the Python API) or a Jupyter kernel (its provisioner).
@@ -24,6 +25,25 @@ class Request:
     duration_s: float = 1800.0  # manual: the reservation's length
     note: str = ""
     claim_own: bool = False  # GPUs in unreserved use by the caller's own processes too
+
+    def __post_init__(self) -> None:
+        """Checked once, whichever edge made it (the CLI, the API, the Python API)."""
+        if self.kind not in KINDS:
+            raise InvalidRequest(f"invalid kind {str(self.kind)[:40]!r}: use one of "
+                                 f"{', '.join(KINDS)}")
+        if not (0 < self.duration_s or self.kind != "manual" and self.duration_s == 0) \
+                or not self.duration_s <= MAX_DURATION_S:  # also refuses NaN
+            raise InvalidRequest(f"invalid duration {self.duration_s!r}s: above 0, at most "
+                                 f"{MAX_DURATION_S}s (366d)")
+        if self.count is not None and self.ids is None and \
+                not 1 <= self.count <= MAX_POOL_GPUS:
+            raise InvalidRequest(f"invalid GPU count {self.count!r}: use a whole number from "
+                                 f"1 to {MAX_POOL_GPUS}")
+        if self.ids is not None and (len(set(self.ids)) != len(self.ids) or not self.ids
+                                     or not all(0 <= i < MAX_POOL_GPUS for i in self.ids)):
+            raise InvalidRequest(f"invalid GPU ids {self.ids!r}: distinct numbers from 0 to "
+                                 f"{MAX_POOL_GPUS - 1}")
+        check_note(self.note)
 
     @property
     def size(self) -> int:

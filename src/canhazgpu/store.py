@@ -35,6 +35,8 @@ ARGS = {
 }
 # The registry of hosts (hosts.py): one hash, host -> its entry, outside every host's slot.
 REGISTRY_KEY = "canhazgpu:hosts"
+MAX_CONNECTIONS = 32  # per process (the daemon's subscription is one of them)
+POOL_WAIT_S = 30.0  # how long a call waits for a free connection before it fails
 # Every host's event channel (canhazgpu:{HOST}:events), for one subscription to all hosts.
 ALL_HOSTS_EVENTS = "canhazgpu:*:events"
 _CLUSTER_DOWN = (rexc.ConnectionError, rexc.TimeoutError, OSError, rexc.ClusterError,
@@ -51,8 +53,12 @@ def connect(url: str) -> aioredis.Redis | RedisCluster:
     if is_cluster(url):
         plain = url.replace("+cluster://", "://", 1)
         return RedisCluster.from_url(plain, decode_responses=True, socket_connect_timeout=5)
-    return aioredis.from_url(url, decode_responses=True, socket_connect_timeout=5,
-                             health_check_interval=30)
+    # A bounded pool that waits for a free connection rather than failing: however many
+    # clients the daemon serves at once, it never opens more than MAX_CONNECTIONS.
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, decode_responses=True, socket_connect_timeout=5, health_check_interval=30,
+        max_connections=MAX_CONNECTIONS, timeout=POOL_WAIT_S)
+    return aioredis.Redis.from_pool(pool)  # the client owns the pool: closed with it
 
 
 def lua_name(key: str) -> str:
@@ -315,8 +321,10 @@ class Store:
                 queue.append(_waiter(wid, json.loads(waiters[wid]), int(deadlines[wid]),
                                      tuple(sorted(g for g, h in live.items() if h.rid == wid))))
             except (TypeError, ValueError, KeyError, AttributeError):
-                raise CorruptState(_corrupt(self.key("q:waiters"), wid, waiters[wid])) \
-                    from None
+                # shown as that entry's error: the rest of the queue is still readable
+                queue.append(Waiter(wid=wid, user="?", kind="corrupt", enqueued_ms=0,
+                                    deadline_ms=int(deadlines.get(wid, 0)),
+                                    note=_corrupt(self.key("q:waiters"), wid, waiters[wid])))
         return State(now_ms=now_ms, count=count, provider=pool.get("provider", ""),
                      holds=live, released=last, queue=tuple(queue), corrupt=corrupt)
 
@@ -499,6 +507,11 @@ class HostLock:
 
     async def holder(self) -> str | None:
         return await self.store.guard(self.store.redis.get(self.store.key("daemon")))
+
+    async def without_ttl(self) -> bool:
+        """Whether the key exists with no TTL: no daemon ever leaves it so (a hand-made or
+        restored key), and it would otherwise keep every daemon out forever."""
+        return await self.store.guard(self.store.redis.pttl(self.store.key("daemon"))) == -1
 
     async def break_stale(self, holder: str) -> None:
         """Delete the key if it still holds `holder` (a dead daemon's token)."""

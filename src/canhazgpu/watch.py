@@ -179,7 +179,7 @@ class OwnerWatcher:
     async def _reclaim(self, rid: str, reason: str) -> None:
         while True:
             try:
-                ended = await self.core.end(rid, self.caller, reason="reclaimed")
+                ended = await self.core.end(rid, self.caller, reason="reclaimed", force=True)
                 self.trouble("reclaim", None)
                 break
             except CanHazGpuError as err:  # Redis away: keep trying, it is still dead

@@ -3,13 +3,11 @@ their life (docs/jupyter.md). Needs the `jupyter` extra."""
 
 from __future__ import annotations
 
-import shutil
-
 import asyncclick as click
 
 from ..errors import CanHazGpuError
 from . import output
-from .main import Group, cli
+from .main import Command, cli
 
 
 def _jupyter():
@@ -22,7 +20,11 @@ def _jupyter():
     return jupyter
 
 
-@cli.group(cls=Group, epilog="""\b
+class Subcommands(click.Group):
+    command_class = Command  # each with the global options
+
+
+@cli.group(cls=Subcommands, epilog="""\b
 Examples:
   canhazgpu kernelspec install --gpus 2            # "Python 3 (ipykernel) (2 GPUs, canhazgpu)"
   canhazgpu kernelspec install --gpus 1 --wait 10m --name py-1gpu
@@ -72,10 +74,9 @@ async def list_(every, as_json):
         output.emit("No canhazgpu kernelspecs: canhazgpu kernelspec install --gpus N")
         return
     from ..render.tables import Column, table
-    columns = (Column("NAME", 4, flexible=True, keep=12), Column("GPUS", 4),
-               Column("WAIT", 4), Column("DISPLAY NAME", 12, flexible=True, keep=20),
-               Column("PATH", 4, flexible=True, keep=10))
+    columns = (Column("NAME", shrink=3, least=12), Column("GPUS", right=True),
+               Column("WAIT"), Column("DISPLAY NAME", shrink=2, least=20),
+               Column("PATH", drop=1))
     cells = [[r["name"], "-" if r["gpus"] is None else str(r["gpus"]), r["wait"] or "-",
               r["display_name"], r["path"]] for r in rows]
-    width = shutil.get_terminal_size().columns if output.is_tty() else None
-    output.emit(table(columns, cells, width))
+    output.emit(table(columns, cells, output.width()))

@@ -22,7 +22,7 @@ from typing import Any
 
 import anyio
 
-from ..errors import InvalidRequest
+from ..errors import ProviderUnavailable
 from ..model import GpuProcess, GpuUsage
 
 DEFAULT_COUNT = 8
@@ -57,12 +57,12 @@ class FakeProvider:
         try:
             text = self.path.read_text(encoding="utf-8")
         except OSError as err:
-            raise InvalidRequest(
+            raise ProviderUnavailable(
                 f"fake GPU file {self.path} cannot be read: {err.strerror or err}") from None
         try:
             return json.loads(text)
         except json.JSONDecodeError as err:
-            raise InvalidRequest(f"fake GPU file {self.path} is not valid JSON: {err.msg} "
+            raise ProviderUnavailable(f"fake GPU file {self.path} is not valid JSON: {err.msg} "
                                  f"at line {err.lineno} column {err.colno}") from None
 
 
@@ -137,7 +137,7 @@ class _Checker:
 
     def fail(self, what: str):
         place = f" ({self.path})" if self.path else ""
-        raise InvalidRequest(f"fake GPU file {self.where}{place}: {what}")
+        raise ProviderUnavailable(f"fake GPU file {self.where}{place}: {what}")
 
     def _name(self, key: str) -> str:
         return key or "entry"

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
+from ..text import printable
+
 if TYPE_CHECKING:
     from ..events import Event
 
@@ -56,14 +58,14 @@ _DESCRIBE = {
 
 def line(event: Event) -> str:
     """'#42 reserved: GPU 1,3 reserved by alice (run)': the journal's and `events`' format."""
-    return f"#{event.seq} {event.type}: {describe(event)}"
+    return f"#{event.seq} {printable(event.type)}: {describe(event)}"
 
 
 def describe(event: Event) -> str:
     """One human line for an event (its fields, without time and sequence number)."""
     doc = {**event.data, "gpus": list(event.gpus)}
     try:
-        return _DESCRIBE[event.type](doc)
+        return printable(_DESCRIBE[event.type](doc))  # names and notes are other users'
     except KeyError:
         extra = {k: v for k, v in event.data.items()
                  if k not in ("v", "seq", "host", "time_ms", "type")}

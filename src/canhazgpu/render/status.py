@@ -13,21 +13,24 @@ from __future__ import annotations
 from ..gpu.models import model_of, model_provider
 from ..model import DEFAULT_THRESHOLD_MB, GpuProcess, GpuState, GpuUsage, Hold, PoolView
 from ..request import HELD_BY_PROCESS
+from ..text import printable
 from ..timefmt import coarse, hms, short
-from .tables import Column, fit, line
+from .tables import Column, fit, line, rule_cells
 
 JSON_VERSION = 1
 
 # Minimum widths are the documents' own, so a table of short values matches them exactly.
 # MODEL and NOTE appear only when some GPU has one.
-# On a narrow terminal DETAILS and VALIDATION keep the most room: they say what is going on.
+# On a narrow terminal, GPU, STATUS, USER and DETAILS (until when) stay whole; the others
+# give way in this order (docs/status.md): MODEL, NOTE, TYPE, VALIDATION are cut, then
+# MODEL, NOTE, TYPE, VALIDATION, DURATION are left out; USER is cut only when nothing else is.
 COLUMNS = (Column("GPU", 3), Column("STATUS", 9),
-           Column("USER", 8, flexible=True, keep=8, least=8),
-           Column("DURATION", 11), Column("TYPE", 7),
-           Column("MODEL", 16, flexible=True, keep=8),
-           Column("DETAILS", 26, flexible=True, keep=20),
-           Column("VALIDATION", 21, flexible=True, keep=20),
-           Column("NOTE", flexible=True, keep=10))
+           Column("USER", 8, shrink=10, least=8),
+           Column("DURATION", 11, drop=9), Column("TYPE", 7, shrink=3, drop=7, least=7),
+           Column("MODEL", 16, shrink=1, drop=5, least=16),
+           Column("DETAILS", 26),
+           Column("VALIDATION", 21, shrink=4, drop=8, least=12),
+           Column("NOTE", shrink=2, drop=6, least=10))
 OPTIONAL = ("MODEL", "NOTE")
 COLORS = {"available": "\033[32m", "reserved": "\033[33m", "unreserved": "\033[31m",
           "error": "\033[31m"}
@@ -85,7 +88,7 @@ def _hold_detail(hold: Hold, now_ms: int, fmt) -> str:
 # ---------------------------------------------------------------- lines (seeds/003)
 def render_lines(view: PoolView) -> str:
     """One line per GPU and nothing else, exactly as in the documents."""
-    return "\n".join(_line(g, view.now_ms) for g in view.gpus)
+    return "\n".join(printable(_line(g, view.now_ms)) for g in view.gpus)
 
 
 def _line(g: GpuState, now_ms: int) -> str:
@@ -130,8 +133,9 @@ def _who(users: tuple[str, ...]) -> str:
 # ---------------------------------------------------------------- table (seeds/000)
 def render_table(view: PoolView, *, color: bool = False, width: int | None = None) -> str:
     """The newer table; columns as wide as their widest value (at least the documents'),
-    MODEL and NOTE only when some GPU has one. With `width` (the terminal's), the long
-    columns are cut with an ellipsis so that the table fits (docs/status.md)."""
+    MODEL and NOTE only when some GPU has one. With `width` (the terminal's), the table
+    fits it: the less telling columns are cut (with an ellipsis) or left out, in the order
+    of COLUMNS' ranks (docs/status.md)."""
     rows = [(g.status, _cells(g, view.now_ms)) for g in view.gpus]
     shown = [i for i, col in enumerate(COLUMNS)
              if col.title not in OPTIONAL or any(cells[i] for _, cells in rows)]
@@ -139,7 +143,7 @@ def render_table(view: PoolView, *, color: bool = False, width: int | None = Non
     rows = [(status, [cells[i] for i in shown]) for status, cells in rows]
     widths = fit(columns, [cells for _, cells in rows], width)
     lines = [line([col.title for col in columns], widths, columns),
-             line(["-" * w for w in widths], widths, columns)]
+             line(rule_cells(widths), widths, columns)]
     for status, cells in rows:
         lines.append(line(cells, widths, columns, colors={1: COLORS[status]} if color else None))
     return "\n".join(lines)
@@ -151,13 +155,14 @@ def _cells(g: GpuState, now_ms: int) -> list[str]:
     if status == "reserved":
         seen = _validation(g, busy="{mb}MB, {count} processes", idle="no usage detected",
                            failed="error: {error}")
-        return [str(g.gpu), "in use", hold.user, short(_age_s(now_ms, hold.start_ms)),
+        return [str(g.gpu), "reserved", hold.user, short(_age_s(now_ms, hold.start_ms)),
                 hold.kind, model, _hold_detail(hold, now_ms, short), seen,
                 " ".join(hold.note.split())]  # one line, whatever the note holds
     if status == "error":
-        return [str(g.gpu), "error", "", "", "", "", "", f"error: {g.error}", ""]
+        # the message in DETAILS: the column that is always shown
+        return [str(g.gpu), "error", "", "", "", "", g.error, "", ""]
     if status == "unreserved":
-        return [str(g.gpu), "in use", ",".join(usage.users) or "unknown", "", "", model,
+        return [str(g.gpu), "UNRESERVED", ",".join(usage.users) or "unknown", "", "", model,
                 "WITHOUT RESERVATION", _unreserved_usage(usage), ""]
     free = "free" if g.last_released_ms is None else \
         f"free for {coarse(_age_s(now_ms, g.last_released_ms))}"
