@@ -97,6 +97,13 @@ SAMPLES = {
     "gpu_recovered": ({"gpus": [3]}, "GPU 3 readable again"),
     "owner": ({"gpus": [1], "user": "alice", "kind": "kernel", "pid": 4242},
               "GPU 1 now held by PID 4242 (alice, kernel)"),
+    "idle_warning": ({"gpus": [1, 2], "user": "alice", "kind": "manual", "idle_ms": 3_600_000,
+                      "release_in_ms": 10_800_000},
+                     "GPU 1,2 (alice, manual) idle for 1h 0m: released in 3h 0m unless used"),
+    "expiring": ({"gpus": [1], "user": "alice", "kind": "manual", "expires_in_ms": 600_000},
+                 "GPU 1 (alice, manual) expires in 10m"),
+    "foreign_use": ({"gpus": [3], "user": "alice", "users": ["bob"]},
+                    "GPU 3 reserved by alice is used by bob"),
 }
 
 

@@ -69,6 +69,9 @@ def test_defaults_of_gpus_and_processes():
     (usage,) = usages
     assert usage.memory_used_mb == 1100  # the processes' sum when not given
     assert usage.error == "GPU is lost"
+    assert usage.utilization_pct is None  # not given: the GPU reports none
+    _, (busy,) = parse_fake({"count": 1, "gpus": [{"index": 0, "utilization_pct": 97}]})
+    assert busy.utilization_pct == 97
     assert [(p.name, p.user, p.cmdline) for p in usage.processes] == [
         ("python3", "unknown", ("/usr/bin/python3", "train.py")), ("unknown", "unknown", ())]
 
@@ -84,6 +87,8 @@ def test_defaults_of_gpus_and_processes():
     ({"gpus": [{"index": 0, "processes": [{"name": "x"}]}]},
      r"\(gpus\[0\]\.processes\[0\]\): pid must be a whole number"),
     ({"gpus": [{"index": 0, "processes": [{"pid": 1, "user": 5}]}]}, r"user must be a string"),
+    ({"gpus": [{"index": 0, "utilization_pct": 101}]},
+     r"utilization_pct must be a whole number from 0 to 100, got 101"),
     ({"count": 0}, r"count must be a whole number >= 1, got 0"),
     ({"count": True}, r"count must be a whole number"),
     ({"count": 5000}, r"count must be at most 1024"),

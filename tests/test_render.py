@@ -421,10 +421,11 @@ def test_table_that_fits_is_not_cut_and_colour_survives_the_cut():
 
 # ---------------------------------------------------------------- JSON
 GPU_KEYS = {"id", "status", "reservation", "last_released_ms", "free_for_s", "memory_used_mb",
-            "memory_total_mb", "name", "uuid", "error", "users", "processes", "model"}
+            "memory_total_mb", "name", "uuid", "error", "users", "processes", "model",
+            "utilization_pct"}
 HOLD_KEYS = {"id", "user", "uid", "host", "pid", "type", "start_ms", "duration_s",
              "heartbeat_ms", "heartbeat_age_s", "expires_ms", "expires_in_s", "note",
-             "waiting"}
+             "waiting", "idle_since_ms", "idle_s"}
 
 
 def test_json_document():
@@ -446,7 +447,7 @@ def test_json_document():
         "id": "r0", "user": "bob", "uid": 1000, "host": "gpu-box", "pid": 4242, "type": "run",
         "start_ms": ago(5400), "duration_s": 5400.0, "heartbeat_ms": ago(5),
         "heartbeat_age_s": 5.0, "expires_ms": None, "expires_in_s": None, "note": "",
-        "waiting": False}
+        "waiting": False, "idle_since_ms": None, "idle_s": None}
     assert (manual_hold["expires_in_s"], manual_hold["heartbeat_ms"]) == (26100.0, None)
     assert gpus[0]["model"] == {"id": "microsoft/DialoGPT-large", "provider": "microsoft"}
     assert gpus[1]["reservation"] is None and gpus[1]["users"] == ["alice"]
@@ -458,6 +459,18 @@ def test_json_document():
     assert gpus[2]["memory_used_mb"] == 45 and gpus[2]["memory_total_mb"] == 81559
     assert gpus[4]["users"] == ["root", "alice"] and gpus[4]["model"] is None
     assert gpus[5]["error"] == "GPU is lost" and gpus[5]["free_for_s"] is None
+
+
+def test_idle_reservation_in_table_and_json():
+    from canhazgpu.model import GpuState, GpuUsage, Hold, PoolView
+    hold = Hold(gpu=0, rid="r1", user="charlie", kind="manual", start_ms=ago(9000),
+                expires_ms=NOW + 3600_000)
+    view = PoolView(now_ms=NOW, gpus=(GpuState(gpu=0, hold=hold, usage=GpuUsage(
+        index=0, memory_used_mb=45, utilization_pct=0), idle_since_ms=ago(7800)),))
+    assert "idle 2h 10m" in render.render_table(view)
+    assert "validated: no actual usage detected" in render.render_lines(view)  # unchanged
+    doc = render.render_json(view)["gpus"][0]
+    assert (doc["reservation"]["idle_s"], doc["utilization_pct"]) == (7800.0, 0)
 
 
 def test_json_without_usage_or_gpus():

@@ -91,6 +91,15 @@ class Config:
     user_connections: int = 12000  # API connections open at once (a wait, `events`: one each)
     user_waiters: int = 2500  # requests queued at once through the daemon
     max_duration: str = "366d"  # the longest manual reservation
+    # use it or lose it (docs/idle.md): off unless idle_warn_after / idle_release_after is set
+    idle_utilization_pct: int = 5  # below this (and no holder process in use) a GPU is idle
+    idle_warn_after: str = ""
+    idle_release_after: str = ""
+    idle_kernels: bool = False  # the policy also releases Jupyter kernels' reservations
+    # notifications (docs/notify.md): admin [[notify]] tables, reminders' pace
+    notify: tuple = ()
+    notify_repeat: str = "1h"  # the same unreserved use is notified once per this
+    notify_expiry: str = "10m"  # "expires soon" this long before a reservation ends; "": never
     # where each key's value came from ("--host", "$CANHAZGPU_HOST", a file); not a setting
     origins: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -157,10 +166,16 @@ class Config:
     def seconds(self, name: str) -> float:
         return parse_duration(getattr(self, name), what=name.replace("_", "-"))
 
+    def optional_seconds(self, name: str) -> float | None:
+        """A duration that may be left empty (a policy that is off): None then."""
+        return self.seconds(name) if getattr(self, name) else None
 
-_INT_KEYS = {"memory_threshold", "user_connections", "user_waiters"}
+_INT_KEYS = {"memory_threshold", "user_connections", "user_waiters", "idle_utilization_pct"}
+_BOOL_KEYS = {"idle_kernels"}
 _DURATION_KEYS = {"default_duration", "run_lease", "heartbeat_interval", "kill_grace",
-                  "scan_interval", "snapshot_max_age", "queue_lease", "max_duration"}
+                  "scan_interval", "snapshot_max_age", "queue_lease", "max_duration",
+                  "notify_repeat"}
+_OPTIONAL_DURATIONS = {"idle_warn_after", "idle_release_after", "notify_expiry"}  # "": off
 _CHOICES = {"strategy": ("lru", "mru"), "provider": ("", "nvidia", "amd", "fake"),
             "embedded_fsync": ("always", "everysec"), "client": ("auto", "daemon", "direct")}
 KEYS = tuple(f.name for f in fields(Config) if f.name != "origins")
@@ -173,18 +188,30 @@ def _coerce(key: str, value, origin: str):
                                   KEYS, n=1, cutoff=0.6)
         fix = f"did you mean {close[0]!r}?" if close else f"known keys are {', '.join(KEYS)}"
         raise InvalidRequest(f"unknown config key {key!r} in {origin}: {fix}")
+    if key == "notify":
+        from .notify.rules import parse_admin_rules
+        return parse_admin_rules(value, origin)
+    if key in _BOOL_KEYS:
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "0", "false", "no"):
+            return value.lower() in ("1", "true", "yes")
+        if not isinstance(value, bool):
+            raise InvalidRequest(f"invalid {key} {value!r} in {origin}: use true or false")
+        return value
     if key in _INT_KEYS:
         try:
             number = int(value)
         except (TypeError, ValueError):
             number = -1
+        if key == "idle_utilization_pct" and not 0 <= number <= 100:
+            number = -1
         if number < 0 or isinstance(value, bool):
-            unit = " of MB" if key == "memory_threshold" else ""
-            raise InvalidRequest(f"invalid {key} {value!r} in {origin}: use a whole number"
-                                 f"{unit} >= 0")
+            allowed = {"idle_utilization_pct": "a percentage from 0 to 100",
+                       "memory_threshold": "a whole number of MB >= 0"}.get(
+                key, "a whole number >= 0 (0: no limit)")
+            raise InvalidRequest(f"invalid {key} {value!r} in {origin}: use {allowed}")
         return number
     value = str(value)
-    if key in _DURATION_KEYS:
+    if key in _DURATION_KEYS or (key in _OPTIONAL_DURATIONS and value):
         parse_duration(value, what=f"{key} in {origin}")
     if key in _CHOICES and value not in _CHOICES[key]:
         allowed = ", ".join(c for c in _CHOICES[key] if c)
@@ -201,12 +228,9 @@ def _read(path: Path, what: str, fix: str) -> str | None:
         return path.read_text(encoding="utf-8")
     except (FileNotFoundError, NotADirectoryError):
         return None
-    except PermissionError:
-        if not fix:  # a file private by design (the daemon's URL file): the caller says why
-            raise
-        raise FileUnreadable(f"cannot read {what} {path} (Permission denied): make it "
-                             f"readable, {fix}") from None
     except OSError as err:
+        if isinstance(err, PermissionError) and not fix:
+            raise  # a file private by design (the daemon's URL file): the caller says why
         raise FileUnreadable(f"cannot read {what} {path} ({err.strerror or err}): fix its "
                              f"permissions, {fix}") from None
 
@@ -254,6 +278,8 @@ def load(flags: dict | None = None, env: dict | None = None) -> Config:
             values[key] = _coerce(key, value, str(path))
             origins[key] = str(path)
     for key in KEYS:
+        if key == "notify":
+            continue  # tables: the config file only
         name = f"CANHAZGPU_{key.upper()}"
         if name in env and env[name] != "":
             values[key] = _coerce(key, env[name], f"${name}")
@@ -263,4 +289,11 @@ def load(flags: dict | None = None, env: dict | None = None) -> Config:
             flag = f"--{key.replace('_', '-')}"
             values[key] = _coerce(key, value, flag)
             origins[key] = flag
-    return replace(Config(), **values, origins=origins)
+    config = replace(Config(), **values, origins=origins)
+    warn, release = (config.optional_seconds(k) for k in ("idle_warn_after",
+                                                          "idle_release_after"))
+    if warn is not None and release is not None and warn >= release:
+        raise InvalidRequest(f"invalid idle_warn_after {config.idle_warn_after!r} (in "
+                             f"{config.origin('idle_warn_after')}): it must be shorter than "
+                             f"idle_release_after {config.idle_release_after!r}")
+    return config

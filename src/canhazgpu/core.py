@@ -21,10 +21,14 @@ from .errors import (CanHazGpuError, CorruptState, GpusUnavailable, InvalidReque
                      LimitReached, NotEnoughGpus, NotHeld, NotOwner, PoolBusy,
                      PoolNotInitialized, ProviderUnavailable, boundary)
 from .identity import Caller
+from .idle import idle_since
 from .model import GpuState, GpuUsage, PoolView, Record, Usage, Waiter
 from .request import QueueStatus, Request, Reservation, parse_count, parse_ids
 from .store import Store
 from .timefmt import hms
+
+# who releases a reservation by the idle policy (the daemon, on nobody's behalf)
+IDLE_POLICY = Caller(user="(idle policy)", uid=0, pid=0, pid_start=0.0, is_admin=True)
 
 __all__ = ["Core", "QueueStatus", "Request", "Reservation", "Usage", "parse_count", "parse_ids"]
 
@@ -186,11 +190,14 @@ class Core:
                 usage = Usage(state.now_ms, tuple(GpuUsage(index=i, error=str(err))
                                                   for i in range(state.count)))
         by_index = {g.index: g for g in usage.gpus}
+        holds = state.holds
         gpus = tuple(GpuState(
-            gpu=i, hold=state.holds.get(i),
+            gpu=i, hold=holds.get(i),
             last_released_ms=state.released[i][0] if i in state.released else None,
             usage=by_index.get(i), threshold_mb=self.config.memory_threshold,
-            corrupt=state.corrupt.get(i)) for i in range(state.count))
+            corrupt=state.corrupt.get(i),
+            idle_since_ms=idle_since(usage.idle, holds[i].rid) if i in holds else None)
+            for i in range(state.count))
         return PoolView(now_ms=state.now_ms, gpus=gpus, provider=state.provider,
                         scanned_ms=usage.scanned_ms or state.now_ms, queue=state.queue)
 
@@ -324,6 +331,10 @@ class Core:
         return await self._release("rid", rid, caller,
                                    caller.is_admin if force is None else force, reason)
 
+    async def release_idle(self, rid: str) -> list[int]:
+        """End reservation `rid` by the idle policy: event `released`, reason `idle`."""
+        return await self._release("rid", rid, IDLE_POLICY, True, "idle")
+
     async def heartbeat(self, res: Reservation, ttl_s: float | None = None) -> list[int]:
         """Refresh a reservation's leases (re-establishing lapsed ones); returns lost GPUs."""
         _, data = await self._script("heartbeat", rid=res.rid, ids=res.env_value(),
@@ -367,6 +378,18 @@ class Core:
         completed just before)."""
         _, data = await self._script("leave", wid=wid, reason=reason)
         return json.loads(data)
+
+    # ------------------------------------------------------------------ notifications
+    async def notify(self, caller: Caller, op: str, **args):
+        """The caller's own notification rules (docs/notify.md): op add (channel, url,
+        events), list, remove (rule_id) or test; see notify/__init__.py."""
+        from . import notify
+        ops = {"add": notify.add, "list": notify.listed, "remove": notify.remove,
+               "test": notify.test}
+        if op not in ops:
+            raise InvalidRequest(f"unknown notify operation {op!r}: use add, list, remove or "
+                                 "test")
+        return await ops[op](self, caller, **args)
 
     # ------------------------------------------------------------------ report
     async def report(self, days: float) -> dict:

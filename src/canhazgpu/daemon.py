@@ -4,6 +4,7 @@ Sibling tasks in one task group, all on one pub/sub subscription (events.EventHu
 - the scanner (scanner.py): GPU truth every interval, as a snapshot plus change events;
 - the expiry listener: finalizes a lease the moment Redis reports it expired;
 - the owner watcher (watch.py): reclaims a `run` reservation when its supervisor dies;
+- the notifier (notify/): events to the users' and the admin's channels, off the loop's path;
 - the journal: one log line per state change on the host, whoever made it;
 - the lock keeper: one daemon per host, through a Redis key with a TTL;
 - the registry heartbeat: the host is listed, daemon up, for every view across hosts.
@@ -32,6 +33,7 @@ from .config import Config
 from .core import Core
 from .embedded import RedisServer, private_dir, private_password
 from .errors import BackendUnavailable, CanHazGpuError, PoolNotInitialized, boundary
+from .notify.service import Notifier
 from .events import Disconnected, Event, EventHub, Message, Resync
 from .render import line
 from .scanner import Scanner
@@ -58,6 +60,7 @@ class Daemon:
         self.core = core or Core(config)
         self.scanner = Scanner(self.core, config.seconds("scan_interval"), self.trouble)
         self.watcher: OwnerWatcher | None = None  # needs our identity: made in run()
+        self.notifier = Notifier(self.core)
         self.lock: HostLock | None = None
         self.notifications = True  # False: CONFIG refused, expiry found by periodic sweeps
         self.serving = False
@@ -92,6 +95,7 @@ class Daemon:
                     await tg.start(self._listening, hub, self._journal)
                     await tg.start(self._listening, hub, self._expiry_listener)
                     await tg.start(self._listening, hub, self.watcher.run)
+                    await tg.start(self._listening, hub, self.notifier.run)  # notify/
                     await tg.start(self.scanner.run)
                     await tg.start(ApiServer(self.core, hub).serve, self.config.api_path)
                     tg.start_soon(self._keep_lock)

@@ -28,6 +28,8 @@ TYPES = (
     "queued", "granted", "left",
     # GPU truth (published by the daemon's scanner)
     "unreserved_detected", "unreserved_cleared", "usage_changed", "gpu_error", "gpu_recovered",
+    # reservations as the scanner sees them (idle.py): use it or lose it, expiry, intruders
+    "idle_warning", "expiring", "foreign_use",
 )
 
 

@@ -35,6 +35,7 @@ class GpuUsage:
     memory_total_mb: int = 0
     processes: tuple[GpuProcess, ...] = ()
     error: str | None = None  # set when the provider could not read this GPU
+    utilization_pct: int | None = None  # compute utilisation; None when the GPU cannot tell
 
     @property
     def users(self) -> tuple[str, ...]:
@@ -72,6 +73,7 @@ class GpuState:
     usage: GpuUsage | None = None
     threshold_mb: int = DEFAULT_THRESHOLD_MB
     corrupt: str | None = None  # its stored state cannot be read: the message names the key
+    idle_since_ms: int | None = None  # its reservation's GPUs idle since then (the daemon's scan)
 
     @property
     def error(self) -> str | None:
@@ -129,6 +131,9 @@ class Usage:
     scanned_ms: int
     gpus: tuple[GpuUsage, ...]
     source: str = "cli"
+    # the daemon's scanner: reservation id -> {"since": ms its GPUs have been idle since
+    # (None: busy), "warned": whether its idle warning went out} (idle.py)
+    idle: dict = field(default_factory=dict)
 
     def busy(self, threshold_mb: int) -> list[int]:
         return [g.index for g in self.gpus if at_threshold(g.memory_used_mb, threshold_mb)]
@@ -143,7 +148,7 @@ class Usage:
     def to_json(self, threshold_mb: int) -> dict:
         """The stored snapshot (every GPU's facts), which status reads instead of scanning;
         the script that stores it stamps it with Redis's clock."""
-        return {"source": self.source, "threshold_mb": threshold_mb,
+        return {"source": self.source, "threshold_mb": threshold_mb, "idle": self.idle,
                 "gpus": [{**vars(g), "processes": [{**vars(p), "cmdline": list(p.cmdline)}
                                                     for p in g.processes]}
                          for g in self.gpus]}
@@ -155,7 +160,8 @@ class Usage:
             procs = tuple(GpuProcess(**{**p, "cmdline": tuple(p.get("cmdline") or ())})
                           for p in g.get("processes", []))
             gpus.append(GpuUsage(**{**g, "processes": procs}))
-        return cls(int(data["scanned_ms"]), tuple(gpus), data.get("source", "cli"))
+        idle = data.get("idle") if isinstance(data.get("idle"), dict) else {}
+        return cls(int(data["scanned_ms"]), tuple(gpus), data.get("source", "cli"), idle)
 
 
 @dataclass(frozen=True)
@@ -164,7 +170,7 @@ class Waiter:
 
     wid: str
     user: str
-    kind: str  # what it becomes once granted: "run" or "manual"
+    kind: str  # what it becomes once granted: one of request.KINDS
     enqueued_ms: int
     deadline_ms: int  # its heartbeat moves this; past it, the waiter leaves
     count: int | None = None

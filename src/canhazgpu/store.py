@@ -32,6 +32,7 @@ ARGS = {
     "leave": ("wid", "reason"),
     "usage": ("snapshot", "busy", "events"),
     "register": ("op", "entry"),  # the one script on REGISTRY_KEY instead of the host's keys
+    "notify": ("op", "uid", "user", "rule"),  # on the host's notify key alone (notify/)
 }
 # The registry of hosts (hosts.py): one hash, host -> its entry, outside every host's slot.
 REGISTRY_KEY = "canhazgpu:hosts"
@@ -259,6 +260,33 @@ class Store:
             except ValueError:
                 entry = {"error": _corrupt(REGISTRY_KEY, host, doc)}
             out[host] = entry
+        return out
+
+    # ---------------------------------------------------------------- notification rules
+    async def change_notify(self, op: str, uid: int, user: str, rule: str) -> tuple[str, str]:
+        """Add or remove one of a user's own notification rules (notify.lua)."""
+        return await self._call("notify", [self.key("notify")],
+                                {"op": op, "uid": str(uid), "user": user, "rule": rule})
+
+    async def notify_rules(self, uid: int | None = None) -> dict[int, dict]:
+        """Users' own notification rules: uid -> {"user", "rules"} (one uid, or all).
+        An unreadable entry is skipped: one user's corrupt rules never stop the others'."""
+        key = self.key("notify")
+        if uid is None:
+            raw = await self.guard(self.redis.hgetall(key))
+        else:
+            doc = await self.guard(self.redis.hget(key, str(uid)))
+            raw = {str(uid): doc} if doc else {}
+        out = {}
+        for field, doc in raw.items():
+            try:
+                entry = json.loads(doc)
+                rules = entry["rules"]
+                out[int(field)] = {"user": str(entry["user"]),
+                                   "rules": [r for r in rules if isinstance(r, dict)]
+                                   if isinstance(rules, list) else []}
+            except (ValueError, KeyError, TypeError):
+                continue
         return out
 
     # ---------------------------------------------------------------- reads

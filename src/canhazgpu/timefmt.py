@@ -56,6 +56,15 @@ def short(seconds: float) -> str:
     return f"{secs}s"
 
 
+def hm(seconds: float) -> str:
+    """Hours and minutes, for "idle 2h 10m": '2h 10m', '10m', '45s' under a minute."""
+    total = max(0, int(seconds))
+    hours, rest = divmod(total, 3600)
+    if hours:
+        return f"{hours}h {rest // 60}m"
+    return f"{rest // 60}m" if rest >= 60 else f"{rest}s"
+
+
 def coarse(seconds: float) -> str:
     """A rough age for 'free for 2h': the largest whole unit."""
     total = max(0, int(seconds))

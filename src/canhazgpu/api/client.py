@@ -19,7 +19,7 @@ from . import protocol
 
 MAX_REPLY = 64 * 1024 * 1024  # a status of many GPUs with their processes is one line
 MAX_HELLO = 64 * 1024
-HELLO_TIMEOUT_S = 5.0
+HELLO_TIMEOUT_S = 2.0  # a daemon that does not answer by then is not used
 
 
 def answering(config) -> str | None:
@@ -255,6 +255,12 @@ class RemoteCore:
 
     async def end(self, rid: str, caller=None, reason: str = "released") -> list[int]:
         return await self.call("end", {"rid": rid, "reason": reason})
+
+    async def notify(self, caller, op: str, **args):
+        """The caller's own notification rules, kept by the daemon (Core.notify)."""
+        if "rule_id" in args:
+            args = {"id": args["rule_id"]}
+        return await self.call(f"notify_{op}", args)
 
 
 class RemoteStore:

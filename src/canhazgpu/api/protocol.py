@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 VERSION = 1
 MAX_LINE = 64 * 1024  # a request or reply line longer than this is refused
 OPS = ("hello", "pool_size", "setup_pool", "view", "queue", "report", "acquire", "heartbeat",
-       "end", "release", "events", "events_since")
+       "end", "release", "events", "events_since",
+       # notifications (issue 20): the caller's own rules
+       "notify_add", "notify_list", "notify_remove", "notify_test")
 
 
 class ProtocolError(errors.CanHazGpuError):

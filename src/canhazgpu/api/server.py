@@ -296,6 +296,23 @@ class ApiServer:
             raise InvalidRequest(f"invalid since {since!r}: an event sequence number >= 0")
         return await self.core.store.events_since(since)
 
+    # ------------------------------------------------------------------ notifications
+    # (issue 20) The caller's own rules, for the uid the kernel named: never another's.
+    async def op_notify_add(self, conn, caller: Caller, args: dict) -> list[dict]:
+        return await self.core.notify(caller, "add", channel=_opt_str(args.get("channel")),
+                                      url=_opt_str(args.get("url")) or "",
+                                      events=args.get("events"),
+                                      everyone=args.get("everyone") is True)
+
+    async def op_notify_list(self, conn, caller: Caller, args: dict) -> list[dict]:
+        return await self.core.notify(caller, "list")
+
+    async def op_notify_remove(self, conn, caller: Caller, args: dict) -> list[dict]:
+        return await self.core.notify(caller, "remove", rule_id=str(args.get("id", "")))
+
+    async def op_notify_test(self, conn, caller: Caller, args: dict) -> list[dict]:
+        return await self.core.notify(caller, "test")
+
     # ------------------------------------------------------------------ ownership
     async def owned(self, caller: Caller, rid: str) -> Reservation | None:
         """The caller's live reservation `rid` (NotOwner when it is someone else's): as

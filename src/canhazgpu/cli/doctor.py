@@ -187,6 +187,7 @@ def describe(flags: dict, config, checks: dict) -> dict:
     paths, chosen_by = config_files(flags)
     settings = {key: {"value": getattr(config, key), "from": config.origin(key)}
                 for key in KEYS}
+    settings["notify"]["value"] = [r.shown() for r in config.notify]  # URLs redacted
     try:
         redis = config.redis
         settings["redis_url"] = {"value": redis.url, "from": redis.origin}

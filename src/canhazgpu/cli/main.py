@@ -90,9 +90,9 @@ class Context:
     def direct(self):
         """The core over Redis itself, whatever the mode: for what spans hosts (the views of
         every host, the registry), which the daemon of one host does not serve."""
-        if not self.remote:
-            return self.core
-        if self._direct_core is None:
+        if self._core is not None and not self.remote:
+            return self._core  # direct already: the same connections
+        if self._direct_core is None:  # no need to ask for a daemon first
             self._direct_core = self._direct()
         return self._direct_core
 
@@ -194,6 +194,7 @@ COMMANDS = {
     "help": ("manual", "Read the documentation of a command or topic."),
     "hosts": ("hosts", "Every host sharing this Redis: its GPUs, queue and daemon."),
     "kernelspec": ("kernelspec", "Jupyter kernels on GPUs reserved for the kernel's life."),
+    "notify": ("notify", "Your notifications: add, list, remove or test a channel."),
     "queue": ("queue", "Show who is waiting for GPUs, in order."),
     "release": ("reserve", "Release your reservations."),
     "report": ("report", "GPU hours per user, with run/manual counts and shares."),
@@ -257,7 +258,7 @@ def _closer(state: Context):
 def _register() -> None:
     """Every command's module (tests, and a name missing from COMMANDS)."""
     from . import (admin, completion, doctor, events, hosts, kernelspec,  # noqa: F401
-                   manual, queue, report, reserve, run, serve, status, wait,
+                   manual, notify, queue, report, reserve, run, serve, status, wait,
                    web)  # (commands attach)
 
 

@@ -1,6 +1,6 @@
 -- End reservations. ARG: mode, target, caller (the caller's uid: authority is by uid, never
 -- by name), force ('1'|'0': root, the admin group, or the daemon reclaiming), reason
--- ('released'|'reclaimed')
+-- ('released'|'reclaimed'|'idle': the idle policy, published as `released` with reason idle)
 --   mode 'rid':  every GPU of reservation `target`, which must be the caller's (or forced)
 --   mode 'mine': every manual reservation of the caller (not those still waiting in the queue)
 --   mode 'ids':  the GPUs in `target` (csv), which must all be the caller's (or forced)

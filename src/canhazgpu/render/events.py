@@ -7,6 +7,7 @@ import json
 from typing import TYPE_CHECKING
 
 from ..text import printable
+from ..timefmt import hm
 
 if TYPE_CHECKING:
     from ..events import Event
@@ -30,7 +31,8 @@ def _procs(doc: dict) -> str:
 _DESCRIBE = {
     "reserved": lambda d: f"GPU {_ids(d.get('gpus'))} reserved by {d.get('user')} "
                           f"({d.get('kind')}{', re-acquired' if d.get('reacquired') else ''})",
-    "released": lambda d: f"GPU {_ids(d.get('gpus'))} released ({_owner(d)})",
+    "released": lambda d: f"GPU {_ids(d.get('gpus'))} released ({_owner(d)})"
+                          + (": idle too long" if d.get("reason") == "idle" else ""),
     "expired": lambda d: f"GPU {_ids(d.get('gpus'))} expired ({_owner(d)})",
     "reclaimed": lambda d: f"GPU {_ids(d.get('gpus'))} reclaimed ({_owner(d)}): owner died",
     "owner": lambda d: f"GPU {_ids(d.get('gpus'))} now held by PID {d.get('pid')} ({_owner(d)})",
@@ -53,6 +55,14 @@ _DESCRIBE = {
                                f"{' (in use)' if d.get('in_use') else ''}: {_procs(d)}",
     "gpu_error": lambda d: f"GPU {_ids(d.get('gpus'))} error: {d.get('error')}",
     "gpu_recovered": lambda d: f"GPU {_ids(d.get('gpus'))} readable again",
+    "idle_warning": lambda d: f"GPU {_ids(d.get('gpus'))} ({_owner(d)}) idle for "
+                              f"{hm((d.get('idle_ms') or 0) / 1000)}"
+                              + (f": released in {hm(d['release_in_ms'] / 1000)} unless used"
+                                 if d.get("release_in_ms") is not None else ""),
+    "expiring": lambda d: f"GPU {_ids(d.get('gpus'))} ({_owner(d)}) expires in "
+                          f"{hm((d.get('expires_in_ms') or 0) / 1000)}",
+    "foreign_use": lambda d: f"GPU {_ids(d.get('gpus'))} reserved by {d.get('user')} is used "
+                             f"by {', '.join(d.get('users') or []) or 'unknown'}",
 }
 
 

@@ -14,7 +14,7 @@ from ..gpu.models import model_of, model_provider
 from ..model import DEFAULT_THRESHOLD_MB, GpuProcess, GpuState, GpuUsage, Hold, PoolView
 from ..request import HELD_BY_PROCESS
 from ..text import printable
-from ..timefmt import coarse, hms, short
+from ..timefmt import coarse, hm, hms, short
 from .tables import Column, fit, line, rule_cells
 
 JSON_VERSION = 1
@@ -59,6 +59,13 @@ def _validation(g: GpuState, *, busy: str, idle: str, failed: str) -> str:
     else:
         text = busy
     return text.format(mb=usage.memory_used_mb, count=len(usage.processes), error=usage.error)
+
+
+def idle_text(g: GpuState, now_ms: int) -> str | None:
+    """'idle 2h 10m' for a held GPU whose reservation the daemon saw idle, else None."""
+    if g.hold is None or g.idle_since_ms is None:
+        return None
+    return f"idle {hm(_age_s(now_ms, g.idle_since_ms))}"
 
 
 def _pids(processes: tuple[GpuProcess, ...]) -> str:
@@ -153,8 +160,9 @@ def _cells(g: GpuState, now_ms: int) -> list[str]:
     usage, hold, status = g.usage, g.hold, g.status
     model = model_of(usage) or ""
     if status == "reserved":
-        seen = _validation(g, busy="{mb}MB, {count} processes", idle="no usage detected",
-                           failed="error: {error}")
+        seen = idle_text(g, now_ms) or _validation(
+            g, busy="{mb}MB, {count} processes", idle="no usage detected",
+            failed="error: {error}")
         return [str(g.gpu), "reserved", hold.user, short(_age_s(now_ms, hold.start_ms)),
                 hold.kind, model, _hold_detail(hold, now_ms, short), seen,
                 " ".join(hold.note.split())]  # one line, whatever the note holds
@@ -200,13 +208,14 @@ def _gpu_json(g: GpuState, now_ms: int) -> dict:
     return {
         "id": g.gpu,
         "status": g.status,
-        "reservation": _hold_json(g.hold, now_ms) if g.hold else None,
+        "reservation": _hold_json(g, now_ms) if g.hold else None,
         "last_released_ms": g.last_released_ms,
         "free_for_s": _age_s(now_ms, g.last_released_ms) if free else None,
         "memory_used_mb": usage.memory_used_mb if usage else None,
         "memory_total_mb": usage.memory_total_mb if usage else None,
         "name": usage.name if usage else None,
         "uuid": usage.uuid if usage else None,
+        "utilization_pct": usage.utilization_pct if usage else None,
         "error": g.error,
         "users": list(usage.users) if usage else [],
         "processes": [{"pid": p.pid, "name": p.name, "user": p.user,
@@ -216,7 +225,8 @@ def _gpu_json(g: GpuState, now_ms: int) -> dict:
     }
 
 
-def _hold_json(hold: Hold, now_ms: int) -> dict:
+def _hold_json(g: GpuState, now_ms: int) -> dict:
+    hold, idle = g.hold, g.idle_since_ms
     beat = _heartbeat_ms(hold) if hold.kind in HELD_BY_PROCESS else None
     expires = hold.expires_ms
     return {
@@ -228,6 +238,7 @@ def _hold_json(hold: Hold, now_ms: int) -> dict:
         "expires_ms": expires,
         "expires_in_s": _age_s(expires, now_ms) if expires is not None else None,
         "note": hold.note, "waiting": hold.waiting,
+        "idle_since_ms": idle, "idle_s": _age_s(now_ms, idle) if idle is not None else None,
     }
 
 

@@ -145,7 +145,10 @@ def render_report(data: dict) -> str:
         return f"{head}\nNo reservations in this period."
     cells = [[u["user"], hours(u["gpu_hours"]), f"{u['percent']:.1f}%", str(u["run"]),
               str(u["manual"])] for u in data["users"]]
-    return f"{head}\n{table(REPORT_COLUMNS, cells, gap=2)}"
+    idle = ", ".join(f"{u['user']} {u['idle_released']}" for u in data["users"]
+                     if u.get("idle_released"))
+    tail = f"\nReleased for idleness (reservations): {idle}" if idle else ""
+    return f"{head}\n{table(REPORT_COLUMNS, cells, gap=2)}{tail}"
 
 
 def hours(value: float) -> str:

@@ -35,6 +35,13 @@ function short(seconds) { // as the CLI's table: 5s, 45m 0s, 1h 2m 15s
   return `${s}s`;
 }
 
+function hm(seconds) { // as the CLI's "idle 2h 10m": 2h 10m, 10m, 45s
+  const total = Math.max(0, Math.floor(seconds));
+  const h = Math.floor(total / 3600), m = Math.floor((total % 3600) / 60);
+  if (h) return `${h}h ${m}m`;
+  return total >= 60 ? `${m}m` : `${total}s`;
+}
+
 function coarse(seconds) {
   const total = Math.max(0, Math.floor(seconds));
   for (const [unit, size] of [['d', 86400], ['h', 3600], ['m', 60]]) {
@@ -69,7 +76,7 @@ function tick() {
     const now = serverNow(entry);
     for (const node of entry.section.querySelectorAll('[data-since]')) {
       const prefix = node.dataset.prefix || '';
-      const fmt = node.dataset.fmt === 'coarse' ? coarse : short;
+      const fmt = {coarse, hm}[node.dataset.fmt] || short;
       node.textContent = prefix + fmt((now - Number(node.dataset.since)) / 1000) + (node.dataset.suffix || '');
     }
     for (const node of entry.section.querySelectorAll('[data-until]')) {
@@ -116,6 +123,7 @@ function gpuCard(gpu) {
     if (res.waiting) rows.push(detail('Details', 'granted to a request still waiting for more GPUs'));
     else if (res.heartbeat_ms) rows.push(detail('Heartbeat', since(res.heartbeat_ms, '', ' ago')));
     else if (res.expires_ms) rows.push(detail('Expires in', until(res.expires_ms)));
+    if (res.idle_since_ms) rows.push(detail('Usage', since(res.idle_since_ms, 'idle ', '', 'hm')));
     if (res.note) rows.push(detail('Note', res.note));
   } else if (gpu.status === 'unreserved') {
     label = 'in use without reservation';
