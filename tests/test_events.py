@@ -95,6 +95,8 @@ SAMPLES = {
         "GPU 2 1069MB used (in use): PID 12345 (python3, bob)"),
     "gpu_error": ({"gpus": [3], "error": "GPU is lost"}, "GPU 3 error: GPU is lost"),
     "gpu_recovered": ({"gpus": [3]}, "GPU 3 readable again"),
+    "owner": ({"gpus": [1], "user": "alice", "kind": "kernel", "pid": 4242},
+              "GPU 1 now held by PID 4242 (alice, kernel)"),
     "idle_warning": ({"gpus": [1, 2], "user": "alice", "kind": "manual", "idle_ms": 3_600_000,
                       "release_in_ms": 10_800_000},
                      "GPU 1,2 (alice, manual) idle for 1h 0m: released in 3h 0m unless used"),

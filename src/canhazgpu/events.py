@@ -23,7 +23,7 @@ KEEPALIVE_S = 15.0  # ping an idle subscription this often; twice that silent = 
 FOLLOW_SLOT_S = 1.0  # on a cluster: look this often whether the host's slot moved
 TYPES = (
     # reservations (published by the Lua scripts)
-    "reserved", "released", "expired", "reclaimed", "forced", "pool_changed",
+    "reserved", "released", "expired", "reclaimed", "forced", "pool_changed", "owner",
     # the queue
     "queued", "granted", "left",
     # GPU truth (published by the daemon's scanner)

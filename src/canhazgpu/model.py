@@ -50,7 +50,7 @@ class Hold:
     gpu: int
     rid: str  # reservation id, shared by all GPUs of one reservation
     user: str
-    kind: str  # "run" or "manual"
+    kind: str  # one of request.KINDS
     start_ms: int
     uid: int = -1
     host: str = ""
@@ -170,7 +170,7 @@ class Waiter:
 
     wid: str
     user: str
-    kind: str  # what it becomes once granted: "run" or "manual"
+    kind: str  # what it becomes once granted: one of request.KINDS
     enqueued_ms: int
     deadline_ms: int  # its heartbeat moves this; past it, the waiter leaves
     count: int | None = None

@@ -9,7 +9,10 @@ from .errors import InvalidRequest
 from .text import check_note
 from .timefmt import MAX_DURATION_S
 
-KINDS = ("manual", "run")  # what a reservation is held by
+# What a reservation is: manual (a duration), or held by a living process's heartbeat: a
+# `run` supervisor, a Python program (the Python API) or a Jupyter kernel (its provisioner).
+KINDS = ("run", "manual", "python", "kernel")
+HELD_BY_PROCESS = ("run", "python", "kernel")  # heartbeat leases; the owner pid is watched
 
 
 @dataclass(frozen=True)
@@ -18,7 +21,7 @@ class Request:
 
     count: int | None = None
     ids: tuple[int, ...] | None = None
-    kind: str = "manual"  # "run" or "manual"
+    kind: str = "manual"  # one of KINDS
     duration_s: float = 1800.0  # manual: the reservation's length
     note: str = ""
     claim_own: bool = False  # GPUs in unreserved use by the caller's own processes too

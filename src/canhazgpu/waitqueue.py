@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from .errors import BackendUnavailable, CanHazGpuError
+from .errors import (BackendUnavailable, CanHazGpuError, Interrupted,  # noqa: F401 (theirs)
+                     LostPlace, WaitTimedOut)
 from .events import Disconnected, Event, EventHub, Message, Resync
 from .identity import Caller
 from .model import PoolView
@@ -32,22 +33,6 @@ LEFT = {  # why a waiter was taken out of the queue by someone else
     "expired": "our place in the queue expired (no heartbeat in time): run the command again",
     None: "taken out of the queue: run the command again",
 }
-
-
-class WaitTimedOut(CanHazGpuError):
-    """Gave up waiting (--timeout / --wait D); the place in the queue was given back."""
-
-
-class LostPlace(CanHazGpuError):
-    """The queue entry vanished (Redis lost its data, or the entry expired)."""
-
-
-class Interrupted(CanHazGpuError):
-    """Ctrl+C or SIGTERM while waiting; the place in the queue was given back."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__("stopped waiting; left the queue")
-        self.exit_code = 128 + signum
 
 
 @dataclass(frozen=True)

@@ -196,10 +196,11 @@ class RemoteCore:
         return await self.call("report", {"days": days})
 
     async def acquire(self, req, caller=None, wait_s: float | None = None, *, progress=None,
-                      warn=lambda text: None):
+                      warn=lambda text: None, signals: bool = True):
         """Allocate now, or queue (wait_s) for as long as this connection is open. A
         queued request whose daemon goes away reconnects and follows its place again,
-        for as long as the place lasts without it (queue_lease)."""
+        for as long as the place lasts without it (queue_lease). signals=False: SIGINT and
+        SIGTERM are left alone (a caller outside the main thread: the Python API)."""
         if wait_s is not None and without_loop():
             raise NeedsEventLoop  # a place in the queue: Ctrl+C, signals, reconnects
         wid = None
@@ -221,7 +222,8 @@ class RemoteCore:
             try:
                 doc = await self.call("acquire", {
                     "request": protocol.encode(req), "wait_s": left, "resume": wid,
-                    "progress": progress is not None}, on_line, interruptible=wait_s is not None)
+                    "progress": progress is not None}, on_line,
+                    interruptible=signals and wait_s is not None)
                 return protocol.reservation(doc)
             except BackendUnavailable as err:
                 if wid is None:
@@ -247,7 +249,9 @@ class RemoteCore:
                                            "user": user, "force": force})
 
     async def heartbeat(self, res, ttl_s: float | None = None) -> list[int]:
-        return await self.call("heartbeat", {"rid": res.rid, "gpus": list(res.gpus)})
+        owner = res.record.get("pid")  # another process of ours may own it (a kernel)
+        return await self.call("heartbeat", {"rid": res.rid, "gpus": list(res.gpus),
+                                             **({"owner_pid": owner} if owner else {})})
 
     async def end(self, rid: str, caller=None, reason: str = "released") -> list[int]:
         return await self.call("end", {"rid": rid, "reason": reason})

@@ -50,6 +50,14 @@ class Context:
             self._core = self._remote() or self._direct()
         return self._core
 
+    async def connect(self):
+        """The core, found without blocking the event loop (the daemon's handshake runs in a
+        worker thread): for callers inside a loop they share, the Python API."""
+        if self._core is None:
+            import anyio
+            self._core = await anyio.to_thread.run_sync(self._remote) or self._direct()
+        return self._core
+
     @property
     def remote(self) -> bool:
         from ..api.client import RemoteCore
@@ -185,6 +193,7 @@ COMMANDS = {
     "events": ("events", "Follow the host's events: reservations, queue, GPU usage."),
     "help": ("manual", "Read the documentation of a command or topic."),
     "hosts": ("hosts", "Every host sharing this Redis: its GPUs, queue and daemon."),
+    "kernelspec": ("kernelspec", "Jupyter kernels on GPUs reserved for the kernel's life."),
     "notify": ("notify", "Your notifications: add, list, remove or test a channel."),
     "queue": ("queue", "Show who is waiting for GPUs, in order."),
     "release": ("reserve", "Release your reservations."),
@@ -248,8 +257,9 @@ def _closer(state: Context):
 
 def _register() -> None:
     """Every command's module (tests, and a name missing from COMMANDS)."""
-    from . import (admin, completion, doctor, events, hosts, manual, notify,  # noqa: F401
-                   queue, report, reserve, run, serve, status, wait, web)  # (commands attach)
+    from . import (admin, completion, doctor, events, hosts, kernelspec,  # noqa: F401
+                   manual, notify, queue, report, reserve, run, serve, status, wait,
+                   web)  # (commands attach)
 
 
 async def _amain(args: list[str]) -> int:

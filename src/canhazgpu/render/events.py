@@ -35,6 +35,7 @@ _DESCRIBE = {
                           + (": idle too long" if d.get("reason") == "idle" else ""),
     "expired": lambda d: f"GPU {_ids(d.get('gpus'))} expired ({_owner(d)})",
     "reclaimed": lambda d: f"GPU {_ids(d.get('gpus'))} reclaimed ({_owner(d)}): owner died",
+    "owner": lambda d: f"GPU {_ids(d.get('gpus'))} now held by PID {d.get('pid')} ({_owner(d)})",
     "forced": lambda d: f"GPU {_ids(d.get('gpus'))} ended by a pool resize ({_owner(d)})",
     "pool_changed": lambda d: f"pool is {d.get('count')} GPUs (was {d.get('old_count')}), "
                               f"provider {d.get('provider') or '?'}",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from ..gpu.models import model_of, model_provider
 from ..model import DEFAULT_THRESHOLD_MB, GpuProcess, GpuState, GpuUsage, Hold, PoolView
+from ..request import HELD_BY_PROCESS
 from ..text import printable
 from ..timefmt import coarse, hm, hms, short
 from .tables import Column, fit, line, rule_cells
@@ -84,7 +85,7 @@ def _hold_detail(hold: Hold, now_ms: int, fmt) -> str:
     """What keeps a reservation alive: its heartbeat (run) or its expiry (manual)."""
     if hold.waiting:
         return "waiting for more GPUs"
-    if hold.kind == "run":
+    if hold.kind in HELD_BY_PROCESS:
         return f"heartbeat {fmt(_age_s(now_ms, _heartbeat_ms(hold)))} ago"
     if hold.expires_ms is not None:
         return f"expires in {fmt(_age_s(hold.expires_ms, now_ms))}"
@@ -117,7 +118,7 @@ def _line(g: GpuState, now_ms: int) -> str:
 def _reserved_line(g: GpuState, now_ms: int) -> str:
     hold = g.hold
     detail = _hold_detail(hold, now_ms, hms)
-    if hold.kind == "run" and not hold.waiting:
+    if hold.kind in HELD_BY_PROCESS and not hold.waiting:
         detail = "last " + detail
     info = f"{hold.kind}, {detail}" if detail else hold.kind
     text = f"IN USE by {hold.user} for {hms(_age_s(now_ms, hold.start_ms))} ({info})"
@@ -226,7 +227,7 @@ def _gpu_json(g: GpuState, now_ms: int) -> dict:
 
 def _hold_json(g: GpuState, now_ms: int) -> dict:
     hold, idle = g.hold, g.idle_since_ms
-    beat = _heartbeat_ms(hold) if hold.kind == "run" else None
+    beat = _heartbeat_ms(hold) if hold.kind in HELD_BY_PROCESS else None
     expires = hold.expires_ms
     return {
         "id": hold.rid, "user": hold.user, "uid": hold.uid, "host": hold.host,
