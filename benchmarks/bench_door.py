@@ -51,10 +51,12 @@ async def request(op, args, until):
 async def main():
     ask = {"request": {"count": 1, "duration_s": 600}, "wait_s": "inf"}
     queued = [await request("acquire", ask, lambda d: "enqueued" in d) for _ in range(waiters)]
+    print(f"flood: {len(queued)} waiters queued", file=sys.stderr, flush=True)
     subs = []
     for start in range(0, subscribers, 256):  # within the listen backlog
         subs += await asyncio.gather(*(request("events", {}, lambda d: d.get("event", 1) is None)
                                        for _ in range(min(256, subscribers - start))))
+    print(f"flood: {len(subs)} subscribers", file=sys.stderr, flush=True)
     print("ready", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     for _, w, _ in subs:
