@@ -139,6 +139,11 @@ async def main(waiters: int, subscribers: int) -> None:
             assert flood.stdout.readline().strip() == "ready", "the flood failed"
             opened = time.perf_counter() - started
             rss1 = psutil.Process(daemon.pid).memory_info().rss
+            if os.environ.get("BENCH_PYSPY"):  # where the flooded daemon spends its time
+                subprocess.Popen([shutil.which("py-spy") or "py-spy", "record", "-p",
+                                  str(daemon.pid), "-d", "10", "-f", "raw", "-o",
+                                  os.environ["BENCH_PYSPY"]], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
             clients1 = (await core.store.redis.info("clients"))["connected_clients"]
             views = await timed_views(remote, 200)
             status = timed_status(env, 20)

@@ -76,7 +76,10 @@ class QueueStatus:
 
     @classmethod
     def decode(cls, data: str) -> QueueStatus:
-        doc = json.loads(data)
+        return cls.from_doc(json.loads(data))
+
+    @classmethod
+    def from_doc(cls, doc: dict) -> QueueStatus:
         gpus = doc.get("gpus") or []
         return cls(int(doc["position"]), tuple(gpus if isinstance(gpus, list) else ()),
                    bool(doc["done"]), int(doc.get("queued", 0)))

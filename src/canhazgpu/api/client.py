@@ -185,8 +185,10 @@ class RemoteCore:
         return await self.call("setup_pool", {"count": count, "provider": provider,
                                               "force": force})
 
-    async def view(self):
-        return protocol.view(await self.call("view"))
+    async def view(self, queue: bool = False):
+        """The pool's view; its queue (every waiter) only when asked for: a status of a
+        host with thousands queued need not carry them."""
+        return protocol.view(await self.call("view", {"queue": queue}))
 
     async def queue(self):
         now_ms, waiters = await self.call("queue")

@@ -168,10 +168,12 @@ class ApiServer:
         from ..config import _coerce
         config = replace(self.config, **{k: _coerce(k, v, "the request")
                                          for k, v in mine.items()})
-        return type(self.core)(config, self.core.store, self.core.hub)
+        return type(self.core)(config, self.core.store, self.core.hub, self.core.beats)
 
     async def op_view(self, conn, caller: Caller, args):
-        view = await self.core_for(args, "memory_threshold").view()
+        # status does not show the queue: not read (nor sent) unless asked for
+        view = await self.core_for(args, "memory_threshold").view(
+            queue=bool(args.get("queue")))
         return seen_by(view, caller.user, caller.is_admin)
 
     async def op_queue(self, conn, caller, args):
