@@ -342,6 +342,10 @@ class Core:
         _, data = await self._script("leave", wid=wid, reason=reason)
         return json.loads(data)
 
+    async def job_event(self, event: dict) -> None:
+        """Publish a detached job's step (job_submitted/started/ended, docs/jobs.md)."""
+        await self._script("job_event", event=json.dumps(event))
+
     # ------------------------------------------------------------------ report
     async def report(self, days: float) -> dict:
         """GPU hours per user over the last `days`, in-progress reservations up to now."""

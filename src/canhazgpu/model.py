@@ -49,7 +49,7 @@ class Hold:
     gpu: int
     rid: str  # reservation id, shared by all GPUs of one reservation
     user: str
-    kind: str  # "run" or "manual"
+    kind: str  # "run", "job" or "manual" (request.KINDS)
     start_ms: int
     uid: int = -1
     host: str = ""
@@ -60,6 +60,7 @@ class Hold:
     note: str = ""
     waiting: bool = False  # granted to a queued request that still waits for the rest
     machine: str = ""  # the real machine that made it (a daemon judges only its own PIDs)
+    name: str = ""  # a detached job's name (kind "job")
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,17 @@ from dataclasses import dataclass
 from .errors import InvalidRequest
 
 
+KINDS = ("run", "job", "manual")
+SUPERVISED = ("run", "job")  # kept alive by a supervisor's heartbeat, not by a duration
+
+
 @dataclass(frozen=True)
 class Request:
     """What a caller asks for: a count or specific ids, of one kind, for a while."""
 
     count: int | None = None
     ids: tuple[int, ...] | None = None
-    kind: str = "manual"  # "run" or "manual"
+    kind: str = "manual"  # "run", "job" (a detached job, docs/jobs.md) or "manual"
     duration_s: float = 1800.0  # manual: the reservation's length
     note: str = ""
     claim_own: bool = False  # GPUs in unreserved use by the caller's own processes too

@@ -31,6 +31,7 @@ ARGS = {
     "queue_heartbeat": ("wid", "ttl_ms"),
     "leave": ("wid", "reason"),
     "usage": ("snapshot", "busy", "events"),
+    "job_event": ("event",),
     "register": ("op", "entry"),  # the one script on REGISTRY_KEY instead of the host's keys
 }
 # The registry of hosts (hosts.py): one hash, host -> its entry, outside every host's slot.
@@ -465,7 +466,7 @@ def _hold(gpu: int, raw: dict, waiting: set) -> Hold:
                 heartbeat_ms=int(raw.get("heartbeat_ms", 0)),
                 expires_ms=int(expires) if expires else None,
                 note=str(raw.get("note") or ""), waiting=raw["rid"] in waiting,
-                machine=str(raw.get("machine", "")))
+                machine=str(raw.get("machine", "")), name=str(raw.get("name") or ""))
 
 
 def _waiter(wid: str, raw: dict, deadline_ms: int, granted: tuple[int, ...]) -> Waiter:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -70,6 +71,8 @@ class Waiter:
     signals: bool = True  # SIGINT/SIGTERM end the wait (False in the daemon: not ours)
     reservation: Reservation | None = None  # made by the caller (None: made here)
     resume: bool = False  # the reservation is queued already: follow it, do not enqueue
+    hub: EventHub | None = None  # a running hub shared by many quiet waiters (the job
+    # agent's): it must carry the waiters' channels (see shared_hub); None: one of our own
 
     async def wait(self, timeout_s: float | None = None) -> Reservation:
         """Queue for the request; return the granted reservation (leases on the queue TTL).
@@ -82,10 +85,11 @@ class Waiter:
         self.wid, self.granted, enqueued, timed_out = res.rid, None, False, False
         # A quiet waiter listens only to its own channel (its grant) and to lease expiry:
         # a hundred waiters must not all wake up for every change on the host.
-        hub = EventHub(store, (store.waiter_channel(res.rid), store.expired_channel),
-                       host_events=self.progress is not None)
+        hub = self.hub or EventHub(store, (store.waiter_channel(res.rid),
+                                           store.expired_channel),
+                                   host_events=self.progress is not None)
         try:
-            async with hub.running(), hub.listen() as stream:
+            async with (nullcontext() if self.hub else hub.running()), hub.listen() as stream:
                 status = await (self.core.queue_heartbeat(res.rid) if self.resume
                                 else self.core.enqueue(res, self.req))
                 enqueued = True
@@ -176,6 +180,13 @@ class Waiter:
                 await self.core.leave(self.wid, reason)
         except CanHazGpuError:
             pass  # our entry and any partial grant expire with the queue lease anyway
+
+
+def shared_hub(store) -> EventHub:
+    """One subscription for any number of quiet waiters: every waiter's channel (each
+    waiter picks its own events) and lease expiry."""
+    return EventHub(store, (store.expired_channel,), host_events=False,
+                    patterns=(store.waiter_channel("*"),))
 
 
 async def estimate(core: Core, st: QueueStatus, want: int, wid: str) -> Progress:

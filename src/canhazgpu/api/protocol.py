@@ -117,7 +117,7 @@ def request(doc: dict) -> Request:
                       note=str(doc.get("note", ""))[:1000], claim_own=bool(doc.get("claim_own")))
     except (TypeError, ValueError):
         raise errors.InvalidRequest(f"invalid request {str(doc)[:80]}") from None
-    if req.kind not in ("run", "manual") or not 0 <= req.duration_s < float("inf") \
+    if req.kind not in ("run", "job", "manual") or not 0 <= req.duration_s < float("inf") \
             or (req.kind == "manual" and req.duration_s == 0):
         raise errors.InvalidRequest(f"invalid request kind {req.kind!r} or duration "
                                     f"{req.duration_s!r}")

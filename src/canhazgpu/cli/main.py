@@ -189,7 +189,7 @@ def _closer(state: Context):
 
 def _register() -> None:
     from . import (admin, completion, doctor, events, hosts, manual, queue,  # noqa: F401
-                   report, reserve, run, serve, status, wait, web)  # (commands attach)
+                   report, reserve, run, serve, status, submit, wait, web)  # (attach)
 
 
 async def _amain(args: list[str]) -> int:

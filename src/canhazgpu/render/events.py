@@ -50,7 +50,17 @@ _DESCRIBE = {
                                f"{' (in use)' if d.get('in_use') else ''}: {_procs(d)}",
     "gpu_error": lambda d: f"GPU {_ids(d.get('gpus'))} error: {d.get('error')}",
     "gpu_recovered": lambda d: f"GPU {_ids(d.get('gpus'))} readable again",
+    "job_submitted": lambda d: f"{_job(d)} submitted by {d.get('user')}",
+    "job_started": lambda d: f"{_job(d)} of {d.get('user')} started on GPU {_ids(d.get('gpus'))}",
+    "job_ended": lambda d: f"{_job(d)} of {d.get('user')} {d.get('state')}"
+                           + (f" (exit {d['exit_code']})" if d.get("exit_code") is not None
+                              else "") + (f": {d['reason']}" if d.get("reason") else ""),
 }
+
+
+def _job(doc: dict) -> str:
+    name = f" ({doc['name']})" if doc.get("name") else ""
+    return f"job {doc.get('job')}{name}"
 
 
 def line(event: Event) -> str:
