@@ -50,7 +50,7 @@ this directory, with this environment. You may log out: your job agent keeps its
 async def submit(state, count, gpu_ids, note, name, after, timeout_text, command):
     """Queue a command to run on GPUs later, detached from this terminal; prints its id."""
     from ..jobs.events import publish
-    from ..jobs.files import QUEUED, now_ms
+    from ..jobs.files import job_document
     if not command:
         raise InvalidRequest("submit needs a command, e.g. canhazgpu submit --gpus 1 -- "
                              "python train.py")
@@ -59,15 +59,9 @@ async def submit(state, count, gpu_ids, note, name, after, timeout_text, command
     jobs = _jobs(state)
     deps = _after(jobs, after)
     caller = state.caller()
-    umask = os.umask(0)
-    os.umask(umask)
-    job = jobs.create({
-        "name": _text(name, "name")[:100], "argv": list(command), "cwd": os.getcwd(),
-        "env": dict(os.environ), "umask": umask, "count": req.count,
-        "ids": list(req.ids) if req.ids is not None else None, "after": deps,
-        "note": req.note, "timeout_s": timeout_s, "submitted_ms": now_ms(),
-        "state": QUEUED, "user": caller.user, "uid": caller.uid,
-        "host": state.config.host_name})
+    job = jobs.create(job_document(command, req, user=caller.user, uid=caller.uid,
+                                   host=state.config.host_name, name=_text(name, "name")[:100],
+                                   after=deps, timeout_s=timeout_s))
     jobs.ensure_agent(state.config)
     await publish(state.direct, job, "job_submitted")
     output.emit(str(job.id))

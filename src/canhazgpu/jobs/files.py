@@ -67,10 +67,17 @@ def try_lock(path: Path) -> int | None:
 
 
 def is_locked(path: Path) -> bool:
-    fd = try_lock(path)
-    if fd is None:
+    """Whether someone holds the flock on path (a missing file: nobody)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         return True
-    os.close(fd)
+    finally:
+        os.close(fd)
     return False
 
 
@@ -106,6 +113,21 @@ class Job:
 
     def ended(self, state: str, reason: str = "", exit_code: int | None = None) -> None:
         self.save(state=state, reason=reason, exit_code=exit_code, ended_ms=now_ms())
+
+
+def job_document(argv, req, *, user: str, uid: int, host: str, name: str = "",
+                 after=(), timeout_s: float | None = None, cwd: str | None = None,
+                 env: dict | None = None) -> dict:
+    """A new queued job: the command as the submitter runs it (directory, environment and
+    umask of this process unless given) and what it asks for (a request.Request)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return {"name": name, "argv": list(argv), "cwd": cwd or os.getcwd(),
+            "env": dict(os.environ if env is None else env), "umask": umask,
+            "count": req.count, "ids": list(req.ids) if req.ids is not None else None,
+            "after": list(after), "note": req.note, "timeout_s": timeout_s,
+            "submitted_ms": now_ms(), "state": QUEUED, "user": user, "uid": uid,
+            "host": host}
 
 
 class JobDir:

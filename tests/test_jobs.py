@@ -1,0 +1,230 @@
+"""Detached jobs (docs/jobs.md): submit, the per-user agent, runners, jobs/logs/cancel,
+and what survives an agent SIGKILLed mid-sweep."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+
+import anyio
+import pytest
+
+from canhazgpu.config import load
+from canhazgpu.jobs.files import CAP, ENDED, JobDir, job_document, jobs_root
+from canhazgpu.request import Request
+from conftest import HOST
+
+pytestmark = pytest.mark.anyio
+DEADLINE_S = 60.0
+
+
+class Jobs:
+    """The test's job directory, its agent, and waits with deadlines on the job files."""
+
+    def __init__(self, env: dict) -> None:
+        self.env = env
+        self.config = load(env=env)
+        self.dir = JobDir(jobs_root(self.config))
+
+    def add(self, argv, count: int = 1, **kw) -> int:
+        """Submit in-process, as `submit` does (a sweep of CLI starts would be slow)."""
+        doc = job_document(argv, Request(count=count, kind="job"), user="me",
+                           uid=os.getuid(), host=HOST, env=self.env, **kw)
+        return self.dir.create(doc).id
+
+    def start_agent(self) -> None:
+        saved = dict(os.environ)
+        os.environ.clear()
+        os.environ.update(self.env)
+        try:
+            self.dir.ensure_agent(self.config)
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+    def doc(self, job_id: int) -> dict:
+        return self.dir.load(job_id).doc
+
+    async def until(self, predicate, what: str, timeout: float = DEADLINE_S):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = predicate()
+            if got:
+                return got
+            await anyio.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    async def ended(self, *ids: int, timeout: float = DEADLINE_S) -> list[dict]:
+        await self.until(lambda: all(self.doc(i).get("state") in ENDED for i in ids),
+                         f"jobs {ids} to end", timeout)
+        return [self.doc(i) for i in ids]
+
+    def kill_all(self) -> None:
+        pid = self.dir.agent_pid()
+        if pid:
+            _kill(pid)
+        for job in self.dir.all():
+            if job.runner_alive() and job.doc.get("runner_pid"):
+                _kill(-int(job.doc["runner_pid"]))  # its session: the command too
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+@pytest.fixture
+async def jobs(env, core, fake_gpus):
+    fake_gpus.write(count=4)
+    await core.setup_pool(4, "fake", force=False)
+    j = Jobs({**env, "CANHAZGPU_CLIENT": "direct"})
+    yield j
+    j.kill_all()
+
+
+def lines_of(path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+# ---------------------------------------------------------------- the whole path
+async def test_submit_runs_as_submitted(jobs, cli, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    out = tmp_path / "out.txt"
+    script = f'echo "$PWD $FOO $CUDA_VISIBLE_DEVICES $(umask)" > {out}; echo hello; echo err >&2'
+    proc = await anyio.run_process(
+        [*cli.argv("submit", "--gpus", "2", "--name", "first", "--", "sh", "-c", script)],
+        env={**jobs.env, "FOO": "bar"}, cwd=work, check=False)
+    assert proc.returncode == 0, proc.stderr
+    job_id = int(proc.stdout.decode().strip())
+    (doc,) = await jobs.ended(job_id)
+    assert doc["state"] == "done" and doc["exit_code"] == 0, doc
+    pwd, foo, gpus, umask = out.read_text().split()
+    mine = os.umask(0)
+    os.umask(mine)
+    assert (pwd, foo, umask) == (str(work), "bar", f"{mine:04o}")
+    assert len(gpus.split(",")) == 2
+    logs = cli("logs", job_id, check=0)
+    assert logs.stdout.split() == ["hello", "err"]
+    listed = json.loads(cli("jobs", "--json", check=0).stdout)
+    assert [(r["id"], r["name"], r["state"], r["exit_code"]) for r in listed] == \
+        [(job_id, "first", "done", 0)]
+    kinds = [e["type"] for e in await _events(jobs)]
+    assert kinds.count("job_submitted") == kinds.count("job_started") == \
+        kinds.count("job_ended") == 1
+
+
+async def _events(jobs) -> list[dict]:
+    from canhazgpu.core import Core
+    core = Core(jobs.config)
+    try:
+        return await core.store.events_since(0)
+    finally:
+        await core.aclose()
+
+
+async def test_running_job_in_status_then_cancel(jobs, cli, tmp_path):
+    started = tmp_path / "started"
+    long_id = jobs.add(["sh", "-c", f"touch {started}; exec sleep 60"], count=4, name="big")
+    queued_id = jobs.add(["true"], count=1)
+    jobs.start_agent()
+    await jobs.until(started.exists, "the job to start")
+    status = cli("status", "--format", "lines", check=0).stdout
+    assert status.count("(job big, last heartbeat") == 4, status
+    queue = json.loads(cli("queue", "--json", check=0).stdout)
+    assert [r["type"] for r in queue] == ["job"]
+
+    out = cli("cancel", queued_id, check=0).stdout
+    assert f"job {queued_id} cancelled" in out
+    assert json.loads(cli("queue", "--json", check=0).stdout) == []
+
+    out = cli("cancel", long_id, check=0).stdout
+    assert f"job {long_id} cancelled (exit 143)" in out
+    status = cli("status", "--format", "lines", check=0).stdout
+    assert status.count("AVAILABLE") == 4, status
+    again = cli("cancel", long_id, check=0).stdout
+    assert "already cancelled" in again
+
+
+# ---------------------------------------------------------------- the sweep
+async def test_sweep_runs_every_job_once_in_fifo_order(jobs, tmp_path):
+    order = tmp_path / "order"
+    ids = [jobs.add(["sh", "-c", f"echo {n} >> {order}"]) for n in range(1, 61)]
+    jobs.start_agent()
+    docs = await jobs.ended(*ids)
+    assert all(d["state"] == "done" for d in docs)
+    assert sorted(map(int, lines_of(order))) == ids  # each exactly once
+    granted = [d["granted_ms"] for d in docs]
+    assert granted == sorted(granted), "granted out of submission order"
+
+
+async def test_agent_killed_mid_sweep_loses_nothing_runs_nothing_twice(jobs, tmp_path):
+    order = tmp_path / "order"
+    ids = [jobs.add(["sh", "-c", f"sleep 0.2; echo {n} >> {order}"]) for n in range(1, 31)]
+    jobs.start_agent()
+    for done in (5, 15):
+        await jobs.until(lambda d=done: len(lines_of(order)) >= d, f"{done} jobs done")
+        pid = jobs.dir.agent_pid()
+        assert pid
+        os.kill(pid, signal.SIGKILL)
+        await jobs.until(lambda: jobs.dir.agent_pid() is None, "the agent gone")
+        jobs.start_agent()  # what the next submit or `canhazgpu jobs` does
+    docs = await jobs.ended(*ids)
+    assert [d["state"] for d in docs] == ["done"] * 30
+    assert sorted(map(int, lines_of(order))) == ids
+
+
+# ---------------------------------------------------------------- dependencies
+async def test_after_chain_and_failed_dependency(jobs, cli, tmp_path):
+    order = tmp_path / "order"
+    first = jobs.add(["sh", "-c", f"sleep 0.3; echo first >> {order}"])
+    second = int(cli("submit", "--after", first, "--", "sh", "-c",
+                     f"echo second >> {order}", check=0).stdout)
+    bad = int(cli("submit", "--", "sh", "-c", "exit 3", check=0).stdout)
+    blocked = int(cli("submit", "--after", f"{second},{bad}", "--", "sh", "-c",
+                      f"echo never >> {order}", check=0).stdout)
+    docs = await jobs.ended(first, second, bad, blocked)
+    assert [d["state"] for d in docs] == ["done", "done", "failed", "cancelled"]
+    assert docs[2]["exit_code"] == 3
+    assert docs[3]["reason"] == f"dependency {bad} failed (exit 3)"
+    assert lines_of(order) == ["first", "second"]
+
+
+async def test_bad_submissions(jobs, cli):
+    assert "submit needs a command" in cli("submit", "--gpus", "1", check=2).stderr
+    assert "no job 99" in cli("submit", "--after", "99", "--", "true", check=1).stderr
+    assert "control characters" in cli("submit", "--name", "a\x1bb", "--", "true",
+                                       check=2).stderr
+    assert "invalid GPU count" in cli("submit", "--gpus", "5", "--", "true", check=2).stderr
+    assert "no job 7" in cli("logs", "7", check=1).stderr
+    assert "invalid job id" in cli("cancel", "x", check=2).stderr
+    assert jobs.dir.ids() == []
+
+
+# ---------------------------------------------------------------- logs
+async def test_logs_of_a_job_printing_10mb_are_capped(jobs, cli):
+    code = ("import sys\nfor i in range(100000): sys.stdout.write(f'{i:09d}' + 'x' * 90 + '\\n')")
+    job_id = jobs.add([sys.executable, "-c", code])
+    jobs.start_agent()
+    (doc,) = await jobs.ended(job_id)
+    assert doc["state"] == "done", doc
+    kept = sum(p.stat().st_size for p in jobs.dir.load(job_id).path.glob("output.log*"))
+    assert CAP // 2 <= kept <= CAP
+    out = cli("logs", job_id, check=0)
+    lines = out.stdout.splitlines()
+    assert lines[-1].startswith("000099999x") and len(out.stdout) == kept
+    assert all(len(x) == 99 for x in lines[1:])
+    assert "earlier output was dropped" in out.stderr
+
+
+async def test_logs_follow_until_the_job_ends(jobs, cli):
+    job_id = jobs.add(["sh", "-c", "for i in 1 2 3; do echo line$i; sleep 0.2; done"])
+    jobs.start_agent()
+    await jobs.until(lambda: jobs.doc(job_id).get("state") == "running", "the job running")
+    out = await cli.run("logs", job_id, "-f", check=0)
+    assert out.stdout.split() == ["line1", "line2", "line3"]
