@@ -95,6 +95,13 @@ SAMPLES = {
         "GPU 2 1069MB used (in use): PID 12345 (python3, bob)"),
     "gpu_error": ({"gpus": [3], "error": "GPU is lost"}, "GPU 3 error: GPU is lost"),
     "gpu_recovered": ({"gpus": [3]}, "GPU 3 readable again"),
+    "job_submitted": ({"job": 7, "name": "lr0.1", "user": "alice"},
+                      "job 7 (lr0.1) submitted by alice"),
+    "job_started": ({"job": 7, "user": "alice", "gpus": [0, 1]},
+                    "job 7 of alice started on GPU 0,1"),
+    "job_ended": ({"job": 7, "user": "alice", "state": "cancelled",
+                   "reason": "dependency 6 failed (exit 3)"},
+                  "job 7 of alice cancelled: dependency 6 failed (exit 3)"),
 }
 
 

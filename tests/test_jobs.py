@@ -16,6 +16,7 @@ from canhazgpu.config import load
 from canhazgpu.jobs.files import CAP, ENDED, JobDir, job_document, jobs_root
 from canhazgpu.request import Request
 from conftest import HOST
+from otheruser import as_nobody, needs_root, open_dir  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.anyio
 DEADLINE_S = 60.0
@@ -228,3 +229,28 @@ async def test_logs_follow_until_the_job_ends(jobs, cli):
     await jobs.until(lambda: jobs.doc(job_id).get("state") == "running", "the job running")
     out = await cli.run("logs", job_id, "-f", check=0)
     assert out.stdout.split() == ["line1", "line2", "line3"]
+
+
+# ---------------------------------------------------------------- privacy
+@needs_root
+async def test_another_user_cannot_read_or_cancel_a_job(jobs, open_dir, tmp_path):
+    state = open_dir / tmp_path.name
+    state.mkdir(mode=0o755)
+    state.chmod(0o755)
+    ours = Jobs({**jobs.env, "CANHAZGPU_STATE_DIR": str(state)})
+    started = tmp_path / "started"
+    try:
+        job_id = ours.add(["sh", "-c", f"echo secret; touch {started}; exec sleep 60"])
+        ours.start_agent()
+        await ours.until(started.exists, "the job to start")
+        (open_dir / "config.toml").write_text("")
+        (open_dir / "config.toml").chmod(0o644)
+        env = {**ours.env, "CANHAZGPU_CONFIG": str(open_dir / "config.toml"),
+               "HOME": str(open_dir)}
+        for args in (("logs", job_id), ("cancel", job_id), ("jobs",)):
+            proc = as_nobody(*args, env=env)
+            assert proc.returncode == 1, (args, proc.stdout, proc.stderr)
+            assert "private to their owner" in proc.stderr and "secret" not in proc.stdout
+        assert ours.doc(job_id)["state"] == "running"
+    finally:
+        ours.kill_all()

@@ -113,8 +113,7 @@ async def run(job: Job, lock_fd: int) -> int:
         if job.cancel_asked:
             job.ended(CANCELLED, "cancelled while running", code)
         else:
-            job.ended(DONE if code == 0 else FAILED, "" if code == 0 else f"exit {code}",
-                      code)
+            job.ended(DONE if code == 0 else FAILED, "", code)
         await publish(core, job, "job_ended")
         return code
     finally:
