@@ -56,7 +56,16 @@ class Jobs:
             if got:
                 return got
             await anyio.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what}")
+        raise AssertionError(f"timed out waiting for {what}; {self.describe()}")
+
+    def describe(self) -> str:
+        """What the job files and the agent's log say (for a failure's message)."""
+        states = " ".join(f"{j.id}:{j.state}" for j in self.dir.all())
+        try:
+            log = (self.dir.root / "agent.log").read_text()[-2000:]
+        except OSError:
+            log = ""
+        return f"jobs {states}; agent log: {log}"
 
     async def ended(self, *ids: int, timeout: float = DEADLINE_S) -> list[dict]:
         await self.until(lambda: all(self.doc(i).get("state") in ENDED for i in ids),
@@ -160,8 +169,10 @@ async def test_sweep_runs_every_job_once_in_fifo_order(jobs, tmp_path):
     docs = await jobs.ended(*ids)
     assert all(d["state"] == "done" for d in docs)
     assert sorted(map(int, lines_of(order))) == ids  # each exactly once
-    granted = [d["granted_ms"] for d in docs]
-    assert granted == sorted(granted), "granted out of submission order"
+    job_of = {d["rid"]: d["id"] for d in docs}
+    granted = [job_of[e["rid"]] for e in await _events(jobs)
+               if e["type"] == "granted" and e.get("complete")]
+    assert granted == ids, "the queue granted out of submission order"
 
 
 async def test_agent_killed_mid_sweep_loses_nothing_runs_nothing_twice(jobs, tmp_path):

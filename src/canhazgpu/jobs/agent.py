@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -48,6 +49,7 @@ class Agent:
         self.finished: set[int] = set()
         self.wake = anyio.Event()
         self.hub = None
+        self.runner: socket.socket | None = None  # our end of the spare runner's socket
 
     async def main(self) -> None:
         from ..waitqueue import shared_hub
@@ -80,6 +82,8 @@ class Agent:
                     await self.wake.wait()
                 self.wake = anyio.Event()
             tg.cancel_scope.cancel()
+        if self.runner is not None:
+            self.runner.close()  # the spare runner leaves when it reads the end
         log("no queued jobs left; stopped")
 
     async def _signals(self) -> None:
@@ -143,6 +147,7 @@ class Agent:
         scope = anyio.CancelScope()
         self.following[job.id] = scope
         self.tg.start_soon(self.follow, job, req, res, scope)
+        self.spare()  # warm before the grant comes
         return True
 
     def dependencies(self, job: Job) -> str | None:
@@ -234,17 +239,44 @@ class Agent:
             return  # a runner lives already (never start a job twice)
         try:
             job.save(state=STARTING, gpus=list(res.gpus), granted_ms=now_ms())
-            with open(job.file("runner.err"), "ab") as err:
-                subprocess.Popen(
-                    [sys.executable, "-m", "canhazgpu.jobs.runner", str(job.path), str(lock)],
-                    pass_fds=(lock,), start_new_session=True, stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL, stderr=err, close_fds=True)
+            self.hand_over(job, lock)
         except OSError as err:
             log(f"job {job.id}: cannot start its runner: {err}")
             await self.leave(job)
             await self.end(job, FAILED, f"cannot start its runner: {err}")
         finally:
             os.close(lock)
+        if self.following:
+            self.spare()  # ready for the next grant
+
+    def hand_over(self, job: Job, lock: int) -> None:
+        """Give the job and its lock to a waiting runner (a fresh one if the spare died).
+        While the message is in flight the lock stays held, so a restarted agent never
+        takes the job for one that did not start."""
+        for attempt in range(2):
+            sock = self.spare()
+            self.runner = None
+            try:
+                socket.send_fds(sock, [str(job.path).encode()], [lock])
+                return
+            except OSError:
+                if attempt:
+                    raise
+            finally:
+                sock.close()
+
+    def spare(self) -> socket.socket:
+        """The runner waiting for the next job, started now if there is none."""
+        if self.runner is None:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            with open(self.jobs.root / "agent.log", "ab") as err:
+                subprocess.Popen(
+                    [sys.executable, "-m", "canhazgpu.jobs.runner", str(theirs.fileno())],
+                    pass_fds=(theirs.fileno(),), start_new_session=True,
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+            theirs.close()
+            self.runner = ours
+        return self.runner
 
 
 def main() -> None:

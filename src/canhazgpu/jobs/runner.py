@@ -1,6 +1,9 @@
-"""A granted job's own process: `python -m canhazgpu.jobs.runner JOB_DIR LOCK_FD`.
+"""A granted job's own process: `python -m canhazgpu.jobs.runner SOCKET_FD`.
 
-Started by the agent (detached: its own session), it runs the command under the same
+Started by the agent ahead of time (detached: its own session) with everything imported,
+it waits on a socket for one job: its directory and its lock (the fd, passed with
+SCM_RIGHTS), so that a job starts without a Python start-up in between. It runs the
+command under the same
 Supervisor as `run` (lease heartbeat, signals, release when it ends), so a dead agent never
 takes a running job's GPUs with it. It holds the job's lock (inherited from the agent) for
 its whole life: a free lock means no runner lives. The command's stdout and stderr go
@@ -132,10 +135,34 @@ async def _end(core, rid: str) -> None:
         pass  # the grant's queue lease runs out by itself
 
 
+def receive(fd: int) -> tuple[Path, int] | None:
+    """Wait for the agent to hand over a job: (its directory, its lock fd); None when the
+    agent closed the socket (it left, or died) without one."""
+    import socket
+    with socket.socket(fileno=fd) as sock:
+        try:
+            data, fds, _, _ = socket.recv_fds(sock, 4096, 1)
+        except OSError:
+            return None
+    if not data or not fds:
+        return None
+    return Path(data.decode()), fds[0]
+
+
 def main() -> None:
-    path, lock_fd = Path(sys.argv[1]), int(sys.argv[2])
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # outlive the terminal of whoever started us
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the agent ignores it; we wait for ours
+    from .. import config, core, identity, supervisor  # noqa: F401 (ready before the job)
+    got = receive(int(sys.argv[1]))
+    if got is None:
+        os._exit(0)
+    path, lock_fd = got
+    try:  # this job's runner errors (tracebacks) beside it
+        err = os.open(path / "runner.err", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(err, 2)
+        os.close(err)
+    except OSError:
+        pass
     job = JobDir(path.parent).load(path.name)
     try:
         code = anyio.run(run, job, lock_fd)
