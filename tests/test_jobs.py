@@ -56,16 +56,26 @@ class Jobs:
             if got:
                 return got
             await anyio.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what}; {self.describe()}")
+        raise AssertionError(f"timed out waiting for {what}; {await self.describe()}")
 
-    def describe(self) -> str:
-        """What the job files and the agent's log say (for a failure's message)."""
-        states = " ".join(f"{j.id}:{j.state}" for j in self.dir.all())
+    async def describe(self) -> str:
+        """What the job files, Redis and the agent's log say (for a failure's message)."""
+        from canhazgpu.core import Core
+        jobs = self.dir.all()
+        of = {j.doc.get("rid"): j.id for j in jobs}
+        core = Core(self.config)
+        try:
+            state = await core.store.read_state()
+        finally:
+            await core.aclose()
+        holds = [(h.gpu, of.get(h.rid, h.rid), h.waiting) for h in state.holds.values()]
+        queue = [(of.get(w.wid, w.wid), w.granted) for w in state.queue]
         try:
             log = (self.dir.root / "agent.log").read_text()[-2000:]
         except OSError:
             log = ""
-        return f"jobs {states}; agent log: {log}"
+        return (f"jobs {' '.join(f'{j.id}:{j.state}' for j in jobs)}; holds {holds}; "
+                f"queue {queue}; agent log: {log}")
 
     async def ended(self, *ids: int, timeout: float = DEADLINE_S) -> list[dict]:
         await self.until(lambda: all(self.doc(i).get("state") in ENDED for i in ids),

@@ -62,7 +62,7 @@ class Agent:
         self.hub = shared_hub(self.core.store)
         async with self.hub.running(), anyio.create_task_group() as tg:
             self.tg = tg
-            tg.start_soon(self._signals)
+            await tg.start(self._signals)  # the wakes ignored until now: the scan covers them
             idle_since = anyio.current_time()
             while True:
                 needed = await self.scan()
@@ -86,8 +86,9 @@ class Agent:
             self.runner.close()  # the spare runner leaves when it reads the end
         log("no queued jobs left; stopped")
 
-    async def _signals(self) -> None:
+    async def _signals(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
         with anyio.open_signal_receiver(signal.SIGUSR1, signal.SIGTERM, signal.SIGINT) as sigs:
+            task_status.started()
             async for signum in sigs:
                 if signum == signal.SIGUSR1:
                     self.wake.set()
@@ -122,8 +123,11 @@ class Agent:
         if state in (STARTING, RUNNING) and job.runner_alive():
             return False
         if state == RUNNING:  # its runner died before recording how the command ended
-            await self.end(job, FAILED, "its runner stopped (killed, or the machine "
-                                        "restarted) before the command's exit was recorded")
+            if job.cancel_asked:
+                await self.end(job, CANCELLED, "cancelled while running")
+            else:
+                await self.end(job, FAILED, "its runner stopped (killed, or the machine "
+                                            "restarted) before the command's exit was recorded")
             return False
         # queued, or `starting` with no runner: the command never started
         if job.cancel_asked:
@@ -186,12 +190,14 @@ class Agent:
         req = self.request(job)
         rid = job.doc.get("rid")
         if rid and await self.core.queue_heartbeat(rid) is not None:
+            log(f"job {job.id}: resumed its place ({rid})")
             return self.reservation(job), req
         res = self.core.new_reservation(req, self.caller)
         record = {**res.record, "name": job.doc.get("name", ""), "job": job.id}
         res = Reservation(res.rid, (), res.user, "job", res.ttl_s, record)
         job.save(state=QUEUED, rid=res.rid, record=record)  # before: a restart finds it
         await self.core.enqueue(res, req)
+        log(f"job {job.id}: queued ({res.rid})")
         return res, req
 
     def reservation(self, job: Job):
@@ -236,10 +242,12 @@ class Agent:
             return
         lock = try_lock(job.file("lock"))
         if lock is None:
-            return  # a runner lives already (never start a job twice)
+            log(f"job {job.id}: granted GPU {res.env_value()}, but a runner holds it already")
+            return  # (never start a job twice)
         try:
             job.save(state=STARTING, gpus=list(res.gpus), granted_ms=now_ms())
             self.hand_over(job, lock)
+            log(f"job {job.id}: started on GPU {res.env_value()}")
         except OSError as err:
             log(f"job {job.id}: cannot start its runner: {err}")
             await self.leave(job)
@@ -280,6 +288,8 @@ class Agent:
 
 
 def main() -> None:
+    # A wake (SIGUSR1, from a submit or a runner) before we listen must not kill us
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     from ..config import load
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     config = load()

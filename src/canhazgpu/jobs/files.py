@@ -202,9 +202,15 @@ class JobDir:
         if not is_locked(self.agent_lock):
             return None
         try:
-            return int((self.root / "agent.pid").read_text())
+            pid = int((self.root / "agent.pid").read_text())
+            # a new agent holds the lock a moment before it writes its pid: never signal
+            # whatever process has the previous agent's pid now
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"canhazgpu.jobs.agent" not in f.read():
+                    return None
         except (OSError, ValueError):
             return None
+        return pid
 
     def wake_agent(self) -> bool:
         """Tell the agent to look at the jobs again; False when no agent lives."""
