@@ -172,17 +172,44 @@ async def test_running_job_in_status_then_cancel(jobs, cli, tmp_path):
 
 
 # ---------------------------------------------------------------- the sweep
-async def test_sweep_runs_every_job_once_in_fifo_order(jobs, tmp_path):
+async def test_sweep_runs_every_job_once_in_fifo_order(jobs, core, caller, tmp_path):
+    """60 jobs on 4 GPUs, and another user's `wait` queued between the 30th and the 31st:
+    every job runs once, and the one queue grants in arrival order (bob's turn included)."""
     order = tmp_path / "order"
-    ids = [jobs.add(["sh", "-c", f"echo {n} >> {order}"]) for n in range(1, 61)]
+    first = [jobs.add(["sh", "-c", f"echo {n} >> {order}"]) for n in range(1, 31)]
     jobs.start_agent()
-    docs = await jobs.ended(*ids)
+    await jobs.until(lambda: all(jobs.doc(i).get("rid") for i in first), "30 jobs queued")
+    bob = caller("bob")
+
+    async def bobs_wait():
+        res = await core.acquire(Request(count=1, kind="run"), bob, float("inf"),
+                                 signals=False)
+        await core.end(res.rid, bob)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(bobs_wait)
+        await _queued_for(core, "bob")
+        rest = [jobs.add(["sh", "-c", f"echo {n} >> {order}"]) for n in range(31, 61)]
+        jobs.dir.wake_agent()
+        docs = await jobs.ended(*first, *rest)
     assert all(d["state"] == "done" for d in docs)
-    assert sorted(map(int, lines_of(order))) == ids  # each exactly once
+    assert sorted(map(int, lines_of(order))) == first + rest  # each exactly once
     job_of = {d["rid"]: d["id"] for d in docs}
-    granted = [job_of[e["rid"]] for e in await _events(jobs)
+    granted = [job_of.get(e["rid"], e["user"]) for e in await _events(jobs)
                if e["type"] == "granted" and e.get("complete")]
-    assert granted == ids, "the queue granted out of submission order"
+    assert granted == [*first, "bob", *rest], "the queue granted out of arrival order"
+
+
+async def _queued_for(core, user: str) -> None:
+    with anyio.fail_after(DEADLINE_S):
+        while True:
+            _, waiters = await core.queue()
+            if any(w.user == user for w in waiters):
+                return
+            holds = (await core.store.read_state()).holds.values()
+            if any(h.user == user for h in holds):
+                return  # granted already
+            await anyio.sleep(0.02)
 
 
 async def test_agent_killed_mid_sweep_loses_nothing_runs_nothing_twice(jobs, tmp_path):
