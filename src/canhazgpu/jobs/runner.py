@@ -69,14 +69,11 @@ async def pump(fd: int, log: CappedLog) -> None:
         log.write(data)
 
 
-async def run(job: Job, lock_fd: int) -> int:
-    from ..config import load
-    from ..core import Core
+async def run(job: Job, lock_fd: int, core) -> int:
     from ..identity import current
     from ..request import Reservation
     from ..supervisor import CommandFailed, Supervisor
-    config = load()
-    core = Core(config)
+    config = core.config
     doc = job.doc
     log = CappedLog(job.file("output.log"))
     try:
@@ -88,7 +85,6 @@ async def run(job: Job, lock_fd: int) -> int:
         # Marked running before the command starts: a restarted agent that finds this state
         # and no runner knows the command may have run, and never starts it again.
         job.save(state=RUNNING, runner_pid=os.getpid(), started_ms=now_ms())
-        await publish(core, job, "job_started")
         res = Reservation(doc["rid"], tuple(doc["gpus"]), doc["record"]["user"], "job",
                           config.seconds("run_lease"), doc["record"])
         read_fd, write_fd = os.pipe()
@@ -100,6 +96,7 @@ async def run(job: Job, lock_fd: int) -> int:
         os.umask(int(doc.get("umask", 0o022)))
         async with anyio.create_task_group() as tg:
             tg.start_soon(pump, read_fd, log)
+            tg.start_soon(publish, core, job, "job_started")  # beside the start, not before
             try:
                 code = await sup.run(list(doc["argv"]))
             except CommandFailed as err:
@@ -122,7 +119,6 @@ async def run(job: Job, lock_fd: int) -> int:
     finally:
         log.close()
         JobDir(job.path.parent).wake_agent()  # its dependents may start now
-        await core.aclose()
         os.close(lock_fd)
 
 
@@ -135,11 +131,12 @@ async def _end(core, rid: str) -> None:
         pass  # the grant's queue lease runs out by itself
 
 
-def receive(fd: int) -> tuple[Path, int] | None:
+async def receive(fd: int) -> tuple[Path, int] | None:
     """Wait for the agent to hand over a job: (its directory, its lock fd); None when the
     agent closed the socket (it left, or died) without one."""
     import socket
     with socket.socket(fileno=fd) as sock:
+        await anyio.wait_socket_readable(sock)
         try:
             data, fds, _, _ = socket.recv_fds(sock, 4096, 1)
         except OSError:
@@ -149,23 +146,38 @@ def receive(fd: int) -> tuple[Path, int] | None:
     return Path(data.decode()), fds[0]
 
 
+async def serve(fd: int) -> int:
+    """Get ready (settings read, Redis connected), then run the one job handed to us."""
+    from ..config import load
+    from ..core import Core
+    from ..errors import CanHazGpuError
+    core = Core(load())
+    try:
+        try:
+            await core.store.ping()
+        except CanHazGpuError:
+            pass  # the job's own calls say what is wrong
+        got = await receive(fd)
+        if got is None:
+            return 0
+        path, lock_fd = got
+        try:  # this job's runner errors (tracebacks) beside it
+            err = os.open(path / "runner.err", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            os.dup2(err, 2)
+            os.close(err)
+        except OSError:
+            pass
+        return await run(JobDir(path.parent).load(path.name), lock_fd, core)
+    finally:
+        await core.aclose()
+
+
 def main() -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # outlive the terminal of whoever started us
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the agent ignores it; we wait for ours
-    from .. import config, core, identity, supervisor  # noqa: F401 (ready before the job)
-    got = receive(int(sys.argv[1]))
-    if got is None:
-        os._exit(0)
-    path, lock_fd = got
-    try:  # this job's runner errors (tracebacks) beside it
-        err = os.open(path / "runner.err", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        os.dup2(err, 2)
-        os.close(err)
-    except OSError:
-        pass
-    job = JobDir(path.parent).load(path.name)
+    from .. import supervisor  # noqa: F401 (imported before the job comes)
     try:
-        code = anyio.run(run, job, lock_fd)
+        code = anyio.run(serve, int(sys.argv[1]))
     except KeyboardInterrupt:
         code = 130
     os._exit(code)
