@@ -76,6 +76,15 @@ class Bench:
         return psutil.Process(self.jobs.agent_pid()).memory_info().rss / 2**20
 
 
+def _spare_rss(agent_pid: int) -> float:
+    """RSS of the runner the agent keeps ready (its own session: found by command line)."""
+    for proc in psutil.process_iter(["cmdline", "ppid"]):
+        if proc.info["ppid"] == agent_pid and "canhazgpu.jobs.runner" in \
+                " ".join(proc.info["cmdline"] or []):
+            return proc.memory_info().rss / 2**20
+    return 0.0
+
+
 async def main(n: int) -> None:
     with bench_env(gpus=1) as (env, _server):
         config = load()
@@ -96,13 +105,16 @@ async def main(n: int) -> None:
         await bench.wait_queued(n)
         placed = time.perf_counter() - t0
         many = bench.rss_mb()
+        spare = _spare_rss(bench.jobs.agent_pid())
         print(f"memory: agent RSS {one:.1f} MB with 1 queued job, {many:.1f} MB with {n} "
               f"({(many - one) * 1024 / (n - 1):.1f} KB per job); {n - 1} placed in "
-              f"{placed:.1f}s")
+              f"{placed:.1f}s; its spare runner {spare:.1f} MB")
         await bench.cancel_all()
 
         submit_ms = wall(["submit", "--", "true"], ROUNDS)
-        print(f"submit: {submit_ms:.0f} ms median wall ({ROUNDS} fresh processes)")
+        version_ms = wall(["--version"], ROUNDS)
+        print(f"submit: {submit_ms:.0f} ms median wall ({ROUNDS} fresh processes; "
+              f"`canhazgpu --version`: {version_ms:.0f} ms)")
         await bench.cancel_all()
 
         delays = []

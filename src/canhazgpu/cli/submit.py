@@ -58,8 +58,9 @@ async def submit(state, count, gpu_ids, note, name, after, timeout_text, command
     req = await build_request(state, count, gpu_ids, "job", 0, _text(note, "note"))
     jobs = _jobs(state)
     deps = _after(jobs, after)
-    caller = state.caller()
-    job = jobs.create(job_document(command, req, user=caller.user, uid=caller.uid,
+    from ..identity import user_name  # (the job's owner is who we are: no process facts)
+    uid = os.getuid()
+    job = jobs.create(job_document(command, req, user=user_name(uid), uid=uid,
                                    host=state.config.host_name, name=_text(name, "name")[:100],
                                    after=deps, timeout_s=timeout_s))
     jobs.ensure_agent(state.config)

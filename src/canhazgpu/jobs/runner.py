@@ -69,8 +69,7 @@ async def pump(fd: int, log: CappedLog) -> None:
         log.write(data)
 
 
-async def run(job: Job, lock_fd: int, core) -> int:
-    from ..identity import current
+async def run(job: Job, lock_fd: int, core, caller) -> int:
     from ..request import Reservation
     from ..supervisor import CommandFailed, Supervisor
     config = core.config
@@ -88,7 +87,7 @@ async def run(job: Job, lock_fd: int, core) -> int:
         res = Reservation(doc["rid"], tuple(doc["gpus"]), doc["record"]["user"], "job",
                           config.seconds("run_lease"), doc["record"])
         read_fd, write_fd = os.pipe()
-        sup = Supervisor(core, res, current(config.admin_group), log.note,
+        sup = Supervisor(core, res, caller, log.note,
                          heartbeat_s=config.seconds("heartbeat_interval"),
                          timeout_s=doc.get("timeout_s"),
                          kill_grace_s=config.seconds("kill_grace"), renew_at_start=True,
@@ -151,7 +150,9 @@ async def serve(fd: int) -> int:
     from ..config import load
     from ..core import Core
     from ..errors import CanHazGpuError
+    from ..identity import current
     core = Core(load())
+    caller = current(core.config.admin_group)  # (psutil: imported now, not after the grant)
     try:
         try:
             await core.store.ping()
@@ -167,7 +168,7 @@ async def serve(fd: int) -> int:
             os.close(err)
         except OSError:
             pass
-        return await run(JobDir(path.parent).load(path.name), lock_fd, core)
+        return await run(JobDir(path.parent).load(path.name), lock_fd, core, caller)
     finally:
         await core.aclose()
 
