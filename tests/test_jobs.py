@@ -302,3 +302,33 @@ async def test_another_user_cannot_read_or_cancel_a_job(jobs, open_dir, tmp_path
         assert ours.doc(job_id)["state"] == "running"
     finally:
         ours.kill_all()
+
+
+# ---------------------------------------------------------------- limits and reboots
+async def test_timeout_stops_a_job(jobs, cli):
+    job_id = int(cli("submit", "--timeout", "1s", "--", "sleep", "60", check=0).stdout)
+    (doc,) = await jobs.ended(job_id)
+    assert (doc["state"], doc["exit_code"]) == ("failed", 143)
+    assert "time limit reached" in cli("logs", job_id, check=0).stdout
+
+
+async def test_after_a_reboot_jobs_restarts_the_agent_and_the_jobs_queue_again(
+        jobs, cli, core, caller, tmp_path):
+    hold = await core.allocate(Request(count=4, kind="manual", duration_s=600), caller())
+    order = tmp_path / "order"
+    ids = [jobs.add(["sh", "-c", f"echo {n} >> {order}"]) for n in (1, 2, 3)]
+    jobs.start_agent()
+    await jobs.until(lambda: all(jobs.doc(i).get("rid") for i in ids), "the jobs queued")
+    os.kill(jobs.dir.agent_pid(), signal.SIGKILL)  # the machine goes down...
+    await jobs.until(lambda: jobs.dir.agent_pid() is None, "the agent gone")
+    for i in ids:  # ...for longer than the queue lease: the places are gone
+        await core.leave(jobs.doc(i)["rid"], "expired")
+    listed = cli("jobs", check=0)
+    assert "started your job agent" in listed.stderr
+    await core.end(hold.rid, caller())
+    docs = await jobs.ended(*ids)
+    assert [d["state"] for d in docs] == ["done"] * 3
+    assert sorted(lines_of(order)) == ["1", "2", "3"]
+    job_of = {d["rid"]: d["id"] for d in docs}  # queued again in submission order
+    assert [job_of[e["rid"]] for e in await _events(jobs) if e["type"] == "granted"
+            and e["rid"] in job_of] == ids
