@@ -332,3 +332,28 @@ async def test_after_a_reboot_jobs_restarts_the_agent_and_the_jobs_queue_again(
     job_of = {d["rid"]: d["id"] for d in docs}  # queued again in submission order
     assert [job_of[e["rid"]] for e in await _events(jobs) if e["type"] == "granted"
             and e["rid"] in job_of] == ids
+
+
+async def test_a_sweep_survives_a_redis_restart(env, tmp_path):
+    """Redis (persistent, like the daemon's embedded one) stopped and started mid-sweep:
+    every job still runs, once."""
+    from canhazgpu.core import Core
+    from canhazgpu.embedded import RedisServer
+    server = RedisServer(tmp_path / "redis", persist=True).start()
+    j = Jobs({**env, "CANHAZGPU_REDIS_URL": server.url, "CANHAZGPU_CLIENT": "direct"})
+    core = Core(j.config)
+    try:
+        await core.setup_pool(4, "fake", force=False)
+        order = tmp_path / "order"
+        ids = [j.add(["sh", "-c", f"sleep 0.2; echo {n} >> {order}"]) for n in range(1, 21)]
+        j.start_agent()
+        await j.until(lambda: len(lines_of(order)) >= 4, "4 jobs done")
+        server.stop()
+        server = RedisServer(tmp_path / "redis", persist=True).start()
+        docs = await j.ended(*ids)
+        assert [d["state"] for d in docs] == ["done"] * 20, [d.get("reason") for d in docs]
+        assert sorted(map(int, lines_of(order))) == ids
+    finally:
+        j.kill_all()
+        await core.aclose()
+        server.stop()

@@ -22,7 +22,7 @@ from dataclasses import replace
 
 import anyio
 
-from ..errors import BackendUnavailable, CanHazGpuError
+from ..errors import BackendUnavailable, CanHazGpuError, PoolNotInitialized
 from .events import publish
 from .files import (CANCELLED, DONE, ENDED, LIVE, QUEUED, RUNNING, STARTING, FAILED, Job,
                     JobDir, JobNotFound, jobs_root, now_ms, try_lock)
@@ -30,6 +30,11 @@ from .files import (CANCELLED, DONE, ENDED, LIVE, QUEUED, RUNNING, STARTING, FAI
 QUEUE_LEASE = "2m"  # the places of a dead agent's jobs wait this long for the next agent
 RESCAN_S = 5.0  # look at the job files this often even without being woken
 IDLE_S = 30.0  # with no job to look after for this long, the agent leaves
+
+
+class Later(Exception):
+    """Redis or the pool is not there now (down, or restarted without its data): jobs stay
+    queued, and the agent tries again."""
 
 
 def log(text: str) -> None:
@@ -48,6 +53,7 @@ class Agent:
         self.following: dict[int, anyio.CancelScope] = {}
         self.finished: set[int] = set()
         self.wake = anyio.Event()
+        self.trouble = ""  # what stops jobs from being queued now, said once
         self.hub = None
         self.runner: socket.socket | None = None  # our end of the spare runner's socket
 
@@ -111,7 +117,14 @@ class Agent:
                 job = self.jobs.load(n)
             except JobNotFound:
                 continue  # being created
-            needed |= await self.consider(job)
+            try:
+                needed |= await self.consider(job)
+            except Later as err:  # the jobs behind it wait too (first come, first served)
+                if str(err) != self.trouble:
+                    log(f"cannot queue job {job.id} now: {err}; trying again")
+                self.trouble = str(err)
+                return True
+        self.trouble = ""
         return needed
 
     async def consider(self, job: Job) -> bool:
@@ -142,9 +155,8 @@ class Agent:
             return False
         try:
             res, req = await self.place(job)
-        except BackendUnavailable as err:
-            log(f"job {job.id}: {err}; trying again")
-            return True
+        except (BackendUnavailable, PoolNotInitialized) as err:
+            raise Later(str(err)) from None
         except CanHazGpuError as err:
             await self.end(job, FAILED, str(err))
             return False
@@ -214,7 +226,7 @@ class Agent:
                 waiter = Waiter(self.core, req, self.caller, signals=False, reservation=res,
                                 resume=True, hub=self.hub)
                 granted = await waiter.wait(None)
-        except LostPlace as err:
+        except (LostPlace, BackendUnavailable, PoolNotInitialized) as err:
             log(f"job {job.id}: {err}; queueing it again")
         except CanHazGpuError as err:
             await self.end(job, FAILED, str(err))
