@@ -357,3 +357,18 @@ async def test_a_sweep_survives_a_redis_restart(env, tmp_path):
         j.kill_all()
         await core.aclose()
         server.stop()
+
+
+async def test_completion_offers_job_ids(jobs, cli):
+    done = jobs.add(["true"])
+    jobs.dir.load(done).ended("done", "", 0)
+    queued = jobs.add(["true"], name="sweep")
+
+    def complete(words: str, cword: int) -> list[str]:
+        out = cli(extra_env={"_CANHAZGPU_COMPLETE": "bash_complete", "COMP_WORDS": words,
+                             "COMP_CWORD": str(cword)}, check=0).stdout
+        return [line.split(",", 1)[1] for line in out.splitlines()]
+
+    assert complete("canhazgpu logs ", 2) == [str(done), str(queued)]
+    assert complete("canhazgpu cancel ", 2) == [str(queued)]  # only what can be cancelled
+    assert "submit" in complete("canhazgpu su", 1)

@@ -23,6 +23,20 @@ def _jobs(state):
     return JobDir(jobs_root(state.config))
 
 
+def _complete_ids(ctx, incomplete: str, live: bool = False) -> list:
+    """Tab completion of job ids (cancel: the queued and running ones), with their names."""
+    from asyncclick.shell_completion import CompletionItem
+    from ..jobs.files import LIVE
+    from .main import Context
+    try:
+        found = _jobs(ctx.ensure_object(Context)).all()
+    except CanHazGpuError:
+        return []
+    return [CompletionItem(str(j.id), help=j.doc.get("name") or " ".join(j.doc["argv"])[:40])
+            for j in found if str(j.id).startswith(incomplete)
+            and (not live or j.state in LIVE)]
+
+
 def _text(value: str, what: str) -> str:
     if any(not c.isprintable() for c in value):
         raise InvalidRequest(f"invalid {what} {value!r}: no control characters (tabs, "
@@ -119,7 +133,7 @@ Examples:
   canhazgpu logs 3               # what job 3 printed (stdout and stderr)
   canhazgpu logs 3 -f            # and what it prints, until it ends
 """)
-@click.argument("job_id", metavar="ID")
+@click.argument("job_id", metavar="ID", shell_complete=lambda c, p, i: _complete_ids(c, i))
 @click.option("--follow", "-f", is_flag=True, help="Keep printing until the job ends.")
 @click.pass_obj
 async def logs(state, job_id, follow):
@@ -189,7 +203,8 @@ Examples:
   canhazgpu cancel 3             # queued: leaves the queue; running: SIGTERM, then SIGKILL
   canhazgpu cancel 3 4 5
 """)
-@click.argument("job_ids", metavar="ID...", nargs=-1, required=True)
+@click.argument("job_ids", metavar="ID...", nargs=-1, required=True,
+                shell_complete=lambda c, p, i: _complete_ids(c, i, live=True))
 @click.pass_obj
 async def cancel(state, job_ids):
     """Cancel jobs: a queued one leaves the queue, a running one is stopped."""
