@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 
@@ -372,3 +373,29 @@ async def test_completion_offers_job_ids(jobs, cli):
     assert complete("canhazgpu logs ", 2) == [str(done), str(queued)]
     assert complete("canhazgpu cancel ", 2) == [str(queued)]  # only what can be cancelled
     assert "submit" in complete("canhazgpu su", 1)
+
+
+# ---------------------------------------------------------------- beside a daemon
+async def test_jobs_beside_a_running_daemon(jobs, cli, tmp_path):
+    """A daemon serves the host (the CLI goes through its API): submit checks the request
+    through it, the job is queued and run as in direct mode, and status shows it."""
+    from canhazgpu.api.client import answering
+    daemon = cli.popen("serve", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    await jobs.until(lambda: answering(jobs.config) is not None, "the daemon")
+    through = {"CANHAZGPU_CLIENT": "daemon"}
+    started = tmp_path / "started"
+    try:
+        job_id = int(cli("submit", "--gpus", "3", "--name", "viaapi", "--", "sh", "-c",
+                         f"touch {started}; exec sleep 60", extra_env=through,
+                         check=0).stdout)
+        await jobs.until(started.exists, "the job to start")
+        status = cli("status", "--format", "lines", extra_env=through, check=0).stdout
+        assert status.count("(job viaapi, last heartbeat") == 3, status
+        assert "cancelled (exit 143)" in cli("cancel", job_id, extra_env=through,
+                                             check=0).stdout
+        await jobs.until(lambda: "job viaapi" not in cli("status", "--format", "lines",
+                                                         extra_env=through).stdout,
+                         "the GPUs given back")
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
