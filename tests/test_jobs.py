@@ -399,3 +399,15 @@ async def test_jobs_beside_a_running_daemon(jobs, cli, tmp_path):
     finally:
         daemon.terminate()
         daemon.wait(timeout=30)
+
+
+async def test_cancel_as_the_job_starts(jobs, cli, tmp_path):
+    """A cancel that lands while the runner is still starting the command stops it too."""
+    done = tmp_path / "done"
+    job_id = jobs.add(["sh", "-c", f"sleep 30; touch {done}"])
+    jobs.start_agent()
+    await jobs.until(lambda: jobs.doc(job_id).get("state") == "running", "the job running",
+                     timeout=DEADLINE_S)
+    out = (await cli.run("cancel", job_id, check=0)).stdout
+    assert f"job {job_id} cancelled" in out
+    assert not done.exists()

@@ -47,6 +47,7 @@ class Supervisor:
     cwd: str | None = None
     output: int | None = None
     term_grace: bool = False
+    terminated: Callable[[], bool] | None = None  # a SIGTERM came before forwarding began
 
     async def run(self, argv: list[str]) -> int:
         """Run argv to completion; returns its exit code (128+N when killed by signal N)."""
@@ -105,6 +106,9 @@ class Supervisor:
 
     async def _forward_signals(self, proc, tg) -> None:
         with anyio.open_signal_receiver(*FORWARDED) as signals:
+            if self.terminated is not None and self.terminated():
+                proc.send_signal(signal.SIGTERM)
+                tg.start_soon(self._kill_after_grace, proc)
             async for signum in signals:
                 # Ctrl+C at the terminal already reached the command (same process group).
                 if signum in (signal.SIGINT, signal.SIGQUIT) and _keyboard_signal():

@@ -221,6 +221,13 @@ async def cancel(state, job_ids):
     return 1 if failed else 0
 
 
+def _terminate(job) -> None:
+    try:
+        os.kill(int(job.doc["runner_pid"]), signal.SIGTERM)
+    except (OSError, KeyError, ValueError) as err:
+        raise CanHazGpuError(f"cannot stop job {job.id}: {err}") from None
+
+
 async def _cancel(state, jobs, job, grace: float) -> str:
     import anyio
     from ..jobs.files import ENDED, RUNNING, Job
@@ -231,12 +238,9 @@ async def _cancel(state, jobs, job, grace: float) -> str:
     except PermissionError:
         raise CanHazGpuError(f"job {job.id} is not yours to cancel") from None
     if job.state == RUNNING and job.runner_alive():
-        try:
-            os.kill(int(job.doc["runner_pid"]), signal.SIGTERM)
-        except (OSError, KeyError, ValueError) as err:
-            raise CanHazGpuError(f"cannot stop job {job.id}: {err}") from None
+        _terminate(job)
     else:
-        jobs.ensure_agent(state.config)
+        jobs.ensure_agent(state.config)  # the agent (or the runner, starting) ends it
     deadline = time.monotonic() + grace + 10
     while time.monotonic() < deadline:
         now = Job(job.path, _reload(job))

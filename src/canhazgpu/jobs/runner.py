@@ -22,6 +22,7 @@ import anyio
 from .files import CANCELLED, CAP, DONE, FAILED, RUNNING, Job, JobDir, now_ms
 from .events import publish
 
+EARLY_TERM: list = []  # SIGTERMs that came before the command did
 DRAIN_S = 2.0  # after the command ends: what its leftover children still write, for this long
 
 
@@ -91,7 +92,8 @@ async def run(job: Job, lock_fd: int, core, caller) -> int:
                          heartbeat_s=config.seconds("heartbeat_interval"),
                          timeout_s=doc.get("timeout_s"),
                          kill_grace_s=config.seconds("kill_grace"), renew_at_start=True,
-                         env=doc["env"], cwd=doc["cwd"], output=write_fd, term_grace=True)
+                         env=doc["env"], cwd=doc["cwd"], output=write_fd, term_grace=True,
+                         terminated=lambda: bool(EARLY_TERM))
         os.umask(int(doc.get("umask", 0o022)))
         async with anyio.create_task_group() as tg:
             tg.start_soon(pump, read_fd, log)
@@ -162,6 +164,8 @@ async def serve(fd: int) -> int:
         if got is None:
             return 0
         path, lock_fd = got
+        # A SIGTERM (cancel) before the supervisor forwards signals is kept for it
+        signal.signal(signal.SIGTERM, lambda *_: EARLY_TERM.append(True))
         try:  # this job's runner errors (tracebacks) beside it
             err = os.open(path / "runner.err", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             os.dup2(err, 2)
