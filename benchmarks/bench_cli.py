@@ -1,19 +1,25 @@
-"""The CLI's wall time, direct (Redis) and through the daemon's API, side by side in one
-run: `--help`, `status`, `reserve` + `release` as two commands; allocate+release pairs/s
-through the API with 16 clients; and which modules `status` imports through the daemon.
+"""The CLI's wall and CPU time as whole processes: through the daemon `--help`,
+`completion bash`, `status`, `queue`, `release`, `reserve` + `release` (two commands), and
+`status` in direct mode; with --before SRC, the same commands of another checkout (its
+src/ directory, first on PYTHONPATH) interleaved run by run, side by side. Then API pairs/s
+and which modules `status` imports through the daemon.
 
-Run: .venv/bin/python benchmarks/bench_cli.py   (starts its own private Redis and daemon)
-Targets (issue 10, 2 cores, through the daemon): status median <= 85 ms, reserve + release
-<= 180 ms, --help <= 60 ms; >= 3,000 allocate+release pairs/s with 16 clients.
+Run: .venv/bin/python benchmarks/bench_cli.py [--before ../main/src] [--no-api]
+(starts its own private Redis and daemon; BENCH_RUNS runs per command, default 20, after
+2 warm-up runs). Targets (issue 16, 2 cores): through the daemon status, queue, release
+<= 60 ms, reserve + release <= 130 ms, --help and completion <= 50 ms; direct status
+<= 120 ms; >= 2,000 allocate+release pairs/s with 16 clients.
 """
 
 from __future__ import annotations
 
+import compileall
 import os
 import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import anyio
 
@@ -23,34 +29,76 @@ from canhazgpu.config import load
 from canhazgpu.errors import NotEnoughGpus
 from canhazgpu.request import Request
 
-RUNS = int(os.environ.get("BENCH_RUNS", "30"))
-MODES = ("direct", "daemon")
+RUNS = int(os.environ.get("BENCH_RUNS", "20"))
+WARMUP = 2
+# name: (client mode, the commands of one run), target median wall ms
+CASES = {
+    "--help": ("daemon", [["--help"]], 50),
+    "completion bash": ("daemon", [["completion", "bash"]], 50),
+    "status": ("daemon", [["status"]], 60),
+    "queue": ("daemon", [["queue"]], 60),
+    "release": ("daemon", [["release"]], 60),
+    "reserve + release": ("daemon", [["reserve", "--short"], ["release"]], 130),
+    "status (direct)": ("direct", [["status"]], 120),
+}
+SCRIPT = Path(sys.executable).parent / "canhazgpu"  # what people type: the console script
 
 
-def run(args: list[str], mode: str) -> tuple[float, float]:
-    """(wall, CPU) seconds of `canhazgpu ARGS` as a fresh process in `mode`. CPU time
-    (user + system of the child) tells the modes apart on a machine others load too."""
+def command(args: list[str]) -> list[str]:
+    if SCRIPT.exists():
+        return [str(SCRIPT), *args]
+    return [sys.executable, "-m", "canhazgpu", *args]
+
+
+def run(args: list[str], env: dict) -> tuple[float, float]:
+    """(wall, CPU) seconds of `canhazgpu ARGS` as a fresh process. CPU time (user +
+    system of the child) is what the other users of a shared machine inflate least."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "canhazgpu", *args], check=True,
-                   capture_output=True, env={**os.environ, "CANHAZGPU_CLIENT": mode})
+    subprocess.run(command(args), check=True, capture_output=True, env=env)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def commands() -> dict:
-    """Median (wall ms, CPU ms) per (command, mode), the modes interleaved run by run."""
-    cases = {"--help": [["--help"]], "status": [["status"]],
-             "reserve + release": [["reserve", "--short"], ["release"]]}
-    times = {(name, mode): [] for name in cases for mode in MODES}
-    for _ in range(RUNS):
-        for name, steps in cases.items():
-            for mode in MODES:
-                runs = [run(step, mode) for step in steps]
-                times[name, mode].append((sum(w for w, _ in runs), sum(c for _, c in runs)))
+def environments(before: str | None) -> dict:
+    """version -> what its processes' environment adds; byte-compiled first (a machine
+    that sets PYTHONDONTWRITEBYTECODE would otherwise recompile edited modules every run)."""
+    here = str(Path(__file__).resolve().parents[1] / "src")
+    versions = {"after": {}}
+    if before:
+        versions = {"before": {"PYTHONPATH": str(Path(before).resolve())}, **versions}
+    for extra in versions.values():
+        compileall.compile_dir(extra.get("PYTHONPATH", here), quiet=1)
+    return versions
+
+
+def commands(versions: dict) -> dict:
+    """Median (wall ms, CPU ms) per (case, version), versions interleaved run by run."""
+    times = {(name, v): [] for name in CASES for v in versions}
+    for i in range(WARMUP + RUNS):
+        for name, (mode, steps, _) in CASES.items():
+            for version, extra in versions.items():
+                env = {**os.environ, **extra, "CANHAZGPU_CLIENT": mode}
+                env.pop("PYTHONDONTWRITEBYTECODE", None)
+                runs = [run(step, env) for step in steps]
+                if i >= WARMUP:
+                    times[name, version].append((sum(w for w, _ in runs),
+                                                 sum(c for _, c in runs)))
     return {key: (median([w for w, _ in v]) * 1e3, median([c for _, c in v]) * 1e3)
             for key, v in times.items()}
+
+
+def table(figures: dict, versions: dict) -> None:
+    names = list(versions)
+    print("| command | target ms | " + " | ".join(f"{v} wall ms" for v in names) + " | "
+          + " | ".join(f"{v} CPU ms" for v in names) + " |")
+    print("|---|---:|" + "---:|" * (2 * len(names)))
+    for name, (mode, _, target) in CASES.items():
+        walls = " | ".join(f"{figures[name, v][0]:.0f}" for v in names)
+        cpus = " | ".join(f"{figures[name, v][1]:.0f}" for v in names)
+        label = f"`{name}`" + ("" if mode == "direct" else " (daemon)")
+        print(f"| {label} | {target} | {walls} | {cpus} |")
 
 
 async def pairs_per_s(n: int, seconds: float = 5.0) -> tuple[float, float]:
@@ -80,49 +128,48 @@ async def pairs_per_s(n: int, seconds: float = 5.0) -> tuple[float, float]:
 
 def imports() -> tuple[list[str], list[str]]:
     """(the 15 costliest top-level imports of `status` through the daemon, with their
-    cumulative ms; which of redis-py and psutil it imported)."""
+    cumulative ms; which of redis-py, psutil and ssl it imported)."""
     proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "canhazgpu", "status"],
                           capture_output=True, text=True, check=True,
                           env={**os.environ, "CANHAZGPU_CLIENT": "daemon"})
     rows, names = [], set()
     for line in proc.stderr.splitlines():
         parts = line.split("|")
-        if len(parts) != 3 or not parts[1].strip().isdigit():
-            continue
+        if len(parts) != 3 or not parts[1].strip().isdigit() or int(parts[1]) <= 10:
+            continue  # (<= 10 us: an import refused at once, e.g. asyncio's ssl)
         name = parts[2][1:]
         names.add(name.strip().split(".")[0])
         if not name.startswith(" "):  # imported by us, not by another module
             rows.append((int(parts[1]), name))
     top = [f"{us / 1000:6.1f} ms  {name}" for us, name in sorted(rows, reverse=True)[:15]]
-    return top, [m for m in ("redis", "psutil") if m in names]
+    return top, [m for m in ("redis", "psutil", "ssl") if m in names]
 
 
 def main() -> None:
-    print(f"machine: {machine()}; {RUNS} runs per command, modes interleaved")
+    args = sys.argv[1:]
+    before = args[args.index("--before") + 1] if "--before" in args else None
+    versions = environments(before)
+    print(f"machine: {machine()}; {RUNS} runs per command after {WARMUP} warm-up runs, "
+          f"versions interleaved: {', '.join(versions)}"
+          + (f" (before: {before})" if before else ""))
     with bench_env() as (env, _server):
-        subprocess.run([sys.executable, "-m", "canhazgpu", "admin", "--gpus", "8"],
-                       check=True, capture_output=True)
+        subprocess.run(command(["admin", "--gpus", "8"]), check=True, capture_output=True)
         with daemon(env):
-            load = os.getloadavg()[0]
-            figures = commands()
-            print(f"load average at the start: {load:.1f}")
-            print("| command | direct wall ms | daemon wall ms | direct CPU ms | "
-                  "daemon CPU ms |")
-            print("|---|---:|---:|---:|---:|")
-            for name in ("--help", "status", "reserve + release"):
-                (dw, dc), (aw, ac) = figures[name, "direct"], figures[name, "daemon"]
-                print(f"| {name} | {dw:.0f} | {aw:.0f} | {dc:.0f} | {ac:.0f} |")
-            print(f"load average at the end: {os.getloadavg()[0]:.1f}")
-            for n in (1, 16):
-                rate, refused = anyio.run(pairs_per_s, n)
-                print(f"API, {n} clients: {rate:.0f} allocate+release pairs/s "
-                      f"({refused:.0f} refused/s)")
+            print(f"load average at the start: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+            figures = commands(versions)
+            table(figures, versions)
+            print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+            if "--no-api" not in args:
+                for n in (1, 16):
+                    rate, refused = anyio.run(pairs_per_s, n)
+                    print(f"API, {n} clients: {rate:.0f} allocate+release pairs/s "
+                          f"({refused:.0f} refused/s)")
             top, heavy = imports()
             print("status through the daemon, top-level imports (cumulative ms):")
             for row in top:
                 print("  " + row)
-            print(f"redis-py or psutil imported by status through the daemon: "
-                  f"{', '.join(heavy) or 'neither'}")
+            print(f"redis-py, psutil or ssl imported by status through the daemon: "
+                  f"{', '.join(heavy) or 'none'}")
 
 
 if __name__ == "__main__":

@@ -204,10 +204,13 @@ class Run:
         else:
             copy.dir.mkdir()
             shutil.copy(self.server.dir / "appendonly.aof", copy.dir)
-        await anyio.to_thread.run_sync(copy.start)
-        after, _ = await anyio.to_thread.run_sync(contents, copy.socket)
-        elapsed_ms = (time.monotonic() - began) * 1000
-        await anyio.to_thread.run_sync(copy.stop)
+        try:
+            await anyio.to_thread.run_sync(copy.start)
+            after, _ = await anyio.to_thread.run_sync(contents, copy.socket)
+            elapsed_ms = (time.monotonic() - began) * 1000
+        finally:  # cancelled or failed on the way (the run ends): no redis-server left behind
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(copy.stop)
         for key, (value, ttl) in before.items():
             if ttl == -1 or ttl > elapsed_ms + 500:  # still due to be there
                 if after.get(key, (None,))[0] != value:
@@ -358,8 +361,10 @@ class Run:
                 observer.cancel_scope.cancel()
             await self.judge(core)
         finally:
-            await core.aclose()
-            self.server.stop()
+            try:
+                await core.aclose()
+            finally:  # even when closing fails or is cancelled: no redis-server left
+                self.server.stop()
         self.report.exit_codes = {f"{cmd} {code}": n for (cmd, code), n in sorted(
             self.codes.items(), key=lambda item: (item[0][0], str(item[0][1])))}
         self.report.events, self.report.missed_events = self.replay.events, self.replay.missed

@@ -8,13 +8,16 @@ import fcntl
 import json
 import os
 import pty
+import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import termios
 import time
+import zlib
 from contextlib import asynccontextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import anyio
@@ -34,9 +37,71 @@ def anyio_backend():
     return "asyncio"
 
 
+# Every process the suite starts inherits this mark (the env fixture keeps it: it is not a
+# CANHAZGPU_ variable), so what is still running at the end is found, whoever forked it.
+# redis-server rewrites its environment (its process title): it is known by its title,
+# which names its socket, under pytest's base directory or the session's TMPDIR.
+SESSION_MARK = "HAZ_TEST_SESSION"
+
+
+def marked_processes(token: str, places: tuple[str, ...] = ()) -> dict[int, str]:
+    """pid -> command line of the running processes that carry this session's mark, or
+    whose command line names one of `places` (directories of this session)."""
+    found, needle = {}, f"{SESSION_MARK}={token}".encode() + b"\0"
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or entry.name == str(os.getpid()):
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if needle not in (entry / "environ").read_bytes() + b"\0" and \
+                    not any(place in cmd for place in places):
+                continue
+        except OSError:  # gone, or not ours to read
+            continue
+        found[int(entry.name)] = cmd.strip()
+    return found
+
+
+@dataclass(frozen=True)
+class Session:
+    token: str
+    places: tuple[str, ...]
+
+    def processes(self) -> dict[int, str]:
+        return marked_processes(self.token, self.places)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_behind(tmp_path_factory):
+    """The suite leaves no process behind (a redis-server, a daemon, a tmux server): at the
+    end, every process it started has ended (a few seconds' grace for those being stopped);
+    any left is named, killed, and fails the session. Temporary directories go to a
+    session directory (TMPDIR, world-readable like /tmp for the tests run as nobody)."""
+    base = str(tmp_path_factory.getbasetemp())  # (fixed before TMPDIR changes)
+    tmpdir = tempfile.mkdtemp(prefix="canhazgpu-tests-")
+    os.chmod(tmpdir, 0o755)
+    session = Session(f"{os.getpid()}-{time.time_ns()}", (base + "/", tmpdir + "/"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(SESSION_MARK, session.token)
+        patch.setenv("TMPDIR", tmpdir)
+        patch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
+        yield session
+    deadline = time.monotonic() + 10
+    while (left := session.processes()) and time.monotonic() < deadline:
+        time.sleep(0.05)  # processes being stopped: nothing to wait on but their exit
+    for pid in left:
+        try:
+            os.kill(pid, 9)
+        except OSError:
+            pass
+    shutil.rmtree(tmpdir, ignore_errors=True)
+    assert not left, "the suite left processes running: " + "; ".join(
+        f"{pid} {cmd[:120]}" for pid, cmd in sorted(left.items()))
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    server = RedisServer(tmp_path_factory.mktemp("redis"), shared=True).start()
     yield server
     server.stop()
 
@@ -112,7 +177,8 @@ def caller(me):
     caller(process=proc) is us as if `proc` were the run supervisor (started at `start`)."""
     def make(user: str | None = None, *, process=None, start: float | None = None,
              admin: bool | None = None):
-        who = me if user in (None, me.user) else replace(me, user=user, uid=me.uid + 1)
+        who = me if user in (None, me.user) else \
+            replace(me, user=user, uid=10000 + zlib.crc32(user.encode()) % 1000000)
         if process is not None:
             who = replace(who, pid=process.pid,
                           pid_start=process_start(process.pid) if start is None else start)

@@ -73,8 +73,12 @@ def test_events_through_the_daemon(admin):
     assert [d["seq"] for d in docs] == [1, 2, 3]
 
 
-def test_client_direct_goes_to_redis_even_with_a_daemon(admin):
-    unreachable = {"CANHAZGPU_REDIS_URL": "redis://127.0.0.1:1/0", "CANHAZGPU_CLIENT": "auto"}
-    admin("status", extra_env=unreachable, check=0)  # the daemon answers: its Redis is used
-    proc = admin("--client", "direct", "status", extra_env=unreachable)
-    assert proc.returncode == 1 and "127.0.0.1:1" in proc.stderr
+def test_an_explicit_redis_wins_over_the_daemon(admin):
+    """A daemon answers, but the settings name another Redis: that Redis (here: none),
+    in every mode, never the daemon's store (issue 15)."""
+    unreachable = {"CANHAZGPU_REDIS_URL": "redis://127.0.0.1:1/0"}
+    for mode in ("auto", "direct"):
+        proc = admin("--client", mode, "status", extra_env=unreachable)
+        assert proc.returncode == 1 and "127.0.0.1:1" in proc.stderr
+    proc = admin("--client", "daemon", "status", extra_env=unreachable)
+    assert proc.returncode == 1 and "not redis://127.0.0.1:1/0" in proc.stderr

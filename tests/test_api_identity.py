@@ -18,6 +18,7 @@ from canhazgpu.api import protocol
 from canhazgpu.core import Request
 from eventtools import running_daemon
 from otheruser import NOBODY as NOBODY_UID
+from otheruser import nobody_runs as as_nobody
 from otheruser import needs_root, open_dir  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.anyio, needs_root]
@@ -49,15 +50,6 @@ def nobody_env(env, open_dir):
     (open_dir / "config.toml").chmod(0o644)
     return {**env, "CANHAZGPU_CONFIG": str(open_dir / "config.toml"), "HOME": str(open_dir),
             "CANHAZGPU_API_SOCKET": str(open_dir / "api.sock"), "CANHAZGPU_CLIENT": "daemon"}
-
-
-async def as_nobody(env, *args: str, check: int | None = None):
-    proc = await anyio.run_process([*NOBODY, sys.executable, "-m", "canhazgpu", *args],
-                                   env=env, check=False)
-    out, err = proc.stdout.decode(), proc.stderr.decode()
-    if check is not None:
-        assert proc.returncode == check, (proc.returncode, out, err)
-    return proc.returncode, out, err
 
 
 async def raw_as_nobody(env, op: str, args: dict) -> dict:

@@ -229,7 +229,7 @@ def test_release_someone_elses_gpu_is_refused(admin, rclient):
     admin("reserve", "--gpu-ids", 3, check=0)
     key = "canhazgpu:{testhost}:holds"
     hold = json.loads(rclient.hget(key, "3"))
-    hold["user"] = "bob"
+    hold["user"], hold["uid"] = "bob", 4242  # authority is by uid
     rclient.hset(key, "3", json.dumps(hold))
     proc = admin("release", "--gpu-ids", 3)
     assert proc.returncode == 1 and "reserved by bob" in proc.stderr
@@ -254,7 +254,7 @@ def test_password_protected_redis(cli, tmp_path):
         bad = cli("status", extra_env={"CANHAZGPU_REDIS_URL": f"unix://:wrong@{server.socket}"})
         assert bad.returncode == 1 and "s3cret" not in bad.stderr and "wrong" not in bad.stderr
         assert "password" in bad.stderr and bad.stderr.count("\n") == 1
-        none = cli("status", extra_env={"CANHAZGPU_REDIS_URL": server.url})
+        none = cli("status", extra_env={"CANHAZGPU_REDIS_URL": f"unix://{server.socket}"})
         assert none.returncode == 1 and "password" in none.stderr
 
 

@@ -253,8 +253,18 @@ def test_progress_line_fits_the_terminal():
         seen += chunk
     os.close(master)
     drawn = seen.decode().split("\r\x1b[K")[1:]
-    assert drawn[0] == "waiting for 2 GPU(s): position 2 of 3 in the queue"[:39]
-    assert [len(text) for text in drawn] == [39, 39, 0]
+    # the longest form that fits, never a cut estimate
+    assert drawn == ["queued 2/3, 0/2 granted, in ~2m 5s", "queued 1/3, 0/2 granted, now", ""]
+
+
+@pytest.mark.parametrize("columns, expected", [
+    (60, "waiting: position 1 of 1, 0/2 granted, expected in ~19m 57s"),
+    (80, "waiting: position 1 of 1, 0/2 granted, expected in ~19m 57s"),
+    (120, "waiting for 2 GPU(s): position 1 of 1 in the queue, 0/2 granted, "
+          "expected in ~19m 57s")])
+def test_progress_line_keeps_the_estimate_whole(columns, expected):
+    texts = ProgressLine.texts(progress(position=1, queued=1, eta_s=1197))
+    assert next(t for t in texts if len(t) < columns) == expected
 
 
 def test_progress_line_off_a_terminal_only_when_something_changes(tmp_path):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from canhazgpu.config import DEFAULT_URL, load
-from canhazgpu.errors import InvalidRequest
+from canhazgpu.errors import FileUnreadable, InvalidRequest
 from canhazgpu.store import Store, redacted
 from canhazgpu.timefmt import coarse, hms, parse_duration, short
 from otheruser import as_nobody, needs_root, open_dir  # noqa: F401 (fixture)
@@ -56,7 +58,8 @@ def test_the_default_url_says_it_is_the_default(tmp_path):
 def test_a_bad_url_file_is_named(tmp_path):
     (tmp_path / "redis.url").write_text("garbage\n")
     cfg = load(env={"CANHAZGPU_CONFIG": "/dev/null", "CANHAZGPU_STATE_DIR": str(tmp_path)})
-    with pytest.raises(InvalidRequest, match=f"URL file {tmp_path / 'redis.url'} holds 'garbage'"):
+    with pytest.raises(FileUnreadable,
+                       match=f"URL file {tmp_path / 'redis.url'} holds 'garbage'"):
         cfg.url
 
 
@@ -84,7 +87,7 @@ def test_embedded_fsync_is_always_unless_configured():
 
 
 @needs_root
-def test_an_unreadable_config_file_is_one_line_exit_2(env, open_dir):
+def test_an_unreadable_config_file_is_one_line_exit_1(env, open_dir):
     secret = open_dir / "root-only.toml"
     secret.write_text("memory_threshold = 5\n")
     secret.chmod(0o600)
@@ -96,7 +99,7 @@ def test_an_unreadable_config_file_is_one_line_exit_2(env, open_dir):
     for extra, path in (({"CANHAZGPU_CONFIG": str(secret)}, secret),
                         ({"HOME": str(home)}, home / ".config/canhazgpu/config.toml")):
         proc = as_nobody("status", env={**implicit, **extra})
-        assert proc.returncode == 2, proc.stderr
+        assert proc.returncode == 1, proc.stderr  # operational: the file, not a value
         assert proc.stderr == (f"Error: cannot read config file {path} (Permission denied): "
                                "fix its permissions, or name another with --config FILE "
                                "(CANHAZGPU_CONFIG)\n")
@@ -140,15 +143,33 @@ def test_passwords_never_appear_in_messages():
 
 
 @pytest.mark.parametrize("text, seconds", [
-    ("30s", 30), ("30m", 1800), ("2h", 7200), ("1d", 86400), ("0.5h", 1800), ("1H", 3600)])
+    ("30s", 30), ("30m", 1800), ("2h", 7200), ("1d", 86400), ("0.5h", 1800), ("1H", 3600),
+    ("1h30m", 5400), ("1h 30m", 5400), ("1h 30m 0s", 5400), (" 2h 5s ", 7205),
+    ("1d 12h", 129600), ("0h 15m 30s", 930)])
 def test_durations(text, seconds):
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["5x", "0", "0m", "-1h", "", "h", "400d", "1.5.h"])
+@given(st.integers(1, 366 * 86400))
+def test_what_we_print_reads_back(seconds):
+    """hms and short print durations that -d accepts as they are (issue 17)."""
+    assert parse_duration(hms(seconds)) == parse_duration(short(seconds)) == seconds
+
+
+@pytest.mark.parametrize("text", ["5x", "0", "0m", "-1h", "", "h", "400d", "1.5.h", "30",
+                                  "1h1h", "30m 1h", "1h,30m", "1h30"])
 def test_bad_durations(text):
     with pytest.raises(InvalidRequest):
         parse_duration(text)
+
+
+def test_zero_is_zero_with_or_without_a_unit():
+    messages = []
+    for text in ("0", "0s", "0h 0m 0s"):
+        with pytest.raises(InvalidRequest) as err:
+            parse_duration(text)
+        messages.append(str(err.value).replace(repr(text), "D"))
+    assert messages == ["invalid duration D: it must be greater than zero, e.g. 30m"] * 3
 
 
 def test_duration_formats():

@@ -7,12 +7,15 @@ import json
 import logging
 import os
 import signal
+import stat
 import subprocess
 import time
+from dataclasses import replace
 
 import anyio
 import psutil
 import pytest
+import redis
 
 from canhazgpu.config import load
 from canhazgpu.core import Core, Request
@@ -53,6 +56,16 @@ async def test_every_event_type_in_order_with_consecutive_sequence_numbers(
             await rec.expect("reclaimed")
             await supervisor.aclose()
 
+            server, kernel = await sleeper(), await sleeper()  # a Jupyter kernel's hold
+            res = await core.allocate(Request(ids=(2,), kind="kernel"), caller(process=server))
+            await rec.expect("reserved")
+            await core.heartbeat(replace(res, record={**res.record, "pid": kernel.pid,
+                                                      "pid_start": process_start(kernel.pid)}))
+            await rec.expect("owner")
+            kernel.kill()
+            await rec.expect("reclaimed")
+            await reap(server, kernel)
+
             await core.allocate(Request(count=4), me)
             waiter = core.new_reservation(Request(count=1), me)
             await core.enqueue(waiter, Request(count=1))
@@ -78,7 +91,9 @@ async def test_every_event_type_in_order_with_consecutive_sequence_numbers(
 
     seqs = [e.seq for e in rec.seen]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
-    assert {e.type for e in rec.seen} == set(TYPES)
+    # the scanner's reservation events (idle warning, expiry, intruders): tests/test_idle.py
+    assert {e.type for e in rec.seen} == set(TYPES) - {"idle_warning", "expiring",
+                                                        "foreign_use"}
     assert detected.gpus == (1,) and detected.data["users"] == ["bob"]
     assert cleared.data["status"] == "available"
     assert error.data["error"] == "GPU is lost"
@@ -262,7 +277,16 @@ async def test_embedded_redis_is_found_without_configuration_and_keeps_its_data(
         try:
             log = Lines(daemon.stderr)
             await log.until(lambda line: "serving host testhost" in line, timeout=20)
-            assert (state / "redis.url").read_text().strip() == f"unix://{state}/redis.sock"
+            url = (state / "redis.url").read_text().strip()
+            password = (state / "redis.pass").read_text().strip()
+            # private by construction (issue 15): a 0700 directory, a password kept 0600,
+            # a socket only the daemon's user may open
+            assert url == f"unix://:{password}@{state}/redis.sock" and len(password) >= 32
+            assert stat.S_IMODE(state.stat().st_mode) == 0o700
+            for name in ("redis.url", "redis.pass", "redis.sock"):
+                assert stat.S_IMODE((state / name).stat().st_mode) & 0o077 == 0, name
+            with pytest.raises(redis.AuthenticationError):
+                redis.Redis(unix_socket_path=str(state / "redis.sock")).ping()
             servers = psutil.Process(daemon.pid).children()
             assert len(servers) == 1
             if first:

@@ -33,6 +33,12 @@ def test_memory_rocm6_and_rocm7_shapes():
     assert amd.parse_memory(sample("metric_mem_usage_rocm7.json"))[3] == (512, 196592)
 
 
+def test_utilization():
+    doc = [{"gpu": 0, "usage": {"gfx_activity": {"value": 93, "unit": "%"}}},
+           {"gpu": 1, "usage": {"gfx_activity": "N/A"}}, {"gpu": 2}]
+    assert amd.parse_utilization(doc) == {0: 93, 1: None, 2: None}
+
+
 def test_processes():
     found = amd.parse_processes(sample("process.json"))
     assert found == {0: [(2711735, "python3", 15360), (2711790, "pt_main_thread", 512)],

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from canhazgpu.errors import InvalidRequest
+from canhazgpu.errors import InvalidRequest, ProviderUnavailable
 from canhazgpu.gpu import get_provider
 from canhazgpu.gpu.fake import FakeProvider, parse_fake
 from canhazgpu.model import GpuProcess, GpuUsage
@@ -69,6 +69,9 @@ def test_defaults_of_gpus_and_processes():
     (usage,) = usages
     assert usage.memory_used_mb == 1100  # the processes' sum when not given
     assert usage.error == "GPU is lost"
+    assert usage.utilization_pct is None  # not given: the GPU reports none
+    _, (busy,) = parse_fake({"count": 1, "gpus": [{"index": 0, "utilization_pct": 97}]})
+    assert busy.utilization_pct == 97
     assert [(p.name, p.user, p.cmdline) for p in usage.processes] == [
         ("python3", "unknown", ("/usr/bin/python3", "train.py")), ("unknown", "unknown", ())]
 
@@ -84,20 +87,22 @@ def test_defaults_of_gpus_and_processes():
     ({"gpus": [{"index": 0, "processes": [{"name": "x"}]}]},
      r"\(gpus\[0\]\.processes\[0\]\): pid must be a whole number"),
     ({"gpus": [{"index": 0, "processes": [{"pid": 1, "user": 5}]}]}, r"user must be a string"),
+    ({"gpus": [{"index": 0, "utilization_pct": 101}]},
+     r"utilization_pct must be a whole number from 0 to 100, got 101"),
     ({"count": 0}, r"count must be a whole number >= 1, got 0"),
     ({"count": True}, r"count must be a whole number"),
     ({"count": 5000}, r"count must be at most 1024"),
 ])
 async def test_bad_files_name_the_path_and_the_problem(gpus_file, doc, message):
     path = gpus_file(doc)
-    with pytest.raises(InvalidRequest, match=message) as caught:
+    with pytest.raises(ProviderUnavailable, match=message) as caught:
         await FakeProvider(path).scan()
     assert str(caught.value).startswith(f"fake GPU file {path}")
 
 
 async def test_missing_file(tmp_path):
     path = tmp_path / "absent.json"
-    with pytest.raises(InvalidRequest,
+    with pytest.raises(ProviderUnavailable,
                        match=f"fake GPU file {path} cannot be read: No such file"):
         await FakeProvider(path).count()
 

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pynvml
 import pytest
 
-from canhazgpu.errors import InvalidRequest, ProviderUnavailable
+from canhazgpu.errors import ProviderUnavailable
 from canhazgpu.gpu import get_provider, nvidia
 from canhazgpu.gpu.procinfo import ProcessFacts
 
@@ -35,6 +35,7 @@ class Device:
     graphics: list = field(default_factory=list)
     unsupported: set = field(default_factory=set)
     lost: bool = False
+    utilization: int = 37
 
 
 class Driver:
@@ -90,6 +91,10 @@ class Driver:
             raise nvml_error(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
         used = device.used_v2_mib if version else device.used_v1_mib
         return SimpleNamespace(total=device.total_mib * MIB, used=used * MIB)
+
+    def nvmlDeviceGetUtilizationRates(self, device):
+        self._check(device, "utilization")
+        return SimpleNamespace(gpu=device.utilization, memory=3)
 
     def _procs(self, device, kind, version):
         self._check(device, f"{kind}_{version}")
@@ -158,11 +163,16 @@ async def test_compute_and_graphics_merged_by_pid_and_unknown_memory(monkeypatch
 
 async def test_not_supported_fields_are_left_empty(monkeypatch, facts):
     device = Device(unsupported={"name", "uuid", "memory_v2", "memory_v1", "compute_v3",
-                                 "graphics_v3"})
+                                 "graphics_v3", "utilization"})
     Driver([device]).install(monkeypatch)
     (usage,) = await nvidia.NvidiaProvider().scan()
-    assert (usage.name, usage.uuid, usage.memory_used_mb, usage.processes, usage.error) == \
-        ("", None, 0, (), None)
+    assert (usage.name, usage.uuid, usage.memory_used_mb, usage.processes, usage.error,
+            usage.utilization_pct) == ("", None, 0, (), None, None)
+
+
+async def test_utilization_is_read_per_gpu(monkeypatch, facts):
+    Driver([Device(utilization=0), Device(utilization=88)]).install(monkeypatch)
+    assert [u.utilization_pct for u in await nvidia.NvidiaProvider().scan()] == [0, 88]
 
 
 async def test_a_lost_gpu_is_an_error_not_a_crash(monkeypatch, facts):
@@ -212,7 +222,7 @@ def test_auto_detection_order(monkeypatch, tmp_path):
     assert get_provider(None).name == "nvidia"
     Driver([], init_error=pynvml.NVML_ERROR_LIBRARY_NOT_FOUND).install(monkeypatch)
     monkeypatch.setenv("PATH", str(tmp_path))  # no amd-smi either
-    with pytest.raises(InvalidRequest, match="no GPU provider found"):
+    with pytest.raises(ProviderUnavailable, match="no GPU provider found.*--provider"):
         get_provider(None)
     amd_smi = tmp_path / "amd-smi"
     amd_smi.write_text("#!/bin/sh\n")
@@ -248,3 +258,4 @@ async def test_real_gpus_scan(real_nvml):
         assert usage.error or (usage.memory_total_mb > 0 and usage.name)
         assert 0 <= usage.memory_used_mb <= usage.memory_total_mb or usage.error
         assert all(p.pid > 0 and p.user for p in usage.processes)
+        assert usage.utilization_pct is None or 0 <= usage.utilization_pct <= 100

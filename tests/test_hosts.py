@@ -85,7 +85,7 @@ async def test_hosts_lists_every_host_with_its_gpus_queue_and_daemon(three, cli,
         table = cli("hosts", check=0).stdout
         assert table.split("\n")[0].split() == ["HOST", "GPUS", "AVAIL", "RESERVED",
                                                 "UNRESERVED", "QUEUE", "DAEMON", "LAST",
-                                                "SEEN", "MODEL"]
+                                                "SEEN", "GPU", "TYPE"]
         assert [line.split()[0] for line in table.strip().split("\n")[1:]] == list(HOSTS)
     # stopped cleanly: shown down at once, never dropped
     rows = hosts_json(cli)

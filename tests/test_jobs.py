@@ -248,8 +248,8 @@ async def test_after_chain_and_failed_dependency(jobs, cli, tmp_path):
 async def test_bad_submissions(jobs, cli):
     assert "submit needs a command" in cli("submit", "--gpus", "1", check=2).stderr
     assert "no job 99" in cli("submit", "--after", "99", "--", "true", check=1).stderr
-    assert "control characters" in cli("submit", "--name", "a\x1bb", "--", "true",
-                                       check=2).stderr
+    assert "control character" in cli("submit", "--name", "a\x1bb", "--", "true",
+                                      check=2).stderr
     assert "invalid GPU count" in cli("submit", "--gpus", "5", "--", "true", check=2).stderr
     assert "no job 7" in cli("logs", "7", check=1).stderr
     assert "invalid job id" in cli("cancel", "x", check=2).stderr

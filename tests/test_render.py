@@ -251,7 +251,7 @@ DOC_000_HEADER = ("GPU STATUS    USER     DURATION    TYPE    MODEL            D
                   "         VALIDATION")
 DOC_000_RULE = ("--- --------- -------- ----------- ------- ---------------- ------------------"
                 "-------- ---------------------")
-DOC_000_CHARLIE = ("3   in use    charlie  45m 0s      manual                   expires in 7h 15m"
+DOC_000_CHARLIE = ("3   reserved  charlie  45m 0s      manual                   expires in 7h 15m"
                    " 0s      no usage detected")
 MIXED = view(
     gpu(0, hold=run(0, "bob", 5400, 5), usage=use(0, 8452, proc(1, "python3", "bob", 8000, [
@@ -294,16 +294,16 @@ def test_table_matches_the_document_where_values_fit():
 
 def test_table_cells_of_the_documents():
     assert columns(render.render_table(MIXED))[2:] == [
-        ["0", "in use", "bob", "1h 30m 0s", "run", "microsoft/DialoGPT-large",
+        ["0", "reserved", "bob", "1h 30m 0s", "run", "microsoft/DialoGPT-large",
          "heartbeat 5s ago", "8452MB, 1 processes"],
-        ["1", "in use", "alice", "", "", "teknium/OpenHermes-2.5-Mistral-7B",
+        ["1", "UNRESERVED", "alice", "", "", "teknium/OpenHermes-2.5-Mistral-7B",
          "WITHOUT RESERVATION", "1024MB used by PID 22222 (jupyter)"],
         ["2", "available", "", "", "", "", "free for 2h", "45MB used"],
-        ["3", "in use", "charlie", "45m 0s", "manual", "", "expires in 7h 15m 0s",
+        ["3", "reserved", "charlie", "45m 0s", "manual", "", "expires in 7h 15m 0s",
          "no usage detected"],
-        ["4", "in use", "root,alice", "", "", "", "WITHOUT RESERVATION",
+        ["4", "UNRESERVED", "root,alice", "", "", "", "WITHOUT RESERVATION",
          "3072MB used by PID 33333 (dockerd), PID 44444 (python3) and 1 more"],
-        ["5", "error", "", "", "", "", "", "error: GPU is lost"],
+        ["5", "error", "", "", "", "", "GPU is lost", ""],
     ]
 
 
@@ -313,7 +313,7 @@ def test_table_columns_grow_with_content_and_stay_aligned():
     model_width = len("teknium/OpenHermes-2.5-Mistral-7B")
     assert lines[1].split(" ")[5] == "-" * model_width
     offset = lines[0].index("VALIDATION")
-    for line in lines[2:]:
+    for line in lines[2:-1]:  # (the last GPU, in error, says so in DETAILS)
         assert line[offset - 1] == " " and line[offset] != " "
     assert all(line == line.rstrip() for line in lines)
     assert columns(render.render_table(view(gpu(0))))[2] == [
@@ -362,7 +362,10 @@ def cut_from(full: str, shown: str) -> bool:
     return shown == full or (shown.endswith("…") and full.startswith(shown[:-1]))
 
 
-@pytest.mark.parametrize("width", [80, 120])
+DROP_ORDER = ["MODEL", "NOTE", "TYPE", "VALIDATION", "DURATION"]  # docs/status.md
+
+
+@pytest.mark.parametrize("width", [60, 80, 120])
 @pytest.mark.parametrize("pool", [MIXED, NOTED, view(*MIXED.gpus[2:])], ids=["models", "note",
                                                                            "plain"])
 def test_table_fits_the_terminal(pool, width):
@@ -370,27 +373,43 @@ def test_table_fits_the_terminal(pool, width):
     lines = fitted.split("\n")
     assert len(full) > len(fitted) and all(len(line) <= width for line in lines)
     want, got = columns(full), columns(fitted)
-    assert got[0] == want[0]  # every column still there, the titles whole
+    # the columns left out are the first ones of the documented order
+    gone = [title for title in want[0] if title not in got[0]]
+    assert set(gone) == set([t for t in DROP_ORDER if t in want[0]][:len(gone)])
+    assert got[0] == [title for title in want[0] if title not in gone]  # titles whole
+    at = [want[0].index(title) for title in got[0]]
+    whole = [got[0].index(title) for title in ("GPU", "STATUS", "USER", "DETAILS")]
     for full_row, row in zip(want[2:], got[2:]):
-        assert all(cut_from(a, b) for a, b in zip(full_row, row)), row
-        assert row[:2] == full_row[:2] and row[3:5] == full_row[3:5]  # GPU STATUS DURATION TYPE
-        assert row[2] == full_row[2] or len(full_row[2]) > 8  # USER: names of up to 8 whole
-    # what says what is going on keeps the most room: at 120 DETAILS whole, VALIDATION at
-    # least 12 wide even at 80 with every column shown
-    details, validation = want[0].index("DETAILS"), want[0].index("VALIDATION")
-    assert [r[details] for r in got[2:]] == [r[details] for r in want[2:]] or width == 80
-    assert all(len(r[validation]) >= min(12, len(w[validation]))
-               for r, w in zip(got[2:], want[2:]))
+        kept = [full_row[i] for i in at]
+        assert all(cut_from(a, b) for a, b in zip(kept, row)), row
+        assert [row[i] for i in whole] == [kept[i] for i in whole]  # what a glance needs
+        for title in ("DURATION", "TYPE"):  # whole or left out (run, manual: never cut)
+            assert title not in got[0] or row[got[0].index(title)] == kept[got[0].index(title)]
+    # 80 columns keep how long a GPU is held, and something of what it really does
+    assert width < 80 or {"DURATION", "VALIDATION"} <= set(got[0])
+    assert width < 120 or "MODEL" not in want[0] or "MODEL" in got[0]
 
 
 def test_table_at_80_columns_without_models():
     assert render.render_table(view(*MIXED.gpus[2:]), width=80) == """\
-GPU STATUS    USER     DURATION TYPE   DETAILS              VALIDATION
---- --------- -------- -------- ------ -------------------- --------------------
-2   available                          free for 2h          45MB used
-3   in use    charlie  45m 0s   manual expires in 7h 15m 0s no usage detected
-4   in use    root,al…                 WITHOUT RESERVATION  3072MB used by PID …
-5   error                                                   error: GPU is lost"""
+GPU STATUS     USER       DURATION TYPE   DETAILS              VALIDATION
+--- ---------- ---------- -------- ------ -------------------- -----------------
+2   available                             free for 2h          45MB used
+3   reserved   charlie    45m 0s   manual expires in 7h 15m 0s no usage detected
+4   UNRESERVED root,alice                 WITHOUT RESERVATION  3072MB used by P…
+5   error                                 GPU is lost"""
+
+
+def test_table_at_60_columns_keeps_who_and_until_when():
+    assert render.render_table(MIXED, width=60) == """\
+GPU STATUS     USER       DURATION    DETAILS
+--- ---------- ---------- ----------- ----------------------
+0   reserved   bob        1h 30m 0s   heartbeat 5s ago
+1   UNRESERVED alice                  WITHOUT RESERVATION
+2   available                         free for 2h
+3   reserved   charlie    45m 0s      expires in 7h 15m 0s
+4   UNRESERVED root,alice             WITHOUT RESERVATION
+5   error                             GPU is lost"""
 
 
 def test_table_that_fits_is_not_cut_and_colour_survives_the_cut():
@@ -402,10 +421,11 @@ def test_table_that_fits_is_not_cut_and_colour_survives_the_cut():
 
 # ---------------------------------------------------------------- JSON
 GPU_KEYS = {"id", "status", "reservation", "last_released_ms", "free_for_s", "memory_used_mb",
-            "memory_total_mb", "name", "uuid", "error", "users", "processes", "model"}
+            "memory_total_mb", "name", "uuid", "error", "users", "processes", "model",
+            "utilization_pct"}
 HOLD_KEYS = {"id", "user", "uid", "host", "pid", "type", "start_ms", "duration_s",
              "heartbeat_ms", "heartbeat_age_s", "expires_ms", "expires_in_s", "note",
-             "waiting"}
+             "waiting", "idle_since_ms", "idle_s"}
 
 
 def test_json_document():
@@ -427,7 +447,7 @@ def test_json_document():
         "id": "r0", "user": "bob", "uid": 1000, "host": "gpu-box", "pid": 4242, "type": "run",
         "start_ms": ago(5400), "duration_s": 5400.0, "heartbeat_ms": ago(5),
         "heartbeat_age_s": 5.0, "expires_ms": None, "expires_in_s": None, "note": "",
-        "waiting": False}
+        "waiting": False, "idle_since_ms": None, "idle_s": None}
     assert (manual_hold["expires_in_s"], manual_hold["heartbeat_ms"]) == (26100.0, None)
     assert gpus[0]["model"] == {"id": "microsoft/DialoGPT-large", "provider": "microsoft"}
     assert gpus[1]["reservation"] is None and gpus[1]["users"] == ["alice"]
@@ -439,6 +459,18 @@ def test_json_document():
     assert gpus[2]["memory_used_mb"] == 45 and gpus[2]["memory_total_mb"] == 81559
     assert gpus[4]["users"] == ["root", "alice"] and gpus[4]["model"] is None
     assert gpus[5]["error"] == "GPU is lost" and gpus[5]["free_for_s"] is None
+
+
+def test_idle_reservation_in_table_and_json():
+    from canhazgpu.model import GpuState, GpuUsage, Hold, PoolView
+    hold = Hold(gpu=0, rid="r1", user="charlie", kind="manual", start_ms=ago(9000),
+                expires_ms=NOW + 3600_000)
+    view = PoolView(now_ms=NOW, gpus=(GpuState(gpu=0, hold=hold, usage=GpuUsage(
+        index=0, memory_used_mb=45, utilization_pct=0), idle_since_ms=ago(7800)),))
+    assert "idle 2h 10m" in render.render_table(view)
+    assert "validated: no actual usage detected" in render.render_lines(view)  # unchanged
+    doc = render.render_json(view)["gpus"][0]
+    assert (doc["reservation"]["idle_s"], doc["utilization_pct"]) == (7800.0, 0)
 
 
 def test_json_without_usage_or_gpus():

@@ -49,7 +49,8 @@ async def test_clients_keep_naming_the_daemons_redis_when_it_is_down(env, tmp_pa
         assert {name: c["status"] for name, c in checks.items()} == {
             "redis": "ok", "pool": "ok", "daemon": "ok", "provider": "ok"}
         assert checks["daemon"]["detail"].startswith(f"PID {daemon.pid} on ")
-        client = redis.Redis(unix_socket_path=str(state / "redis.sock"), decode_responses=True)
+        client = redis.Redis.from_url((state / "redis.url").read_text().strip(),
+                                      decode_responses=True)  # with the private password
         assert client.config_get("appendfsync") == {"appendfsync": "always"}
         client.close()
         assert await stop(daemon) == 0
@@ -59,8 +60,8 @@ async def test_clients_keep_naming_the_daemons_redis_when_it_is_down(env, tmp_pa
     down = await run(local, "status")
     assert down.returncode == 1
     err = down.stderr.decode()
-    assert err.startswith(f"Error: the canhazgpu daemon's Redis at unix://{state}/redis.sock "
-                          "is not running (")
+    assert err.startswith(f"Error: the canhazgpu daemon's Redis at unix://:***@{state}/redis.sock "
+                          "is not running (")  # never its password
     assert err.count("\n") == 1 and "6379" not in err
     assert err.rstrip().endswith(f"its URL is published in {state}/redis.url): start "
                                  "'canhazgpu serve --embedded-redis'")

@@ -17,7 +17,7 @@ def summarize(rows: list[dict], since_ms: int, now_ms: int, days: float) -> dict
         start = max(int(row["start_ms"]), since_ms)
         hours = max(0, int(row["end_ms"]) - start) / 3_600_000
         entry = users.setdefault(row["user"], {"user": row["user"], "gpu_hours": 0.0,
-                                               "run": 0, "manual": 0})
+                                               "run": 0, "manual": 0, "idle_released": 0})
         entry["gpu_hours"] += hours
         key = (row["rid"], row.get("start_ms"))
         if key not in seen:
@@ -25,6 +25,8 @@ def summarize(rows: list[dict], since_ms: int, now_ms: int, days: float) -> dict
             kind = "run" if row.get("kind") == "job" else row.get("kind")  # a detached run
             if kind in ("run", "manual"):
                 entry[kind] += 1
+            if row.get("reason") == "idle":  # released by the idle policy (docs/idle.md)
+                entry["idle_released"] += 1
     # Shares of the hours as reported (6 decimals: 3.6 ms), so that no one has 0 hours and a
     # share at once; text shows what two decimals would hide as "<0.01" (render.tables).
     for u in users.values():

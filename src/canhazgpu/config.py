@@ -14,7 +14,7 @@ import socket
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from .errors import InvalidRequest
+from .errors import BackendUnavailable, FileUnreadable, InvalidRequest
 from .timefmt import parse_duration
 from .urls import check_url, redacted
 
@@ -40,6 +40,12 @@ class RedisChoice:
     def unreachable(self, err: BaseException) -> str:
         """The one line for "this Redis does not answer", naming where it came from."""
         url, why = redacted(self.url), err or type(err).__name__
+        if type(err).__name__ == "TimeoutError":  # builtin or redis-py's: it is there, hung
+            whose = "the canhazgpu daemon's Redis" if self.published else "Redis"
+            set_by = f" (set by {self.origin})" if self.origin not in ("", DEFAULT) else ""
+            return (f"{whose} at {url}{set_by} does not answer ({why}): it accepts "
+                    "connections but is stopped, hung or overloaded; check its redis-server "
+                    "process ('kill -CONT PID' resumes a stopped one)")
         if self.published is not None:
             return (f"the canhazgpu daemon's Redis at {url} is not running ({why}; its URL "
                     f"is published in {self.published}): start 'canhazgpu serve "
@@ -61,6 +67,8 @@ class RedisChoice:
 
 @dataclass(frozen=True)
 class Config:
+    """The effective settings (a docstring also spares dataclass an inspect.signature)."""
+
     redis_url: str = ""  # empty: the embedded daemon's published URL, else DEFAULT_URL
     provider: str = ""  # empty: the pool's provider, else auto-detect
     fake_gpus: str = ""
@@ -79,6 +87,19 @@ class Config:
     embedded_fsync: str = "always"  # `serve --embedded-redis`: AOF fsync policy
     api_socket: str = ""  # empty: STATE_DIR/api.sock (clients also try SYSTEM_API_SOCKETS)
     client: str = "auto"  # auto: the daemon's API when it answers, else Redis; daemon; direct
+    # per-user limits the daemon enforces (0: none); root is never limited
+    user_connections: int = 12000  # API connections open at once (a wait, `events`: one each)
+    user_waiters: int = 2500  # requests queued at once through the daemon
+    max_duration: str = "366d"  # the longest manual reservation
+    # use it or lose it (docs/idle.md): off unless idle_warn_after / idle_release_after is set
+    idle_utilization_pct: int = 5  # below this (and no holder process in use) a GPU is idle
+    idle_warn_after: str = ""
+    idle_release_after: str = ""
+    idle_kernels: bool = False  # the policy also releases Jupyter kernels' reservations
+    # notifications (docs/notify.md): admin [[notify]] tables, reminders' pace
+    notify: tuple = ()
+    notify_repeat: str = "1h"  # the same unreserved use is notified once per this
+    notify_expiry: str = "10m"  # "expires soon" this long before a reservation ends; "": never
     # where each key's value came from ("--host", "$CANHAZGPU_HOST", a file); not a setting
     origins: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -102,14 +123,20 @@ class Config:
             return RedisChoice(self.redis_url, self.origins.get("redis_url", ""))
         for directory in dict.fromkeys((self.state_path, SYSTEM_STATE)):  # in this order
             found = directory / URL_FILE
-            text = _read(found, "the canhazgpu daemon's URL file",
-                         "or set redis_url (CANHAZGPU_REDIS_URL)")
+            try:
+                text = _read(found, "the canhazgpu daemon's URL file", "")
+            except PermissionError:
+                raise BackendUnavailable(
+                    f"the canhazgpu daemon's Redis (its URL in {found}) is private to the "
+                    "daemon's user: commands reach it through the daemon, which does not "
+                    "answer now; is 'canhazgpu serve' running? (an admin: systemctl status "
+                    "canhazgpu)") from None
             if text is not None:
                 url = text.strip()
                 try:
                     check_url(url)
                 except InvalidRequest:
-                    raise InvalidRequest(f"the canhazgpu daemon's URL file {found} holds "
+                    raise FileUnreadable(f"the canhazgpu daemon's URL file {found} holds "
                                          f"{url[:80]!r}, not a Redis URL: delete it and "
                                          "start 'canhazgpu serve --embedded-redis' again"
                                          ) from None
@@ -139,10 +166,16 @@ class Config:
     def seconds(self, name: str) -> float:
         return parse_duration(getattr(self, name), what=name.replace("_", "-"))
 
+    def optional_seconds(self, name: str) -> float | None:
+        """A duration that may be left empty (a policy that is off): None then."""
+        return self.seconds(name) if getattr(self, name) else None
 
-_INT_KEYS = {"memory_threshold"}
+_INT_KEYS = {"memory_threshold", "user_connections", "user_waiters", "idle_utilization_pct"}
+_BOOL_KEYS = {"idle_kernels"}
 _DURATION_KEYS = {"default_duration", "run_lease", "heartbeat_interval", "kill_grace",
-                  "scan_interval", "snapshot_max_age", "queue_lease"}
+                  "scan_interval", "snapshot_max_age", "queue_lease", "max_duration",
+                  "notify_repeat"}
+_OPTIONAL_DURATIONS = {"idle_warn_after", "idle_release_after", "notify_expiry"}  # "": off
 _CHOICES = {"strategy": ("lru", "mru"), "provider": ("", "nvidia", "amd", "fake"),
             "embedded_fsync": ("always", "everysec"), "client": ("auto", "daemon", "direct")}
 KEYS = tuple(f.name for f in fields(Config) if f.name != "origins")
@@ -150,19 +183,35 @@ KEYS = tuple(f.name for f in fields(Config) if f.name != "origins")
 
 def _coerce(key: str, value, origin: str):
     if key not in KEYS:
-        raise InvalidRequest(
-            f"unknown config key {key!r} in {origin}: known keys are {', '.join(KEYS)}"
-        )
+        from difflib import get_close_matches
+        close = get_close_matches(str(key).lower().replace("-", "_").replace(".", "_"),
+                                  KEYS, n=1, cutoff=0.6)
+        fix = f"did you mean {close[0]!r}?" if close else f"known keys are {', '.join(KEYS)}"
+        raise InvalidRequest(f"unknown config key {key!r} in {origin}: {fix}")
+    if key == "notify":
+        from .notify.rules import parse_admin_rules
+        return parse_admin_rules(value, origin)
+    if key in _BOOL_KEYS:
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "0", "false", "no"):
+            return value.lower() in ("1", "true", "yes")
+        if not isinstance(value, bool):
+            raise InvalidRequest(f"invalid {key} {value!r} in {origin}: use true or false")
+        return value
     if key in _INT_KEYS:
         try:
             number = int(value)
         except (TypeError, ValueError):
             number = -1
+        if key == "idle_utilization_pct" and not 0 <= number <= 100:
+            number = -1
         if number < 0 or isinstance(value, bool):
-            raise InvalidRequest(f"invalid {key} {value!r} in {origin}: use a whole number of MB >= 0")
+            allowed = {"idle_utilization_pct": "a percentage from 0 to 100",
+                       "memory_threshold": "a whole number of MB >= 0"}.get(
+                key, "a whole number >= 0 (0: no limit)")
+            raise InvalidRequest(f"invalid {key} {value!r} in {origin}: use {allowed}")
         return number
     value = str(value)
-    if key in _DURATION_KEYS:
+    if key in _DURATION_KEYS or (key in _OPTIONAL_DURATIONS and value):
         parse_duration(value, what=f"{key} in {origin}")
     if key in _CHOICES and value not in _CHOICES[key]:
         allowed = ", ".join(c for c in _CHOICES[key] if c)
@@ -173,27 +222,31 @@ def _coerce(key: str, value, origin: str):
 
 
 def _read(path: Path, what: str, fix: str) -> str | None:
-    """A file's text; None when it does not exist. Any other failure is one line (exit 2):
+    """A file's text; None when it does not exist. Any other failure is one line (exit 1):
     a file we cannot read is never silently skipped, or the settings would depend on who asks."""
     try:
         return path.read_text(encoding="utf-8")
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as err:
-        raise InvalidRequest(f"cannot read {what} {path} ({err.strerror or err}): fix its "
+        if isinstance(err, PermissionError) and not fix:
+            raise  # a file private by design (the daemon's URL file): the caller says why
+        raise FileUnreadable(f"cannot read {what} {path} ({err.strerror or err}): fix its "
                              f"permissions, {fix}") from None
 
 
 def _read_toml(path: Path, required: bool) -> dict | None:
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
     text = _read(path, "config file", "or name another with --config FILE (CANHAZGPU_CONFIG)")
     if text is None:
         if required:
             raise InvalidRequest(f"cannot read config file {path}: it does not exist")
         return None
+    if not text.strip():
+        return {}  # an empty file: no parser to import
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
@@ -225,6 +278,8 @@ def load(flags: dict | None = None, env: dict | None = None) -> Config:
             values[key] = _coerce(key, value, str(path))
             origins[key] = str(path)
     for key in KEYS:
+        if key == "notify":
+            continue  # tables: the config file only
         name = f"CANHAZGPU_{key.upper()}"
         if name in env and env[name] != "":
             values[key] = _coerce(key, env[name], f"${name}")
@@ -234,4 +289,11 @@ def load(flags: dict | None = None, env: dict | None = None) -> Config:
             flag = f"--{key.replace('_', '-')}"
             values[key] = _coerce(key, value, flag)
             origins[key] = flag
-    return replace(Config(), **values, origins=origins)
+    config = replace(Config(), **values, origins=origins)
+    warn, release = (config.optional_seconds(k) for k in ("idle_warn_after",
+                                                          "idle_release_after"))
+    if warn is not None and release is not None and warn >= release:
+        raise InvalidRequest(f"invalid idle_warn_after {config.idle_warn_after!r} (in "
+                             f"{config.origin('idle_warn_after')}): it must be shorter than "
+                             f"idle_release_after {config.idle_release_after!r}")
+    return config

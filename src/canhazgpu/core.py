@@ -18,12 +18,17 @@ from . import gpu, identity
 from .accounting import summarize
 from .config import Config
 from .errors import (CanHazGpuError, CorruptState, GpusUnavailable, InvalidRequest,
-                     NotEnoughGpus, NotHeld, NotOwner, PoolBusy, PoolNotInitialized,
-                     ProviderUnavailable, boundary)
+                     LimitReached, NotEnoughGpus, NotHeld, NotOwner, PoolBusy,
+                     PoolNotInitialized, ProviderUnavailable, boundary)
 from .identity import Caller
+from .idle import idle_since
 from .model import GpuState, GpuUsage, PoolView, Record, Usage, Waiter
 from .request import QueueStatus, Request, Reservation, parse_count, parse_ids
 from .store import Store
+from .timefmt import hms
+
+# who releases a reservation by the idle policy (the daemon, on nobody's behalf)
+IDLE_POLICY = Caller(user="(idle policy)", uid=0, pid=0, pid_start=0.0, is_admin=True)
 
 __all__ = ["Core", "QueueStatus", "Request", "Reservation", "Usage", "parse_count", "parse_ids"]
 
@@ -31,8 +36,11 @@ __all__ = ["Core", "QueueStatus", "Request", "Reservation", "Usage", "parse_coun
 class Core:
     """The async service API for the pool of one host."""
 
-    def __init__(self, config: Config, store: Store | None = None) -> None:
+    def __init__(self, config: Config, store: Store | None = None, hub=None) -> None:
         self.config = config
+        # The process's one event subscription (the daemon's), shared by every waiter;
+        # None: each waiter subscribes for itself (a CLI process waits once).
+        self.hub = hub
         if store is None:
             redis = config.redis  # the URL and where it came from, for "cannot reach" lines
             store = Store(redis.url, config.host_name, explain=redis.unreachable)
@@ -47,7 +55,12 @@ class Core:
     async def pool(self) -> dict:
         """The pool's settings (count, provider); PoolNotInitialized when there is none."""
         pool = await self.store.read_pool()
-        if not pool or int(pool.get("count", 0) or 0) < 1:
+        count = str(pool.get("count", "0") or "0")
+        if pool and not count.isdigit():
+            raise CorruptState(f"corrupt pool size {count[:40]!r} in key "
+                               f"{self.store.key('pool')} (field count): an admin can set it "
+                               "again with 'canhazgpu admin --gpus N --force'")
+        if not pool or int(count) < 1:
             raise PoolNotInitialized(
                 "no GPU pool on this host yet: run 'canhazgpu admin --gpus N' first"
             )
@@ -97,14 +110,17 @@ class Core:
                 "root (no admin_group is configured)"
             raise NotOwner(f"only {who} may change the pool; you are {caller.user}: "
                            "ask an admin, or run it with sudo")
-        prov = self.provider_named(provider or self.config.provider or None, count)
+        pool = await self.store.read_pool()
+        # a re-run keeps the provider the pool was made with (docs/admin.md)
+        prov = self.provider_named(provider or self.config.provider or pool.get("provider")
+                                   or None, count)
         try:
             found = await prov.count()  # a provider that cannot read this machine is refused
         except ProviderUnavailable as err:
             raise ProviderUnavailable(f"pool not changed: provider {prov.name} does not work "
                                       f"here: {err}") from None
         count = parse_count(found if count is None else count)
-        current = (await self.store.read_pool()).get("count", "0")
+        current = pool.get("count", "0")
         span = max(count, int(current) if str(current).isdigit() else 0)
         status, data = await self.store.run("pool", span, count=count, provider=prov.name,
                                             force=int(force))
@@ -174,11 +190,14 @@ class Core:
                 usage = Usage(state.now_ms, tuple(GpuUsage(index=i, error=str(err))
                                                   for i in range(state.count)))
         by_index = {g.index: g for g in usage.gpus}
+        holds = state.holds
         gpus = tuple(GpuState(
-            gpu=i, hold=state.holds.get(i),
+            gpu=i, hold=holds.get(i),
             last_released_ms=state.released[i][0] if i in state.released else None,
             usage=by_index.get(i), threshold_mb=self.config.memory_threshold,
-            corrupt=state.corrupt.get(i)) for i in range(state.count))
+            corrupt=state.corrupt.get(i),
+            idle_since_ms=idle_since(usage.idle, holds[i].rid) if i in holds else None)
+            for i in range(state.count))
         return PoolView(now_ms=state.now_ms, gpus=gpus, provider=state.provider,
                         scanned_ms=usage.scanned_ms or state.now_ms, queue=state.queue)
 
@@ -214,8 +233,17 @@ class Core:
         self.check(req)(size)
         return size
 
+    def within_limits(self, req: Request, caller: Caller) -> None:
+        """The admin's per-user limits on a request (root and the admin group: none)."""
+        longest = self.config.seconds("max_duration")
+        if req.kind == "manual" and req.duration_s > longest and not caller.is_admin:
+            raise LimitReached(f"a reservation of {hms(req.duration_s)} is longer than this "
+                               f"host allows (max_duration {self.config.max_duration}): "
+                               "ask for less")
+
     async def allocate(self, req: Request, caller: Caller) -> Reservation:
         """Reserve GPUs now, or raise NotEnoughGpus / GpusUnavailable. Never waits."""
+        self.within_limits(req, caller)
         await self.validate(req)
         usage = await self.usage()
         record = self.record(caller, req)
@@ -244,19 +272,21 @@ class Core:
 
     async def acquire(self, req: Request, caller: Caller, wait_s: float | None = None, *,
                       progress=None, warn=lambda text: None, signals: bool = True,
-                      reservation: Reservation | None = None, resume: bool = False
-                      ) -> Reservation:
+                      reservation: Reservation | None = None, resume: bool = False,
+                      on_queued=None) -> Reservation:
         """The allocate-or-queue policy: allocate now when wait_s is None (fail at once when
         short), else queue first come first served for at most wait_s (inf: no limit).
         `progress` (None: quiet) and `warn` are the waiter's callbacks; signals=False: the
         waiter leaves SIGINT/SIGTERM alone (the daemon waits for its API clients). A waiter
         may queue with a `reservation` made beforehand (new_reservation), or `resume` one
-        that is queued already (a client of the daemon reconnecting)."""
+        that is queued already (a client of the daemon reconnecting); on_queued() is called
+        once the request is in the queue."""
         if wait_s is None:
             return await self.allocate(req, caller)
+        self.within_limits(req, caller)
         from .waitqueue import Waiter as QueueWaiter
         waiter = QueueWaiter(self, req, caller, progress=progress, warn=warn, signals=signals,
-                             reservation=reservation, resume=resume)
+                             reservation=reservation, resume=resume, on_queued=on_queued)
         with boundary():  # callers want the one error, not the waiter's task group
             res = await waiter.wait(None if wait_s == float("inf") else wait_s)
         if req.kind == "manual":  # the grant held GPUs on the queue lease: now the duration
@@ -267,7 +297,7 @@ class Core:
                        reason: str = "released") -> list[int]:
         status, data = await self._script(
             "release", ("OK", "NOTHELD", "NOTOWNER"), mode=mode, target=target,
-            caller=caller.user, force=int(force), reason=reason)
+            caller=caller.uid, force=int(force), reason=reason)
         if status == "OK":
             return json.loads(data)
         if status == "NOTHELD":
@@ -294,9 +324,16 @@ class Core:
             return await self._release("ids", ",".join(map(str, ids)), caller, force)
         return await self._release("mine", "", caller, False)
 
-    async def end(self, rid: str, caller: Caller, reason: str = "released") -> list[int]:
-        """End one reservation by id (a run supervisor finishing, or a reclaim)."""
-        return await self._release("rid", rid, caller, True, reason)
+    async def end(self, rid: str, caller: Caller, reason: str = "released",
+                  force: bool | None = None) -> list[int]:
+        """End one reservation by id: the caller's own (a run supervisor finishing), any
+        for an admin, or force=True (the daemon reclaiming one whose owner died)."""
+        return await self._release("rid", rid, caller,
+                                   caller.is_admin if force is None else force, reason)
+
+    async def release_idle(self, rid: str) -> list[int]:
+        """End reservation `rid` by the idle policy: event `released`, reason `idle`."""
+        return await self._release("rid", rid, IDLE_POLICY, True, "idle")
 
     async def heartbeat(self, res: Reservation, ttl_s: float | None = None) -> list[int]:
         """Refresh a reservation's leases (re-establishing lapsed ones); returns lost GPUs."""
@@ -345,6 +382,18 @@ class Core:
     async def job_event(self, event: dict) -> None:
         """Publish a detached job's step (job_submitted/started/ended, docs/jobs.md)."""
         await self._script("job_event", event=json.dumps(event))
+
+    # ------------------------------------------------------------------ notifications
+    async def notify(self, caller: Caller, op: str, **args):
+        """The caller's own notification rules (docs/notify.md): op add (channel, url,
+        events), list, remove (rule_id) or test; see notify/__init__.py."""
+        from . import notify
+        ops = {"add": notify.add, "list": notify.listed, "remove": notify.remove,
+               "test": notify.test}
+        if op not in ops:
+            raise InvalidRequest(f"unknown notify operation {op!r}: use add, list, remove or "
+                                 "test")
+        return await ops[op](self, caller, **args)
 
     # ------------------------------------------------------------------ report
     async def report(self, days: float) -> dict:

@@ -4,6 +4,7 @@ Sibling tasks in one task group, all on one pub/sub subscription (events.EventHu
 - the scanner (scanner.py): GPU truth every interval, as a snapshot plus change events;
 - the expiry listener: finalizes a lease the moment Redis reports it expired;
 - the owner watcher (watch.py): reclaims a `run` reservation when its supervisor dies;
+- the notifier (notify/): events to the users' and the admin's channels, off the loop's path;
 - the journal: one log line per state change on the host, whoever made it;
 - the lock keeper: one daemon per host, through a Redis key with a TTL;
 - the registry heartbeat: the host is listed, daemon up, for every view across hosts.
@@ -30,18 +31,21 @@ from . import hosts, identity
 from .api.server import ApiServer
 from .config import Config
 from .core import Core
-from .embedded import RedisServer
+from .embedded import RedisServer, private_dir, private_password
 from .errors import BackendUnavailable, CanHazGpuError, PoolNotInitialized, boundary
+from .notify.service import Notifier
 from .events import Disconnected, Event, EventHub, Message, Resync
 from .render import line
 from .scanner import Scanner
 from .store import HostLock, redacted
+from .text import printable
 from .watch import Owner, OwnerWatcher, exited, pidfd, same_process
 
 log = logging.getLogger("canhazgpu.serve")
 
 LOCK_TTL_S = 5.0  # a killed daemon's lock frees itself after this
 LOCK_RENEW_S = 1.0
+RESTART_BACKOFF_S = (0.05, 30.0)  # the private Redis restarted after this, doubling to that
 
 
 class DaemonRunning(CanHazGpuError):
@@ -56,6 +60,7 @@ class Daemon:
         self.core = core or Core(config)
         self.scanner = Scanner(self.core, config.seconds("scan_interval"), self.trouble)
         self.watcher: OwnerWatcher | None = None  # needs our identity: made in run()
+        self.notifier = Notifier(self.core)
         self.lock: HostLock | None = None
         self.notifications = True  # False: CONFIG refused, expiry found by periodic sweeps
         self.serving = False
@@ -83,13 +88,14 @@ class Daemon:
             "since_ms": int(time.time() * 1000)}), LOCK_TTL_S)
         await self._take_lock()
         try:
-            hub = EventHub(store, (store.expired_channel,))
+            hub = self.core.hub = EventHub(store, (store.expired_channel,))
             async with hub.running():
                 await self._prepare(hub)
                 async with anyio.create_task_group() as tg:
                     await tg.start(self._listening, hub, self._journal)
                     await tg.start(self._listening, hub, self._expiry_listener)
                     await tg.start(self._listening, hub, self.watcher.run)
+                    await tg.start(self._listening, hub, self.notifier.run)  # notify/
                     await tg.start(self.scanner.run)
                     await tg.start(ApiServer(self.core, hub).serve, self.config.api_path)
                     tg.start_soon(self._keep_lock)
@@ -125,6 +131,15 @@ class Daemon:
         if await self.lock.acquire():
             return
         holder = await self.lock.holder()
+        if holder is not None and await self.lock.without_ttl():
+            log.warning("the host lock %s has no TTL (%s): taken over after %gs",
+                        self.core.store.key("daemon"), printable(holder[:200]), LOCK_TTL_S)
+            await anyio.sleep(LOCK_TTL_S)  # a live daemon renews it with a TTL meanwhile
+            if await self.lock.without_ttl():
+                await self.lock.break_stale(holder)
+                if await self.lock.acquire():
+                    return
+                holder = await self.lock.holder()
         if holder is not None and await anyio.to_thread.run_sync(self._dead_here, holder):
             await self.lock.break_stale(holder)
             if await self.lock.acquire():
@@ -246,15 +261,16 @@ async def embedded_redis(state_dir: Path, fsync: str = "always"):
     """A private redis-server (AOF on, fsync `fsync`) in state_dir, announced in
     state_dir/redis.url (kept after a stop: clients keep naming this Redis), and started
     again if it dies while we serve."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    lock_fd = os.open(state_dir / "serve.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    private_dir(state_dir)
+    lock_fd = os.open(state_dir / "serve.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise DaemonRunning(f"another 'canhazgpu serve --embedded-redis' is using "
                                 f"{state_dir}: stop it first") from None
-        server = RedisServer(state_dir, persist=True, fsync=fsync)
+        server = RedisServer(state_dir, persist=True, fsync=fsync, log=True,
+                             password=private_password(state_dir))
         if await anyio.to_thread.run_sync(_answers, server.socket):
             raise DaemonRunning(f"a redis-server already listens on {server.socket} (left by a "
                                 f"killed daemon?): stop it with 'redis-cli -s {server.socket} "
@@ -262,10 +278,11 @@ async def embedded_redis(state_dir: Path, fsync: str = "always"):
         await anyio.to_thread.run_sync(server.start)
         url_file = state_dir / "redis.url"
         tmp = state_dir / "redis.url.tmp"
-        tmp.write_text(server.url + "\n")
-        tmp.chmod(0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds the password
+        with os.fdopen(fd, "w") as out:
+            out.write(server.url + "\n")
         tmp.replace(url_file)  # clients never read half a URL
-        log.info("private redis-server at %s (AOF in %s)", server.url, state_dir)
+        log.info("private redis-server at %s (AOF in %s)", redacted(server.url), state_dir)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_keep_running, server)
@@ -280,19 +297,26 @@ async def embedded_redis(state_dir: Path, fsync: str = "always"):
 
 
 async def _keep_running(server: RedisServer) -> None:
-    """Start the private redis-server again (from its AOF) whenever it dies."""
+    """Start the private redis-server again (from its AOF) whenever it dies; one that keeps
+    dying (a full disk, a broken AOF: its own lines in our log say why) is started again
+    less and less often, up to once every RESTART_BACKOFF_S[1]."""
+    delay = RESTART_BACKOFF_S[0]
     while True:
+        started = anyio.current_time()
         await _exited(server.proc)
-        log.warning("private redis-server exited (status %s): starting it again",
-                    server.proc.returncode)
+        if anyio.current_time() - started > RESTART_BACKOFF_S[1]:
+            delay = RESTART_BACKOFF_S[0]  # it ran for a good while: a fresh failure
+        log.warning("private redis-server exited (status %s): starting it again in %gs",
+                    server.proc.returncode, delay)
         while True:
+            await anyio.sleep(delay)
+            delay = min(delay * 2, RESTART_BACKOFF_S[1])
             try:
                 await anyio.to_thread.run_sync(server.start)
                 log.info("private redis-server running again")
                 break
             except CanHazGpuError as err:
-                log.warning("private redis-server: %s; trying again in 5s", err)
-                await anyio.sleep(5)
+                log.warning("private redis-server: %s; trying again in %gs", err, delay)
 
 
 async def _exited(proc) -> None:

@@ -62,12 +62,52 @@ class BackendUnavailable(CanHazGpuError):
     """Redis cannot be reached or refuses us."""
 
 
+class LimitReached(CanHazGpuError):
+    """A per-user limit set by the admin (connections, waiters, GPUs, duration)."""
+
+
+class FileUnreadable(CanHazGpuError):
+    """A file we must read (a config file, the daemon's URL file) cannot be read, or the
+    daemon's own file holds what it never writes: an operational failure (exit 1), fixed
+    on that file, not by giving another value."""
+
+
 class CorruptState(CanHazGpuError):
     """A key in Redis holds something we cannot read; the message names the key."""
 
 
 class ProviderUnavailable(CanHazGpuError):
-    """The GPU provider cannot be read (no NVIDIA driver, amd-smi failing); names the fix."""
+    """The GPU provider cannot be read (no NVIDIA driver, amd-smi failing, none found, a
+    fake GPU file that cannot be read or parsed); names the fix."""
+
+
+class NeedsEventLoop(BaseException):
+    """Code driven without an event loop (the CLI's fast path, cli/runner.py) reached what
+    needs one: raised before anything was changed or printed, so the CLI runs the command
+    again in a loop. A BaseException: no handler of expected errors takes it."""
+
+
+def without_loop() -> bool:
+    """Whether this code runs without an event loop (driven by hand: cli/runner.py)."""
+    asyncio = sys.modules.get("asyncio")
+    return asyncio is None or asyncio._get_running_loop() is None
+
+
+class WaitTimedOut(CanHazGpuError):
+    """Gave up waiting (--timeout / --wait D); the place in the queue was given back.
+    (Here, not in waitqueue.py: so it keeps its class through the daemon.)"""
+
+
+class LostPlace(CanHazGpuError):
+    """The queue entry vanished (Redis lost its data, or the entry expired)."""
+
+
+class Interrupted(CanHazGpuError):
+    """Ctrl+C or SIGTERM while waiting; the place in the queue was given back."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__("stopped waiting; left the queue")
+        self.exit_code = 128 + signum
 
 
 # ---------------------------------------------------------------------- the edge
@@ -87,10 +127,12 @@ def expected(exc: BaseException) -> CanHazGpuError | None:
         if found and all(f is not None for f in found):
             return found[0]
         return None
-    from redis import exceptions as rexc  # the store maps most; this catches the rest
-    if isinstance(exc, (rexc.ConnectionError, rexc.TimeoutError)):
+    rexc = sys.modules.get("redis.exceptions")  # the store maps most; this catches the rest
+    if rexc is None:  # redis-py not imported (the daemon's API): none of its errors
+        pass
+    elif isinstance(exc, (rexc.ConnectionError, rexc.TimeoutError)):
         return BackendUnavailable(f"lost the connection to Redis ({exc})")
-    if isinstance(exc, rexc.RedisError):
+    elif isinstance(exc, rexc.RedisError):
         return BackendUnavailable(f"Redis refused a command ({exc})")
     if isinstance(exc, OSError) and exc.filename is not None:
         return CanHazGpuError(f"cannot use {exc.filename}: {exc.strerror or exc}")

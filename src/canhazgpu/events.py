@@ -15,7 +15,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import anyio
-from redis import exceptions as rexc
 
 from .errors import BackendUnavailable
 
@@ -24,13 +23,15 @@ KEEPALIVE_S = 15.0  # ping an idle subscription this often; twice that silent = 
 FOLLOW_SLOT_S = 1.0  # on a cluster: look this often whether the host's slot moved
 TYPES = (
     # reservations (published by the Lua scripts)
-    "reserved", "released", "expired", "reclaimed", "forced", "pool_changed",
+    "reserved", "released", "expired", "reclaimed", "forced", "pool_changed", "owner",
     # the queue
     "queued", "granted", "left",
     # detached jobs (canhazgpu submit, docs/jobs.md)
     "job_submitted", "job_started", "job_ended",
     # GPU truth (published by the daemon's scanner)
     "unreserved_detected", "unreserved_cleared", "usage_changed", "gpu_error", "gpu_recovered",
+    # reservations as the scanner sees them (idle.py): use it or lose it, expiry, intruders
+    "idle_warning", "expiring", "foreign_use",
 )
 
 
@@ -93,9 +94,13 @@ class EventHub:
         self.store = store
         self.channels = ((store.channel,) if host_events else ()) + tuple(extra_channels)
         self.patterns = tuple(patterns)
-        self._receivers: set = set()
+        self._receivers: set = set()  # every receiver: each gets Resync and Disconnected
+        self._wide: set = set()  # receivers of every item
+        self._routes: dict[str, set] = {}  # rid or channel -> the receivers routed by it
         self._lagging: set = set()
         self.connected = anyio.Event()
+        self.generation = 0  # events seen: what a reader may cache a state read against
+        self.memo = None  # (generation, ready, value): a read shared by this hub's readers
 
     @asynccontextmanager
     async def running(self):
@@ -107,22 +112,50 @@ class EventHub:
                 tg.cancel_scope.cancel()
 
     @asynccontextmanager
-    async def listen(self, buffer: float = 1000):
-        """A stream of Event | Resync | Disconnected | Message, from now on."""
+    async def listen(self, buffer: float = 1000, *, routes: tuple[str, ...] | None = None):
+        """A stream of Event | Resync | Disconnected | Message, from now on.
+
+        `routes` (reservation ids and channels) narrows it to the events of those
+        reservations and the messages of those channels (Resync and Disconnected always
+        come): a thousand waiters on one hub cost a dictionary look-up per event, not a
+        thousand wake-ups."""
         send, receive = anyio.create_memory_object_stream(buffer)
         self._receivers.add(send)
+        keys = tuple(dict.fromkeys(routes)) if routes is not None else ()
+        if routes is None:
+            self._wide.add(send)
+        for key in keys:
+            self._routes.setdefault(key, set()).add(send)
         if self.connected.is_set():
             send.send_nowait(Resync(reconnected=False))
         try:
             async with receive:
                 yield receive
         finally:
-            self._receivers.discard(send)
-            self._lagging.discard(send)
+            self._drop(send, keys)
             send.close()
 
-    def _fan_out(self, item) -> None:
-        for send in list(self._receivers):
+    def _drop(self, send, keys=None) -> None:
+        self._receivers.discard(send)
+        self._wide.discard(send)
+        self._lagging.discard(send)
+        for key in (keys if keys is not None else list(self._routes)):
+            routed = self._routes.get(key)
+            if routed is not None:
+                routed.discard(send)
+                if not routed:
+                    del self._routes[key]
+
+    def _fan_out(self, item, route: str | None = None) -> None:
+        """Send `item` to its receivers: all of them for Resync and Disconnected, else the
+        wide ones and those routed by `route` (an event's rid, a message's channel)."""
+        if isinstance(item, (Resync, Disconnected)):
+            targets = list(self._receivers)
+        else:
+            targets = list(self._wide)
+            if route is not None and route in self._routes:
+                targets += self._routes[route]
+        for send in targets:
             try:
                 if send in self._lagging:
                     # It missed items while its buffer was full: it must re-read first.
@@ -137,10 +170,10 @@ class EventHub:
             except anyio.WouldBlock:
                 self._lagging.add(send)  # a slow receiver must not stall the others
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                self._receivers.discard(send)
-                self._lagging.discard(send)
+                self._drop(send)
 
     async def _pump(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
+        from redis import exceptions as rexc  # here: through the daemon, no redis-py at all
         delay, started, subscribed_before = 0.05, False, False
         channels = tuple(dict.fromkeys(self.channels))
         wait_s = FOLLOW_SLOT_S if self.store.cluster else KEEPALIVE_S
@@ -204,6 +237,7 @@ class EventHub:
                 channel, self.patterns[0] if self.patterns else ""):  # a host's, a waiter's
             event = Event.decode(data)
             if event is not None:
-                self._fan_out(event)
+                self.generation += 1
+                self._fan_out(event, event.rid)
         else:
-            self._fan_out(Message(channel, data))
+            self._fan_out(Message(channel, data), channel)

@@ -196,6 +196,16 @@ async def report(core: Core, days: float, names: list[str] | None = None) -> dic
     return {**summarize(rows, since, now, days), "hosts": names}
 
 
+HOSTS_JSON_VERSION = 1
+
+
+async def document(core: Core, names: list[str] | None = None) -> dict:
+    """The hosts document: `canhazgpu hosts --json`, and the web's /api/v1/hosts."""
+    now, found = await views(core, names)
+    return {"version": HOSTS_JSON_VERSION, "time_ms": now,
+            "hosts": [summary(hv, now) for hv in found]}
+
+
 def summary(hv: HostView, now_ms: int) -> dict:
     """A host's line of `canhazgpu hosts` (docs/hosts.md)."""
     from .render import summary_counts

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 DEFAULT_THRESHOLD_MB = 1024  # a GPU with this much memory used (or more) is in use
 
@@ -35,6 +35,7 @@ class GpuUsage:
     memory_total_mb: int = 0
     processes: tuple[GpuProcess, ...] = ()
     error: str | None = None  # set when the provider could not read this GPU
+    utilization_pct: int | None = None  # compute utilisation; None when the GPU cannot tell
 
     @property
     def users(self) -> tuple[str, ...]:
@@ -49,7 +50,7 @@ class Hold:
     gpu: int
     rid: str  # reservation id, shared by all GPUs of one reservation
     user: str
-    kind: str  # "run", "job" or "manual" (request.KINDS)
+    kind: str  # one of request.KINDS
     start_ms: int
     uid: int = -1
     host: str = ""
@@ -73,6 +74,7 @@ class GpuState:
     usage: GpuUsage | None = None
     threshold_mb: int = DEFAULT_THRESHOLD_MB
     corrupt: str | None = None  # its stored state cannot be read: the message names the key
+    idle_since_ms: int | None = None  # its reservation's GPUs idle since then (the daemon's scan)
 
     @property
     def error(self) -> str | None:
@@ -130,6 +132,9 @@ class Usage:
     scanned_ms: int
     gpus: tuple[GpuUsage, ...]
     source: str = "cli"
+    # the daemon's scanner: reservation id -> {"since": ms its GPUs have been idle since
+    # (None: busy), "warned": whether its idle warning went out} (idle.py)
+    idle: dict = field(default_factory=dict)
 
     def busy(self, threshold_mb: int) -> list[int]:
         return [g.index for g in self.gpus if at_threshold(g.memory_used_mb, threshold_mb)]
@@ -144,7 +149,7 @@ class Usage:
     def to_json(self, threshold_mb: int) -> dict:
         """The stored snapshot (every GPU's facts), which status reads instead of scanning;
         the script that stores it stamps it with Redis's clock."""
-        return {"source": self.source, "threshold_mb": threshold_mb,
+        return {"source": self.source, "threshold_mb": threshold_mb, "idle": self.idle,
                 "gpus": [{**vars(g), "processes": [{**vars(p), "cmdline": list(p.cmdline)}
                                                     for p in g.processes]}
                          for g in self.gpus]}
@@ -156,7 +161,8 @@ class Usage:
             procs = tuple(GpuProcess(**{**p, "cmdline": tuple(p.get("cmdline") or ())})
                           for p in g.get("processes", []))
             gpus.append(GpuUsage(**{**g, "processes": procs}))
-        return cls(int(data["scanned_ms"]), tuple(gpus), data.get("source", "cli"))
+        idle = data.get("idle") if isinstance(data.get("idle"), dict) else {}
+        return cls(int(data["scanned_ms"]), tuple(gpus), data.get("source", "cli"), idle)
 
 
 @dataclass(frozen=True)
@@ -165,7 +171,7 @@ class Waiter:
 
     wid: str
     user: str
-    kind: str  # what it becomes once granted: "run" or "manual"
+    kind: str  # what it becomes once granted: one of request.KINDS
     enqueued_ms: int
     deadline_ms: int  # its heartbeat moves this; past it, the waiter leaves
     count: int | None = None
@@ -204,3 +210,25 @@ class State:
     released: dict  # gpu -> (ms, user) of the last release
     queue: tuple  # Waiter, in arrival order, live ones only
     corrupt: dict  # gpu -> message naming the key, for GPUs whose state cannot be read
+
+
+def seen_by(view: PoolView, user: str | None, admin: bool = False) -> PoolView:
+    """The view as `user` may see it: command lines (which often hold tokens) of other
+    users' processes are cut to the model detected in them. user None: nobody's (the web
+    page, the HTTP API); an admin sees everything."""
+    if admin:
+        return view
+
+    def process(p: GpuProcess) -> GpuProcess:
+        if p.user == user or not p.cmdline:
+            return p
+        from .gpu.models import detect_model
+        found = detect_model(p.cmdline)
+        return replace(p, cmdline=("--model", found) if found else ())
+
+    def gpu(g: GpuState) -> GpuState:
+        if g.usage is None or not g.usage.processes:
+            return g
+        return replace(g, usage=replace(g.usage, processes=tuple(
+            process(p) for p in g.usage.processes)))
+    return replace(view, gpus=tuple(gpu(g) for g in view.gpus))

@@ -6,10 +6,16 @@ import json
 from dataclasses import dataclass
 
 from .errors import InvalidRequest
+from .text import check_note
+from .timefmt import MAX_DURATION_S
 
-
-KINDS = ("run", "job", "manual")
-SUPERVISED = ("run", "job")  # kept alive by a supervisor's heartbeat, not by a duration
+# What a reservation is: manual (a duration), or held by a living process's heartbeat: a
+# `run` supervisor, a Python program (the Python API) or a Jupyter kernel (its provisioner).
+# A detached `job` (docs/jobs.md) is held by its runner's heartbeat too, but the pid in its
+# record is its agent's (which may die while the job runs): only its lease ends it.
+KINDS = ("run", "job", "manual", "python", "kernel")
+HELD_BY_PROCESS = ("run", "python", "kernel")  # heartbeat leases; the owner pid is watched
+HEARTBEAT = (*HELD_BY_PROCESS, "job")  # leases kept by a heartbeat, not by a duration
 
 
 @dataclass(frozen=True)
@@ -18,10 +24,29 @@ class Request:
 
     count: int | None = None
     ids: tuple[int, ...] | None = None
-    kind: str = "manual"  # "run", "job" (a detached job, docs/jobs.md) or "manual"
+    kind: str = "manual"  # one of KINDS
     duration_s: float = 1800.0  # manual: the reservation's length
     note: str = ""
     claim_own: bool = False  # GPUs in unreserved use by the caller's own processes too
+
+    def __post_init__(self) -> None:
+        """Checked once, whichever edge made it (the CLI, the API, the Python API)."""
+        if self.kind not in KINDS:
+            raise InvalidRequest(f"invalid kind {str(self.kind)[:40]!r}: use one of "
+                                 f"{', '.join(KINDS)}")
+        if not (0 < self.duration_s or self.kind != "manual" and self.duration_s == 0) \
+                or not self.duration_s <= MAX_DURATION_S:  # also refuses NaN
+            raise InvalidRequest(f"invalid duration {self.duration_s!r}s: above 0, at most "
+                                 f"{MAX_DURATION_S}s (366d)")
+        if self.count is not None and self.ids is None and \
+                not 1 <= self.count <= MAX_POOL_GPUS:
+            raise InvalidRequest(f"invalid GPU count {self.count!r}: use a whole number from "
+                                 f"1 to {MAX_POOL_GPUS}")
+        if self.ids is not None and (len(set(self.ids)) != len(self.ids) or not self.ids
+                                     or not all(0 <= i < MAX_POOL_GPUS for i in self.ids)):
+            raise InvalidRequest(f"invalid GPU ids {self.ids!r}: distinct numbers from 0 to "
+                                 f"{MAX_POOL_GPUS - 1}")
+        check_note(self.note)
 
     @property
     def size(self) -> int:

@@ -15,6 +15,7 @@ import anyio
 
 from .core import Core
 from .errors import CanHazGpuError, PoolNotInitialized
+from .idle import Policy, track
 from .model import GpuState, PoolView
 
 log = logging.getLogger("canhazgpu.serve")
@@ -105,6 +106,8 @@ class Scanner:
         self.interval_s = interval_s
         self.trouble = trouble  # trouble(where, error | None): the daemon logs each once
         self.published: dict[int, Facts] = {}  # empty: nothing known yet
+        self.policy = Policy.of(core.config)  # use it or lose it (idle.py)
+        self.idle: dict = {}  # rid -> its idle clock, as stored with the snapshot
 
     async def baseline(self) -> None:
         """Start from the stored snapshot, so a daemon restart neither repeats nor misses."""
@@ -112,6 +115,7 @@ class Scanner:
             _, snap = await self.core.store.read_usage()
             if snap is not None and snap.source == "daemon":
                 self.published = facts_of(await self.core.view(snap))
+                self.idle = snap.idle
         except PoolNotInitialized:
             pass  # nothing to compare with: the first scan is the baseline
         except CanHazGpuError as err:
@@ -138,8 +142,9 @@ class Scanner:
         self.trouble("scan", None)
         try:
             view = await self.core.view(usage)
-            events = diff(self.published, view)
-            dropped = await self.core.publish_usage(usage, events)
+            idle, noticed, idle_rids = track(view, self.idle, self.policy)
+            events = diff(self.published, view) + noticed
+            dropped = await self.core.publish_usage(replace(usage, idle=idle), events)
         except CanHazGpuError as err:
             self.trouble("snapshot", err)  # nothing published: the same changes next time
             return []
@@ -150,5 +155,11 @@ class Scanner:
         for gpu in dropped:  # reserved while we scanned: not unreserved, nothing published
             facts[gpu] = replace(facts[gpu], unreserved=False)
         self.published = facts
+        self.idle = idle
+        for rid in idle_rids:  # warned in this scan or before: idle past idle_release_after
+            try:
+                await self.core.release_idle(rid)
+            except CanHazGpuError as err:
+                self.trouble("idle release", err)
         return [e for e in events
                 if not (e["type"] == "unreserved_detected" and e["gpus"][0] in dropped)]

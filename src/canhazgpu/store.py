@@ -33,9 +33,12 @@ ARGS = {
     "usage": ("snapshot", "busy", "events"),
     "job_event": ("event",),
     "register": ("op", "entry"),  # the one script on REGISTRY_KEY instead of the host's keys
+    "notify": ("op", "uid", "user", "rule"),  # on the host's notify key alone (notify/)
 }
 # The registry of hosts (hosts.py): one hash, host -> its entry, outside every host's slot.
 REGISTRY_KEY = "canhazgpu:hosts"
+MAX_CONNECTIONS = 32  # per process (the daemon's subscription is one of them)
+POOL_WAIT_S = 30.0  # how long a call waits for a free connection before it fails
 # Every host's event channel (canhazgpu:{HOST}:events), for one subscription to all hosts.
 ALL_HOSTS_EVENTS = "canhazgpu:*:events"
 _CLUSTER_DOWN = (rexc.ConnectionError, rexc.TimeoutError, OSError, rexc.ClusterError,
@@ -52,8 +55,12 @@ def connect(url: str) -> aioredis.Redis | RedisCluster:
     if is_cluster(url):
         plain = url.replace("+cluster://", "://", 1)
         return RedisCluster.from_url(plain, decode_responses=True, socket_connect_timeout=5)
-    return aioredis.from_url(url, decode_responses=True, socket_connect_timeout=5,
-                             health_check_interval=30)
+    # A bounded pool that waits for a free connection rather than failing: however many
+    # clients the daemon serves at once, it never opens more than MAX_CONNECTIONS.
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, decode_responses=True, socket_connect_timeout=5, health_check_interval=30,
+        max_connections=MAX_CONNECTIONS, timeout=POOL_WAIT_S)
+    return aioredis.Redis.from_pool(pool)  # the client owns the pool: closed with it
 
 
 def lua_name(key: str) -> str:
@@ -256,6 +263,33 @@ class Store:
             out[host] = entry
         return out
 
+    # ---------------------------------------------------------------- notification rules
+    async def change_notify(self, op: str, uid: int, user: str, rule: str) -> tuple[str, str]:
+        """Add or remove one of a user's own notification rules (notify.lua)."""
+        return await self._call("notify", [self.key("notify")],
+                                {"op": op, "uid": str(uid), "user": user, "rule": rule})
+
+    async def notify_rules(self, uid: int | None = None) -> dict[int, dict]:
+        """Users' own notification rules: uid -> {"user", "rules"} (one uid, or all).
+        An unreadable entry is skipped: one user's corrupt rules never stop the others'."""
+        key = self.key("notify")
+        if uid is None:
+            raw = await self.guard(self.redis.hgetall(key))
+        else:
+            doc = await self.guard(self.redis.hget(key, str(uid)))
+            raw = {str(uid): doc} if doc else {}
+        out = {}
+        for field, doc in raw.items():
+            try:
+                entry = json.loads(doc)
+                rules = entry["rules"]
+                out[int(field)] = {"user": str(entry["user"]),
+                                   "rules": [r for r in rules if isinstance(r, dict)]
+                                   if isinstance(rules, list) else []}
+            except (ValueError, KeyError, TypeError):
+                continue
+        return out
+
     # ---------------------------------------------------------------- reads
     async def read_pool(self) -> dict:
         return await self.guard(self.redis.hgetall(self.key("pool")))
@@ -316,8 +350,10 @@ class Store:
                 queue.append(_waiter(wid, json.loads(waiters[wid]), int(deadlines[wid]),
                                      tuple(sorted(g for g, h in live.items() if h.rid == wid))))
             except (TypeError, ValueError, KeyError, AttributeError):
-                raise CorruptState(_corrupt(self.key("q:waiters"), wid, waiters[wid])) \
-                    from None
+                # shown as that entry's error: the rest of the queue is still readable
+                queue.append(Waiter(wid=wid, user="?", kind="corrupt", enqueued_ms=0,
+                                    deadline_ms=int(deadlines.get(wid, 0)),
+                                    note=_corrupt(self.key("q:waiters"), wid, waiters[wid])))
         return State(now_ms=now_ms, count=count, provider=pool.get("provider", ""),
                      holds=live, released=last, queue=tuple(queue), corrupt=corrupt)
 
@@ -500,6 +536,11 @@ class HostLock:
 
     async def holder(self) -> str | None:
         return await self.store.guard(self.store.redis.get(self.store.key("daemon")))
+
+    async def without_ttl(self) -> bool:
+        """Whether the key exists with no TTL: no daemon ever leaves it so (a hand-made or
+        restored key), and it would otherwise keep every daemon out forever."""
+        return await self.store.guard(self.store.redis.pttl(self.store.key("daemon"))) == -1
 
     async def break_stale(self, holder: str) -> None:
         """Delete the key if it still holds `holder` (a dead daemon's token)."""

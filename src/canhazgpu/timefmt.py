@@ -6,19 +6,29 @@ import re
 
 from .errors import InvalidRequest
 
-_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([smhd])\s*$")
+_UNITS_S = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+# 30m, 0.5h, and compounds in this order, with or without spaces: 1h30m, 1h 30m 0s (as hms
+# and short print them), 1d 12h. A bare 0 is zero whatever the unit.
+_NUMBER = r"([0-9]+(?:\.[0-9]+)?)"
+_DURATION = re.compile(r"^" + "".join(rf"(?:{_NUMBER}\s*{unit}\s*)?" for unit in _UNITS_S)
+                       + r"$")
 MAX_DURATION_S = 366 * 86400
 
 
 def parse_duration(text: str, *, what: str = "duration") -> float:
-    """Parse '30s', '30m', '2h', '1d', '0.5h' into seconds (> 0, at most a year)."""
-    match = _DURATION.match(str(text).lower())
-    if not match:
+    """Parse '30s', '30m', '2h', '1d', '0.5h', '1h30m', '1h 30m 0s' into seconds (> 0, at
+    most a year)."""
+    clean = str(text).strip().lower()
+    match = _DURATION.match(clean)
+    if clean == "0":
+        seconds = 0.0
+    elif match and any(match.groups()):
+        seconds = sum(float(n) * size for n, size in zip(match.groups(), _UNITS_S.values())
+                      if n)
+    else:
         raise InvalidRequest(
-            f"invalid {what} {text!r}: use a number with a unit s, m, h or d, e.g. 30m, 2h, 1d, 0.5h"
-        )
-    seconds = float(match.group(1)) * _UNITS_S[match.group(2)]
+            f"invalid {what} {text!r}: use numbers with units s, m, h or d, e.g. 30m, 2h, "
+            "1h30m, 1d, 0.5h")
     if seconds <= 0:
         raise InvalidRequest(f"invalid {what} {text!r}: it must be greater than zero, e.g. 30m")
     if seconds > MAX_DURATION_S:
@@ -44,6 +54,15 @@ def short(seconds: float) -> str:
     if minutes:
         return f"{minutes}m {secs}s"
     return f"{secs}s"
+
+
+def hm(seconds: float) -> str:
+    """Hours and minutes, for "idle 2h 10m": '2h 10m', '10m', '45s' under a minute."""
+    total = max(0, int(seconds))
+    hours, rest = divmod(total, 3600)
+    if hours:
+        return f"{hours}h {rest // 60}m"
+    return f"{rest // 60}m" if rest >= 60 else f"{rest}s"
 
 
 def coarse(seconds: float) -> str:

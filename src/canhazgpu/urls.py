@@ -23,6 +23,25 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def store_identity(url: str) -> str:
+    """Which Redis (and database) a URL names, without user or password: what a daemon
+    tells its clients so that they can tell whether it serves the store they asked for."""
+    try:
+        parts = urlsplit(url.strip())
+        host = parts.hostname or ""
+        netloc = f"[{host}]" if ":" in host else host
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+    except ValueError:
+        return url.split("@")[-1]
+    query = "&".join(q for q in parts.query.split("&")
+                     if q and not q.lower().startswith(("password=", "username=")))
+    if parts.scheme == "unix":
+        return f"unix://{parts.path}" + (f"?{query}" if query else "")
+    path = parts.path if parts.path not in ("", "/") else "/0"
+    return urlunsplit((parts.scheme, netloc, path, query, ""))
+
+
 def check_url(url: str) -> str:
     try:
         parts = urlsplit(url)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import anyio
 
-from .errors import BackendUnavailable, CanHazGpuError
+from .errors import (BackendUnavailable, CanHazGpuError, Interrupted,  # noqa: F401 (theirs)
+                     LostPlace, WaitTimedOut)
 from .events import Disconnected, Event, EventHub, Message, Resync
 from .identity import Caller
 from .model import PoolView
@@ -32,22 +33,6 @@ LEFT = {  # why a waiter was taken out of the queue by someone else
     "expired": "our place in the queue expired (no heartbeat in time): run the command again",
     None: "taken out of the queue: run the command again",
 }
-
-
-class WaitTimedOut(CanHazGpuError):
-    """Gave up waiting (--timeout / --wait D); the place in the queue was given back."""
-
-
-class LostPlace(CanHazGpuError):
-    """The queue entry vanished (Redis lost its data, or the entry expired)."""
-
-
-class Interrupted(CanHazGpuError):
-    """Ctrl+C or SIGTERM while waiting; the place in the queue was given back."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__("stopped waiting; left the queue")
-        self.exit_code = 128 + signum
 
 
 @dataclass(frozen=True)
@@ -71,8 +56,7 @@ class Waiter:
     signals: bool = True  # SIGINT/SIGTERM end the wait (False in the daemon: not ours)
     reservation: Reservation | None = None  # made by the caller (None: made here)
     resume: bool = False  # the reservation is queued already: follow it, do not enqueue
-    hub: EventHub | None = None  # a running hub shared by many quiet waiters (the job
-    # agent's): it must carry the waiters' channels (see shared_hub); None: one of our own
+    on_queued: Callable[[], None] | None = None  # told once the request is in the queue
 
     async def wait(self, timeout_s: float | None = None) -> Reservation:
         """Queue for the request; return the granted reservation (leases on the queue TTL).
@@ -80,19 +64,15 @@ class Waiter:
         Errors come out of the waiter's task group as raised there (Core.acquire is the
         edge that unwraps them); whatever ends the wait without a grant gives the place
         back, and any GPUs granted so far with it."""
-        store = self.core.store
         res = self.reservation or self.core.new_reservation(self.req, self.caller)
         self.wid, self.granted, enqueued, timed_out = res.rid, None, False, False
-        # A quiet waiter listens only to its own channel (its grant) and to lease expiry:
-        # a hundred waiters must not all wake up for every change on the host.
-        hub = self.hub or EventHub(store, (store.waiter_channel(res.rid),
-                                           store.expired_channel),
-                                   host_events=self.progress is not None)
         try:
-            async with (nullcontext() if self.hub else hub.running()), hub.listen() as stream:
+            async with self._events(res.rid) as stream:
                 status = await (self.core.queue_heartbeat(res.rid) if self.resume
                                 else self.core.enqueue(res, self.req))
                 enqueued = True
+                if self.on_queued is not None:
+                    self.on_queued()
                 with anyio.move_on_after(timeout_s) as deadline:
                     async with anyio.create_task_group() as tg:
                         self.tg = tg
@@ -109,6 +89,22 @@ class Waiter:
                 with anyio.CancelScope(shield=True):
                     await self._leave("timeout" if timed_out else "cancelled")
         return replace(res, gpus=tuple(sorted(self.granted)))
+
+    @asynccontextmanager
+    async def _events(self, wid: str):
+        """What the waiter hears: its own grant or departure, and lease expiry; with
+        progress shown, every change on the host. A quiet waiter must not wake up for every
+        change, and in the daemon a thousand waiters share its one subscription."""
+        store, shared = self.core.store, self.core.hub
+        if shared is not None:
+            routes = None if self.progress is not None else (wid, store.expired_channel)
+            async with shared.listen(routes=routes) as stream:
+                yield stream
+            return
+        hub = EventHub(store, (store.waiter_channel(wid), store.expired_channel),
+                       host_events=self.progress is not None)
+        async with hub.running(), hub.listen() as stream:
+            yield stream
 
     def _grant(self, gpus) -> None:
         self.granted = tuple(gpus)
@@ -182,21 +178,36 @@ class Waiter:
             pass  # our entry and any partial grant expire with the queue lease anyway
 
 
-def shared_hub(store) -> EventHub:
-    """One subscription for any number of quiet waiters: every waiter's channel (each
-    waiter picks its own events) and lease expiry."""
-    return EventHub(store, (store.expired_channel,), host_events=False,
-                    patterns=(store.waiter_channel("*"),))
-
-
 async def estimate(core: Core, st: QueueStatus, want: int, wid: str) -> Progress:
     """Progress with a guess of when; no guess when the state cannot be read right now."""
     try:
-        view = await core.view()
+        view = await shared_view(core)
     except CanHazGpuError:
         return Progress(st, want, None)
     eta = eta_ms(view, wid)
     return Progress(st, want, None if eta is None else max(0.0, (eta - view.now_ms) / 1000))
+
+
+async def shared_view(core: Core) -> PoolView:
+    """The pool's view; in the daemon one read per event, shared by every waiter that the
+    event woke (a thousand waiters showing progress cost one read, not a thousand)."""
+    hub = core.hub
+    if hub is None:
+        return await core.view()
+    memo = hub.memo
+    if memo is None or memo[0] != hub.generation:
+        memo = hub.memo = [hub.generation, anyio.Event(), None]
+        try:
+            memo[2] = await core.view()
+        except CanHazGpuError as err:
+            memo[2] = err
+            raise
+        finally:
+            memo[1].set()
+    await memo[1].wait()
+    if isinstance(memo[2], CanHazGpuError):
+        raise memo[2]
+    return memo[2] if memo[2] is not None else await core.view()
 
 
 def eta_ms(view: PoolView, wid: str) -> int | None:

@@ -9,29 +9,72 @@ from __future__ import annotations
 
 import signal
 import socket
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 import anyio
-from anyio.streams.buffered import BufferedByteReceiveStream
 
-from ..errors import BackendUnavailable, boundary
+from ..errors import BackendUnavailable, NeedsEventLoop, boundary, without_loop
 from . import protocol
 
 MAX_REPLY = 64 * 1024 * 1024  # a status of many GPUs with their processes is one line
+MAX_HELLO = 64 * 1024
+HELLO_TIMEOUT_S = 2.0  # a daemon that does not answer by then is not used
 
 
 def answering(config) -> str | None:
-    """The API socket of a daemon that accepts connections, or None."""
+    """The API socket of a daemon that serves the host and the Redis of our settings."""
+    return find_daemon(config)[0]
+
+
+def find_daemon(config) -> tuple[str | None, str | None]:
+    """(the socket of a daemon that serves our settings, None), else (None, why the
+    daemons that answered do not: another host, or another Redis than the one our
+    settings name explicitly). An explicit setting always wins over a daemon that answers."""
+    why = None
     for path in config.api_paths():
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(str(path))
-            return str(path)
-        except OSError:
+        hello = _hello(path)
+        if hello is None:
             continue
-        finally:
-            sock.close()
+        why = _mismatch(config, path, hello)
+        if why is None:
+            return str(path), None
+    return None, why
+
+
+def _mismatch(config, path, hello: dict) -> str | None:
+    host = str(hello.get("host", ""))
+    if host != config.host_name:
+        return (f"the daemon at {path} serves host {host[:80]!r}, not "
+                f"{config.host_name!r} ({config.origin('host')})")
+    if "redis_url" in config.origins:
+        from ..urls import store_identity
+        mine, theirs = store_identity(config.redis_url), str(hello.get("redis", "?"))
+        if mine != theirs:
+            return (f"the daemon at {path} serves Redis {theirs[:120]}, not {mine} "
+                    f"({config.origin('redis_url')})")
     return None
+
+
+def _hello(path) -> dict | None:
+    """The daemon's handshake at `path` (which host and Redis it serves), or None."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(HELLO_TIMEOUT_S)
+    try:
+        sock.connect(str(path))
+        sock.sendall(protocol.dump({"op": "hello"}))
+        data = b""
+        while not data.endswith(b"\n") and len(data) < MAX_HELLO:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        doc = protocol.load(data)
+        return doc["ok"] if isinstance(doc.get("ok"), dict) else None
+    except (OSError, protocol.ProtocolError, ValueError):
+        return None
+    finally:
+        sock.close()
 
 
 class RemoteCore:
@@ -52,44 +95,79 @@ class RemoteCore:
     async def call(self, op: str, args: dict | None = None, on_line=None,
                    interruptible: bool = False):
         """One request; stream lines go to on_line(doc); returns the `ok` value or raises
-        the error the daemon sent."""
-        try:
-            stream = await anyio.connect_unix(self.path)
-        except OSError as err:
-            raise BackendUnavailable(self._unreachable(err)) from None
+        the error the daemon sent. Without an event loop (the CLI's fast path), over a
+        blocking socket; a wait needs the loop (Ctrl+C, signals)."""
         settings = {"memory_threshold": self.config.memory_threshold,
                     "strategy": self.config.strategy}
-        async with stream:
-            reader = BufferedByteReceiveStream(stream)
-            request = protocol.dump({"op": op, "args": {**(args or {}), "settings": settings}})
+        request = protocol.dump({"op": op, "args": {**(args or {}), "settings": settings}})
+        if without_loop():
+            if interruptible:
+                raise NeedsEventLoop
+            return self._call_blocking(request, on_line)
+        import asyncio  # asyncio's own unix connection: anyio's sockets would import ssl
+        try:
+            reader, writer = await asyncio.open_unix_connection(self.path, limit=MAX_REPLY)
+        except OSError as err:
+            raise BackendUnavailable(self._unreachable(err)) from None
+        try:
             if not interruptible:
-                return await self._exchange(stream, request, reader, on_line)
+                return await self._exchange(reader, writer, request, on_line)
             with boundary():  # the one error, not the task group's
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(_interrupt_on_signal)
-                    result = await self._exchange(stream, request, reader, on_line)
+                    result = await self._exchange(reader, writer, request, on_line)
                     tg.cancel_scope.cancel()
             return result
+        finally:
+            writer.transport.abort()  # nothing left to send: no goodbye to wait for
 
-    async def _exchange(self, stream, request: bytes, reader, on_line):
+    def _call_blocking(self, request: bytes, on_line):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            try:
+                sock.connect(self.path)
+            except OSError as err:
+                raise BackendUnavailable(self._unreachable(err)) from None
+            with self._lost():
+                sock.sendall(request)
+                lines = sock.makefile("rb")
+                while True:
+                    done, value = self._reply(lines.readline(MAX_REPLY + 1), on_line)
+                    if done:
+                        return value
+
+    async def _exchange(self, reader, writer, request: bytes, on_line):
+        with self._lost():
+            writer.write(request)
+            await writer.drain()
+            while True:
+                done, value = self._reply(await reader.readline(), on_line)
+                if done:
+                    return value
+
+    @contextmanager
+    def _lost(self):
         try:
-            await stream.send(request)
-            return await self._replies(reader, on_line)
-        except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError,
-                OSError) as err:
+            yield
+        except (ValueError, OSError) as err:  # ValueError: a line over MAX_REPLY
             raise BackendUnavailable(
                 f"lost the connection to the canhazgpu daemon at {self.path} "
                 f"({err or type(err).__name__}): is 'canhazgpu serve' running?") from None
 
-    async def _replies(self, reader, on_line):
-        while True:
-            doc = protocol.load(await reader.receive_until(b"\n", MAX_REPLY))
-            if "ok" in doc:
-                return doc["ok"]
-            if "error" in doc:
-                protocol.raise_error(doc["error"])
-            if on_line is not None:
-                on_line(doc)
+    @staticmethod
+    def _reply(line: bytes, on_line) -> tuple[bool, object]:
+        """(True, the `ok` value) for the last line; raises its error; (False, None) after
+        giving a stream line to on_line."""
+        if not line.endswith(b"\n"):
+            raise ConnectionResetError("the daemon closed the connection" if len(line) <= MAX_REPLY
+                                       else "a reply line over the limit")
+        doc = protocol.load(line)
+        if "ok" in doc:
+            return True, doc["ok"]
+        if "error" in doc:
+            protocol.raise_error(doc["error"])
+        if on_line is not None:
+            on_line(doc)
+        return False, None
 
     def _unreachable(self, err: OSError) -> str:
         return (f"cannot reach the canhazgpu daemon at {self.path} ({err.strerror or err}): "
@@ -118,10 +196,13 @@ class RemoteCore:
         return await self.call("report", {"days": days})
 
     async def acquire(self, req, caller=None, wait_s: float | None = None, *, progress=None,
-                      warn=lambda text: None):
+                      warn=lambda text: None, signals: bool = True):
         """Allocate now, or queue (wait_s) for as long as this connection is open. A
         queued request whose daemon goes away reconnects and follows its place again,
-        for as long as the place lasts without it (queue_lease)."""
+        for as long as the place lasts without it (queue_lease). signals=False: SIGINT and
+        SIGTERM are left alone (a caller outside the main thread: the Python API)."""
+        if wait_s is not None and without_loop():
+            raise NeedsEventLoop  # a place in the queue: Ctrl+C, signals, reconnects
         wid = None
 
         def on_line(doc: dict) -> None:
@@ -141,7 +222,8 @@ class RemoteCore:
             try:
                 doc = await self.call("acquire", {
                     "request": protocol.encode(req), "wait_s": left, "resume": wid,
-                    "progress": progress is not None}, on_line, interruptible=wait_s is not None)
+                    "progress": progress is not None}, on_line,
+                    interruptible=signals and wait_s is not None)
                 return protocol.reservation(doc)
             except BackendUnavailable as err:
                 if wid is None:
@@ -167,10 +249,18 @@ class RemoteCore:
                                            "user": user, "force": force})
 
     async def heartbeat(self, res, ttl_s: float | None = None) -> list[int]:
-        return await self.call("heartbeat", {"rid": res.rid, "gpus": list(res.gpus)})
+        owner = res.record.get("pid")  # another process of ours may own it (a kernel)
+        return await self.call("heartbeat", {"rid": res.rid, "gpus": list(res.gpus),
+                                             **({"owner_pid": owner} if owner else {})})
 
     async def end(self, rid: str, caller=None, reason: str = "released") -> list[int]:
         return await self.call("end", {"rid": rid, "reason": reason})
+
+    async def notify(self, caller, op: str, **args):
+        """The caller's own notification rules, kept by the daemon (Core.notify)."""
+        if "rule_id" in args:
+            args = {"id": args["rule_id"]}
+        return await self.call(f"notify_{op}", args)
 
 
 class RemoteStore:

@@ -34,15 +34,15 @@ class RemoteHub(EventHub):
     async def listen(self, buffer: float = 1000):
         async with super().listen(buffer) as receive:
             early, self._early = self._early or [], None
-            for item in early:
-                self._fan_out(item)
+            for item, route in early:
+                self._fan_out(item, route)
             yield receive
 
-    def _fan_out(self, item) -> None:
+    def _fan_out(self, item, route: str | None = None) -> None:
         if self._early is not None:
-            self._early.append(item)
+            self._early.append((item, route))
         else:
-            super()._fan_out(item)
+            super()._fan_out(item, route)
 
     def _line(self, doc: dict) -> None:
         if "event" in doc and doc["event"] is None:  # subscribed
@@ -53,7 +53,7 @@ class RemoteHub(EventHub):
         elif "event" in doc:
             event = Event.decode(json.dumps(doc["event"]))
             if event is not None:
-                self._fan_out(event)
+                self._fan_out(event, event.rid)
         elif "warn" in doc:
             self._fan_out(Disconnected(str(doc["warn"])))
         elif doc.get("resync"):

@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 from .. import errors
 from ..model import GpuProcess, GpuState, GpuUsage, Hold, PoolView, Waiter
-from ..request import QueueStatus, Request, Reservation
+
+if TYPE_CHECKING:
+    from ..request import QueueStatus, Request, Reservation
 
 VERSION = 1
 MAX_LINE = 64 * 1024  # a request or reply line longer than this is refused
 OPS = ("hello", "pool_size", "setup_pool", "view", "queue", "report", "acquire", "heartbeat",
-       "end", "release", "events", "events_since")
+       "end", "release", "events", "events_since",
+       # notifications (issue 20): the caller's own rules
+       "notify_add", "notify_list", "notify_remove", "notify_test")
 
 
 class ProtocolError(errors.CanHazGpuError):
@@ -47,6 +52,8 @@ def load(line: bytes) -> dict:
         doc = json.loads(line)
     except (ValueError, UnicodeDecodeError):
         raise ProtocolError("not a JSON document") from None
+    except RecursionError:
+        raise ProtocolError("a JSON document nested too deeply") from None
     if not isinstance(doc, dict):
         raise ProtocolError("not a JSON object")
     if doc.get("v") != VERSION:
@@ -57,8 +64,12 @@ def load(line: bytes) -> dict:
 
 # ---------------------------------------------------------------------- errors
 def error_doc(err: errors.CanHazGpuError) -> dict:
+    """An error as sent: its class, message, exit code and its own fields (NotEnoughGpus'
+    requested/available/unreserved), so the client raises the same error."""
+    fields = {k: v for k, v in vars(err).items()
+              if not k.startswith("_") and isinstance(v, (int, float, str, bool, type(None)))}
     return {"error": {"type": type(err).__name__, "message": str(err),
-                      "exit_code": err.exit_code}}
+                      "exit_code": err.exit_code, "fields": fields}}
 
 
 def raise_error(doc: dict) -> None:
@@ -70,6 +81,10 @@ def raise_error(doc: dict) -> None:
             and cls.exit_code == code:
         err = cls.__new__(cls)
         Exception.__init__(err, message)
+        fields = doc.get("fields")
+        for key, value in (fields.items() if isinstance(fields, dict) else ()):
+            if isinstance(key, str) and not key.startswith("_"):
+                setattr(err, key, value)
         raise err
     raise RemoteError(message, code)
 
@@ -103,26 +118,24 @@ def view(doc: dict) -> PoolView:
 
 
 def reservation(doc: dict) -> Reservation:
+    from ..request import Reservation  # (not imported by status: start-up time)
     return _build(Reservation, doc, record=dict(doc["record"]))
 
 
 def request(doc: dict) -> Request:
-    """A Request from a client, its fields checked for type (the core checks values)."""
+    """A Request from a client: its fields converted here, its values checked by Request."""
+    from ..request import Request
     try:
         ids = doc.get("ids")
-        req = Request(count=None if doc.get("count") is None else int(doc["count"]),
-                      ids=None if ids is None else tuple(int(i) for i in ids),
-                      kind=str(doc.get("kind", "manual")),
-                      duration_s=float(doc.get("duration_s", 1800.0)),
-                      note=str(doc.get("note", ""))[:1000], claim_own=bool(doc.get("claim_own")))
-    except (TypeError, ValueError):
+        return Request(count=None if doc.get("count") is None else int(doc["count"]),
+                       ids=None if ids is None else tuple(int(i) for i in ids),
+                       kind=str(doc.get("kind", "manual")),
+                       duration_s=float(doc.get("duration_s", 1800.0)),
+                       note=str(doc.get("note", "")), claim_own=bool(doc.get("claim_own")))
+    except (TypeError, ValueError, AttributeError, OverflowError):
         raise errors.InvalidRequest(f"invalid request {str(doc)[:80]}") from None
-    if req.kind not in ("run", "job", "manual") or not 0 <= req.duration_s < float("inf") \
-            or (req.kind == "manual" and req.duration_s == 0):
-        raise errors.InvalidRequest(f"invalid request kind {req.kind!r} or duration "
-                                    f"{req.duration_s!r}")
-    return req
 
 
 def queue_status(doc: dict) -> QueueStatus:
+    from ..request import QueueStatus
     return _build(QueueStatus, doc)

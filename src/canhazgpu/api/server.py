@@ -10,17 +10,21 @@ from __future__ import annotations
 import grp
 import logging
 import os
+import socket
 from collections import OrderedDict
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from dataclasses import replace
 from pathlib import Path
 
 import anyio
 
 from .. import identity
-from ..errors import CanHazGpuError, InvalidRequest, NotOwner, boundary
+from ..errors import (CanHazGpuError, InvalidRequest, LimitReached, NotHeld, NotOwner,
+                      boundary)
 from ..identity import Caller
+from ..model import seen_by
 from ..request import Request, Reservation
+from ..urls import store_identity
 from . import protocol
 from .connection import Connection, peer_credentials
 from .protocol import ProtocolError
@@ -42,6 +46,10 @@ class ApiServer:
         self.config = core.config
         self.hub = hub  # the daemon's event subscription, for the events operation
         self.granted: OrderedDict[str, Reservation] = OrderedDict()
+        self.connections = PerUser(self.config.user_connections, "user_connections",
+                                   "API connections open at once")
+        self.waiters = PerUser(self.config.user_waiters, "user_waiters",
+                               "requests queued at once")
         self._accounts: dict[tuple[int, int], tuple[float, str, bool]] = {}
 
     # ------------------------------------------------------------------ the socket
@@ -77,7 +85,11 @@ class ApiServer:
             async with stream, anyio.create_task_group() as tg:
                 conn = Connection(stream, tg)
                 tg.start_soon(conn.writer)
-                await conn.send(await self.answer(conn))
+                try:
+                    with self.connections.one(peer_credentials(stream)[1]):
+                        await conn.send(await self.answer(conn))
+                except LimitReached as err:
+                    await conn.send(protocol.error_doc(err))
                 conn.done()
         except Exception:  # a bug: logged, the daemon and its other clients go on
             log.exception("API connection failed")
@@ -133,6 +145,8 @@ class ApiServer:
     # ------------------------------------------------------------------ operations
     async def op_hello(self, conn, caller: Caller, args: dict) -> dict:
         return {"version": protocol.VERSION, "host": self.config.host_name,
+                "redis": store_identity(self.core.store.url), "pid": os.getpid(),
+                "machine": socket.gethostname(),
                 "user": caller.user, "uid": caller.uid, "admin": caller.is_admin}
 
     async def op_pool_size(self, conn, caller, args) -> int:
@@ -154,10 +168,11 @@ class ApiServer:
         from ..config import _coerce
         config = replace(self.config, **{k: _coerce(k, v, "the request")
                                          for k, v in mine.items()})
-        return type(self.core)(config, self.core.store)
+        return type(self.core)(config, self.core.store, self.core.hub)
 
-    async def op_view(self, conn, caller, args):
-        return await self.core_for(args, "memory_threshold").view()
+    async def op_view(self, conn, caller: Caller, args):
+        view = await self.core_for(args, "memory_threshold").view()
+        return seen_by(view, caller.user, caller.is_admin)
 
     async def op_queue(self, conn, caller, args):
         now_ms, waiters = await self.core.queue()
@@ -172,8 +187,9 @@ class ApiServer:
     async def op_acquire(self, conn: Connection, caller: Caller, args: dict) -> Reservation:
         """Allocate now, or (wait_s) queue while the connection is open: hanging up
         cancels the wait, and the waiter gives its place back. A queued request is told
-        its id first ({"queued": {"wid"}}); `resume: wid` follows that place again (the
-        client reconnecting after a daemon restart)."""
+        its id first ({"queued": {"wid"}}), then that it is in the queue ({"enqueued"});
+        `resume: wid` follows that place again (a client reconnecting after a daemon
+        restart). At most user_waiters queued requests per uid."""
         req = protocol.request(args.get("request") or {})
         # the owner process's start time: a later process reusing its pid is not it
         caller = replace(caller, pid_start=await anyio.to_thread.run_sync(
@@ -184,10 +200,15 @@ class ApiServer:
         elif wait_s is not None and (not isinstance(wait_s, (int, float)) or wait_s <= 0):
             raise InvalidRequest(f"invalid wait {wait_s!r}: seconds above 0, or \"inf\"")
         core = self.core_for(args, "strategy")
-        queued = resume = None
+        if wait_s is None:
+            return await self._acquire(conn, core, req, caller, args, None, None)
+        with self.waiters.one(caller.uid):
+            return await self._acquire(conn, core, req, caller, args, wait_s, args.get("resume"))
+
+    async def _acquire(self, conn, core, req, caller, args, wait_s, resume) -> Reservation:
+        queued = None
         if wait_s is not None:
             conn.cancel_on_hangup()  # the place in the queue lives while the client does
-            resume = args.get("resume")
             queued = await self.queued(caller, str(resume), req) if resume is not None \
                 else core.new_reservation(req, caller)
             await conn.send({"queued": {"wid": queued.rid}})
@@ -195,7 +216,8 @@ class ApiServer:
             if args.get("progress") else None
         res = await core.acquire(req, caller, wait_s, progress=progress,
                                  warn=lambda text: conn.note({"warn": text}),
-                                 signals=False, reservation=queued, resume=resume is not None)
+                                 signals=False, reservation=queued, resume=resume is not None,
+                                 on_queued=lambda: conn.note({"enqueued": {"wid": queued.rid}}))
         self.granted[res.rid] = res
         while len(self.granted) > GRANTED_KEPT:
             self.granted.popitem(last=False)
@@ -206,22 +228,42 @@ class ApiServer:
         state = await self.core.store.read_state()
         owners = {w.uid for w in state.queue if w.wid == wid} | \
             {h.uid for h in state.holds.values() if h.rid == wid}
+        if not owners:
+            raise NotHeld(f"queue entry {wid[:40]!r} is gone (granted and ended, or it "
+                          "expired): run the command again")
         if owners - {caller.uid} and not caller.is_admin:
             raise NotOwner(f"queue entry {wid} is not yours")
         record = self.core.record(caller, req, rid=wid)
         return Reservation(wid, (), caller.user, req.kind, self.core.ttl_s(req), record)
 
     async def op_heartbeat(self, conn, caller: Caller, args: dict) -> list[int]:
-        """Renew a run reservation of the caller's; returns the GPUs it lost."""
+        """Renew a reservation of the caller's held by a process; returns the GPUs it lost.
+        `owner_pid` moves it to that process (of the reservation's uid): a Jupyter kernel."""
         res = await self.owned(caller, str(args.get("rid", "")))
         if res is None:
             return list(_ids(args.get("gpus")) or ())  # nothing of it left: all lost
+        if args.get("owner_pid") is not None:
+            res = await self.moved(res, args["owner_pid"])
         return await self.core.heartbeat(res)
 
+    async def moved(self, res: Reservation, pid) -> Reservation:
+        """res, owned from now on by process `pid`, which must run as the reservation's
+        uid: the daemon then watches that process instead of the caller."""
+        if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+            raise InvalidRequest(f"invalid owner_pid {str(pid)[:20]!r}: a process id")
+        if pid == res.record.get("pid"):
+            return res
+        uid, start = await anyio.to_thread.run_sync(identity.process_owner, pid)
+        if uid != res.record.get("uid"):
+            raise NotOwner(f"process {pid} is not {res.user}'s: a reservation moves only to "
+                           "a process of its own user")
+        res = replace(res, record={**res.record, "pid": pid, "pid_start": start})
+        self.granted[res.rid] = res
+        return res
+
     async def op_end(self, conn, caller: Caller, args: dict) -> list[int]:
+        """End a reservation of the caller's (any, for an admin): the script decides."""
         rid = str(args.get("rid", ""))
-        if await self.owned(caller, rid) is None:
-            return []
         self.granted.pop(rid, None)
         return await self.core.end(rid, caller, reason=_reason(args.get("reason")))
 
@@ -254,6 +296,23 @@ class ApiServer:
             raise InvalidRequest(f"invalid since {since!r}: an event sequence number >= 0")
         return await self.core.store.events_since(since)
 
+    # ------------------------------------------------------------------ notifications
+    # (issue 20) The caller's own rules, for the uid the kernel named: never another's.
+    async def op_notify_add(self, conn, caller: Caller, args: dict) -> list[dict]:
+        return await self.core.notify(caller, "add", channel=_opt_str(args.get("channel")),
+                                      url=_opt_str(args.get("url")) or "",
+                                      events=args.get("events"),
+                                      everyone=args.get("everyone") is True)
+
+    async def op_notify_list(self, conn, caller: Caller, args: dict) -> list[dict]:
+        return await self.core.notify(caller, "list")
+
+    async def op_notify_remove(self, conn, caller: Caller, args: dict) -> list[dict]:
+        return await self.core.notify(caller, "remove", rule_id=str(args.get("id", "")))
+
+    async def op_notify_test(self, conn, caller: Caller, args: dict) -> list[dict]:
+        return await self.core.notify(caller, "test")
+
     # ------------------------------------------------------------------ ownership
     async def owned(self, caller: Caller, rid: str) -> Reservation | None:
         """The caller's live reservation `rid` (NotOwner when it is someone else's): as
@@ -270,13 +329,35 @@ class ApiServer:
         hold = holds[0]
         if hold.uid != caller.uid and not caller.is_admin:
             raise NotOwner(f"reservation {rid} is {hold.user}'s, not yours")
-        if hold.kind != "run":
-            raise InvalidRequest("only run reservations are renewed through the API")
+        if hold.kind == "manual":
+            raise InvalidRequest("manual reservations are not renewed through the API")
         record = {"rid": rid, "user": hold.user, "uid": hold.uid, "host": hold.host,
                   "machine": hold.machine, "pid": hold.pid, "pid_start": hold.pid_start,
                   "kind": hold.kind, "note": hold.note}
         return Reservation(rid, tuple(sorted(h.gpu for h in holds)), hold.user, hold.kind,
                            self.core.ttl_s(Request(kind="run")), record)
+
+
+class PerUser:
+    """What each uid has open now, against the admin's limit (0: none; root: never)."""
+
+    def __init__(self, limit: int, key: str, what: str) -> None:
+        self.limit, self.key, self.what = limit, key, what
+        self.open: dict[int, int] = {}
+
+    @contextmanager
+    def one(self, uid: int):
+        count = self.open.get(uid, 0)
+        if self.limit and count >= self.limit and uid != 0:
+            raise LimitReached(f"too many {self.what}: uid {uid} has {count}, the limit is "
+                               f"{self.limit} (set by the admin: {self.key}); end some first")
+        self.open[uid] = count + 1
+        try:
+            yield
+        finally:
+            self.open[uid] -= 1
+            if not self.open[uid]:
+                del self.open[uid]
 
 
 def _more_descriptors() -> None:

@@ -8,10 +8,9 @@ import asyncclick as click
 from asyncclick.shell_completion import CompletionItem, get_completion_class
 
 from . import output
-from .main import cli
+from .main import COMPLETE_VAR, cli
 
 SHELLS = ("bash", "zsh", "fish")
-COMPLETE_VAR = "_CANHAZGPU_COMPLETE"  # asyncclick's protocol: _{PROG}_COMPLETE=bash_complete
 
 
 @cli.command(epilog="""\b

@@ -4,6 +4,7 @@ whether Redis, the pool, the daemon and the GPU provider answer."""
 from __future__ import annotations
 
 import json
+from copy import copy
 
 import anyio
 import asyncclick as click
@@ -48,7 +49,11 @@ async def config_command(state, wait_for, as_json):
     return 0 if not any(c["status"] == "fail" for c in checks.values()) else 1
 
 
-cli.add_command(config_command, "doctor")
+doctor_command = copy(config_command)  # the same command, described by what it checks
+doctor_command.name = "doctor"
+doctor_command.help = ("Check that Redis, the pool, the daemon and the GPU provider answer; "
+                       "the effective settings and their sources first.")
+cli.add_command(doctor_command)
 
 
 def _check(status: str, detail: str) -> dict:
@@ -59,6 +64,12 @@ async def run_checks(config) -> dict:
     """Each check: ok, warn (works, but see the detail), fail, or skip (needs another)."""
     from ..core import Core
     checks = dict.fromkeys(CHECKS, _check("skip", "needs Redis"))
+    if config.client != "direct":
+        from ..api.client import find_daemon
+        path, _ = await anyio.to_thread.run_sync(find_daemon, config)
+        if path is not None:  # what this user's commands use: the daemon, not Redis
+            await _through_daemon(config, path, checks)
+            return checks
     try:
         core = Core(config)
     except CanHazGpuError as err:
@@ -91,6 +102,33 @@ async def _redis(core, checks: dict) -> None:
     else:
         checks["redis"] = _check("ok", f"{detail}, appendonly yes, appendfsync "
                                        f"{found['appendfsync']}")
+
+
+async def _through_daemon(config, path: str, checks: dict) -> None:
+    from ..api.client import RemoteCore
+    remote = RemoteCore(config, path)
+    try:
+        hello = await remote.hello()
+        checks["daemon"] = _check("ok", f"PID {hello.get('pid')} on {hello.get('machine')}, "
+                                        f"answers at {path} for host {hello['host']} as "
+                                        f"{hello['user']} (uid {hello['uid']})")
+        checks["redis"] = _check("ok", f"behind the daemon ({hello.get('redis', '?')}): "
+                                       "this user's commands need no Redis of their own")
+    except CanHazGpuError as err:
+        checks["daemon"] = _check("fail", str(err))
+        return
+    try:
+        checks["pool"] = _check("ok", f"{await remote.pool_size()} GPUs")
+    except CanHazGpuError as err:
+        checks["pool"] = _check("fail", str(err))
+    try:
+        view = await remote.view()
+        unreadable = [g.gpu for g in view.gpus if g.usage is not None and g.usage.error]
+        detail = f"{view.provider}: {len(view.gpus)} GPUs, scanned by the daemon"
+        checks["provider"] = _check("warn" if unreadable else "ok", detail + (
+            f", unreadable: GPU {','.join(map(str, unreadable))}" if unreadable else ""))
+    except CanHazGpuError as err:
+        checks["provider"] = _check("fail", str(err))
 
 
 async def _pool_and_daemon(core, checks: dict) -> None:
@@ -149,6 +187,7 @@ def describe(flags: dict, config, checks: dict) -> dict:
     paths, chosen_by = config_files(flags)
     settings = {key: {"value": getattr(config, key), "from": config.origin(key)}
                 for key in KEYS}
+    settings["notify"]["value"] = [r.shown() for r in config.notify]  # URLs redacted
     try:
         redis = config.redis
         settings["redis_url"] = {"value": redis.url, "from": redis.origin}

@@ -3,14 +3,11 @@
 
 from __future__ import annotations
 
-import shutil
-
 import asyncclick as click
 
 from . import output
 from .main import cli
 
-HOSTS_JSON_VERSION = 1
 
 
 def all_hosts_option(what: str):
@@ -58,13 +55,12 @@ Set-up for a team and failure modes: canhazgpu help hosts
 async def hosts(state, as_json):
     """Every host sharing this Redis: GPUs available/reserved/unreserved, queue, daemon."""
     from .. import hosts as registry
-    now, found = await registry.views(state.direct)
-    rows = [registry.summary(hv, now) for hv in found]
+    doc = await registry.document(state.direct)
     if as_json:
-        output.emit_json({"version": HOSTS_JSON_VERSION, "time_ms": now, "hosts": rows})
+        output.emit_json(doc)
         return
-    width = shutil.get_terminal_size().columns if output.is_tty() else None
-    output.emit(render_hosts(rows, width))
+    width = output.width()
+    output.emit(render_hosts(doc["hosts"], width))
 
 
 def render_hosts(rows: list[dict], width: int | None = None) -> str:
@@ -72,10 +68,11 @@ def render_hosts(rows: list[dict], width: int | None = None) -> str:
     if not rows:
         return ("No hosts registered yet: a host registers with 'canhazgpu admin' and while "
                 "its daemon ('canhazgpu serve') runs.")
-    columns = (Column("HOST", flexible=True, keep=8), Column("GPUS", right=True),
+    # GPU TYPE: the cards' names (status's MODEL is the ML model a process serves)
+    columns = (Column("HOST", shrink=2, least=8), Column("GPUS", right=True),
                Column("AVAIL", right=True), Column("RESERVED", right=True),
                Column("UNRESERVED", right=True), Column("QUEUE", right=True),
-               Column("DAEMON"), Column("LAST SEEN"), Column("MODEL", flexible=True))
+               Column("DAEMON"), Column("LAST SEEN"), Column("GPU TYPE", shrink=1))
     cells = []
     for r in rows:
         counts = r["gpus"] or {}
@@ -104,7 +101,7 @@ async def status_of_hosts(state, span: list[str], fmt, as_json: bool, summary: b
         output.emit_json({"version": render.JSON_VERSION, "time_ms": now, "hosts": docs})
         return
     mode = "summary" if summary else (fmt or ("table" if output.is_tty() else "lines"))
-    width = shutil.get_terminal_size().columns if output.is_tty() else None
+    width = output.width()
     sections = []
     for hv in found:
         row = registry.summary(hv, now)
@@ -129,7 +126,7 @@ async def queue_of_hosts(state, span: list[str], as_json: bool) -> None:
     if as_json:
         output.emit_json({"hosts": [{"host": h, "queue": rows} for h, rows in found]})
         return
-    width = shutil.get_terminal_size().columns if output.is_tty() else None
+    width = output.width()
     output.emit("\n\n".join(f"== {h}\n{render_queue(rows, width)}" for h, rows in found)
                 if found else render_hosts([]))
 

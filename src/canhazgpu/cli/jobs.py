@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 
 import asyncclick as click
 
-from ..errors import InvalidRequest
+from ..errors import CanHazGpuError, InvalidRequest
 from . import output
 from .options import duration
+
+
+# Ctrl+C or SIGTERM while queued (waitqueue.Interrupted, or the daemon's word for it)
+STOPPED = (128 + signal.SIGINT, 128 + signal.SIGTERM)
 
 
 class ProgressLine:
@@ -26,28 +31,42 @@ class ProgressLine:
         self.last = None
 
     def __call__(self, progress) -> None:
-        from ..timefmt import short
-        st = progress.status
-        text = (f"waiting for {progress.want} GPU(s): position {st.position} of {st.queued} "
-                f"in the queue, {len(st.gpus)}/{progress.want} granted")
-        if progress.eta_s is not None:
-            text += ", expected now" if progress.eta_s == 0 else \
-                f", expected in ~{short(progress.eta_s)}"
-        seen = text if self.tty else (st.position, st.queued, len(st.gpus))
+        texts = self.texts(progress)
+        seen = texts[0] if self.tty else (progress.status.position, progress.status.queued,
+                                          len(progress.status.gpus))
         if seen == self.last:
             return
         self.last = seen
         if self.tty:  # the last column left free: writing it would wrap on some terminals
-            self.draw(text[:max(1, self.columns() - 1)])
+            room = max(1, self.columns() - 1)
+            self.draw(next((t for t in texts if len(t) <= room), texts[-1][:room]))
         else:
-            output.warn(text, self.stream)
+            output.warn(texts[0], self.stream)
+
+    @staticmethod
+    def texts(progress) -> list[str]:
+        """The progress, from the whole sentence to the shortest form: a narrow terminal
+        gets the longest that fits, so the estimate is never cut in the middle."""
+        from ..timefmt import short
+        st, want = progress.status, progress.want
+        eta = "" if progress.eta_s is None else \
+            ("now" if progress.eta_s == 0 else f"in ~{short(progress.eta_s)}")
+        granted = f"{len(st.gpus)}/{want} granted"
+        return [f"waiting for {want} GPU(s): position {st.position} of {st.queued} in the "
+                f"queue, {granted}" + (f", expected {eta}" if eta else ""),
+                f"waiting: position {st.position} of {st.queued}, {granted}"
+                + (f", expected {eta}" if eta else ""),
+                f"queued {st.position}/{st.queued}, {granted}" + (f", {eta}" if eta else "")]
 
     def columns(self) -> int:
         try:
             columns = os.get_terminal_size(self.stream.fileno()).columns
         except (AttributeError, OSError, ValueError):
             columns = 0
-        return columns or shutil.get_terminal_size().columns
+        if not columns:
+            import shutil
+            columns = shutil.get_terminal_size().columns
+        return columns
 
     def draw(self, text: str) -> None:
         try:
@@ -69,6 +88,14 @@ async def acquire(state, req, caller, wait_s: float | None, quiet: bool = False)
     line = None if quiet or wait_s is None else ProgressLine()
     try:
         return await state.core.acquire(req, caller, wait_s, progress=line, warn=output.warn)
+    except CanHazGpuError as err:
+        if err.exit_code not in STOPPED:
+            raise
+        if line is not None:
+            line.done()
+            line = None
+        output.warn(str(err))  # a cancel the user asked for: a note, not an error
+        raise SystemExit(err.exit_code) from None
     finally:
         if line is not None:
             line.done()

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
+from importlib import import_module
 
-import anyio
 import asyncclick as click
 from asyncclick.exceptions import NoArgsIsHelpError
 
-from ..errors import CanHazGpuError, boundary
-from . import output
+from ..errors import CanHazGpuError, NeedsEventLoop, boundary, without_loop
+from . import output, runner
 
+COMPLETE_VAR = "_CANHAZGPU_COMPLETE"  # asyncclick's protocol: _{PROG}_COMPLETE=bash_complete
 EPILOG = """\b
 Examples:
   canhazgpu admin --gpus 8                 # create the pool (once)
@@ -50,6 +50,14 @@ class Context:
             self._core = self._remote() or self._direct()
         return self._core
 
+    async def connect(self):
+        """The core, found without blocking the event loop (the daemon's handshake runs in a
+        worker thread): for callers inside a loop they share, the Python API."""
+        if self._core is None:
+            import anyio
+            self._core = await anyio.to_thread.run_sync(self._remote) or self._direct()
+        return self._core
+
     @property
     def remote(self) -> bool:
         from ..api.client import RemoteCore
@@ -58,18 +66,23 @@ class Context:
     def _remote(self):
         if self.config.client == "direct":
             return None
-        from ..api.client import RemoteCore, answering
-        path = answering(self.config)
+        from ..api.client import RemoteCore, find_daemon
+        path, why = find_daemon(self.config)
         if path is not None:
             return RemoteCore(self.config, path)
         if self.config.client == "daemon":
             from ..errors import BackendUnavailable
+            if why is not None:
+                raise BackendUnavailable(f"{why}: drop that setting to use the daemon, or "
+                                         "set client = direct")
             where = " or ".join(map(str, self.config.api_paths()))
             raise BackendUnavailable(f"no canhazgpu daemon answers at {where}: start it with "
                                      "'canhazgpu serve', or set client = auto")
         return None
 
     def _direct(self):
+        if without_loop():  # redis-py is asked within an event loop: start one
+            raise NeedsEventLoop
         from ..core import Core
         return Core(self.config)
 
@@ -77,9 +90,9 @@ class Context:
     def direct(self):
         """The core over Redis itself, whatever the mode: for what spans hosts (the views of
         every host, the registry), which the daemon of one host does not serve."""
-        if not self.remote:
-            return self.core
-        if self._direct_core is None:
+        if self._core is not None and not self.remote:
+            return self._core  # direct already: the same connections
+        if self._direct_core is None:  # no need to ask for a daemon first
             self._direct_core = self._direct()
         return self._direct_core
 
@@ -90,6 +103,8 @@ class Context:
 
     def event_hub(self):
         """The host's events: from the daemon, or subscribed to Redis directly."""
+        if without_loop():
+            raise NeedsEventLoop
         if self.remote:
             from ..api.hub import RemoteHub
             return RemoteHub(self.core)
@@ -167,8 +182,65 @@ class Command(click.Command):
         return super().shell_complete(ctx, incomplete)
 
 
+# name -> (module of cli/, short help): `--help` and completion list the commands from here,
+# and a command's module is imported only when that command runs (start-up time).
+# A new command: its module, a row here, and the module in _register(); tests check the rows.
+COMMANDS = {
+    "admin": ("admin", "Create or resize this host's GPU pool (root or the admin group)."),
+    "cancel": ("submit", "Cancel jobs: a queued one leaves the queue, a running one stops."),
+    "completion": ("completion", "Print the tab completion script for bash, zsh or fish."),
+    "config": ("doctor", "Show the effective settings and where each came from."),
+    "doctor": ("doctor", "Check that Redis, the pool, the daemon and the GPUs answer."),
+    "events": ("events", "Follow the host's events: reservations, queue, GPU usage."),
+    "help": ("manual", "Read the documentation of a command or topic."),
+    "hosts": ("hosts", "Every host sharing this Redis: its GPUs, queue and daemon."),
+    "kernelspec": ("kernelspec", "Jupyter kernels on GPUs reserved for the kernel's life."),
+    "jobs": ("submit", "Your detached jobs on this host: state, queue place or GPUs, exit."),
+    "logs": ("submit", "Print a job's output (the latest 4-8 MiB are kept)."),
+    "notify": ("notify", "Your notifications: add, list, remove or test a channel."),
+    "queue": ("queue", "Show who is waiting for GPUs, in order."),
+    "release": ("reserve", "Release your reservations."),
+    "report": ("report", "GPU hours per user, with run/manual counts and shares."),
+    "reserve": ("reserve", "Reserve GPUs for interactive work until released or expired."),
+    "run": ("run", "Run a command on GPUs of its own; release them when it ends."),
+    "serve": ("serve", "Run the daemon: scans, instant expiry, crash reclaim, events."),
+    "status": ("status", "Show every GPU: available, reserved or in use unreserved."),
+    "submit": ("submit", "Queue a command to run on GPUs later, detached; prints its id."),
+    "wait": ("wait", "Queue for GPUs (first come, first served), then run or reserve."),
+    "web": ("web", "Serve a live web page of the GPUs, an HTTP API and /metrics."),
+}
+
+
 class Group(click.Group):
+    """The lazy group: lists COMMANDS without importing them; imports one module when its
+    command runs (or is completed). A name not in the table loads every module first."""
+
     command_class = Command
+
+    def list_commands(self, ctx) -> list[str]:
+        return sorted(set(COMMANDS) | set(self.commands))
+
+    def get_command(self, ctx, cmd_name: str):
+        if cmd_name not in self.commands:
+            if cmd_name in COMMANDS:
+                import_module(f"{__package__}.{COMMANDS[cmd_name][0]}")
+            else:
+                _register()
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx, formatter) -> None:
+        rows = [(name, COMMANDS[name][1] if name in COMMANDS
+                 else self.get_command(ctx, name).get_short_help_str(1000))
+                for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def shell_complete(self, ctx, incomplete: str):
+        from asyncclick.shell_completion import CompletionItem
+        if incomplete.startswith("-"):
+            return super().shell_complete(ctx, incomplete)
+        return [CompletionItem(name, help=COMMANDS.get(name, ("", ""))[1])
+                for name in self.list_commands(ctx) if name.startswith(incomplete)]
 
 
 @click.group(cls=Group, params=global_options(), epilog=EPILOG,
@@ -188,8 +260,10 @@ def _closer(state: Context):
 
 
 def _register() -> None:
-    from . import (admin, completion, doctor, events, hosts, manual, queue,  # noqa: F401
-                   report, reserve, run, serve, status, submit, wait, web)  # (attach)
+    """Every command's module (tests, and a name missing from COMMANDS)."""
+    from . import (admin, completion, doctor, events, hosts, kernelspec,  # noqa: F401
+                   manual, notify, queue, report, reserve, run, serve, status, submit,
+                   wait, web)  # (commands attach)
 
 
 async def _amain(args: list[str]) -> int:
@@ -216,14 +290,32 @@ async def _amain(args: list[str]) -> int:
 
 
 def main() -> None:
-    _register()
     try:
-        code = anyio.run(_amain, sys.argv[1:])
+        code = runner.run(_amain, sys.argv[1:], loop=not loopless(sys.argv[1:]))
     except KeyboardInterrupt:
         code = 130
     except SystemExit as done:
         code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
     exit_now(code)
+
+
+# Commands that, through the daemon, are one request each: tried without an event loop
+# (cli/runner.py), unless an option needs one (--follow, --wait; a short-option cluster).
+ONE_REQUEST = ("status", "queue", "release", "reserve")
+
+
+def loopless(args: list[str]) -> bool:
+    """Whether to try these arguments without an event loop first (start-up time): help, a
+    completion script or completions, and the one-request commands."""
+    if os.environ.get(COMPLETE_VAR):
+        return True
+    help_flags = ("-h", "--help")
+    if not args or args[0] in help_flags or args[0] == "completion" or \
+            (len(args) == 2 and args[0] in COMMANDS and args[1] in help_flags):
+        return True
+    return args[0] in ONE_REQUEST and not any(
+        arg.startswith(("--follow", "--wait", "-f", "-w")) or
+        (arg[:1] == "-" and arg[1:2] != "-" and len(arg) > 2) for arg in args[1:])
 
 
 def exit_now(code: int) -> None:
@@ -239,5 +331,6 @@ def exit_now(code: int) -> None:
             stream.flush()
         except (OSError, ValueError):
             pass
-    logging.shutdown()
+    if "logging" in sys.modules:  # imported only by the commands that log (serve, web)
+        sys.modules["logging"].shutdown()
     os._exit(code)

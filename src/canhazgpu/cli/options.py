@@ -12,12 +12,23 @@ from ..timefmt import parse_duration
 COMMAND_LINE = {"allow_interspersed_args": False}
 
 
+def once(default=None):
+    """The callback of an option that may be given once: `--gpus 2 --gpus 3` is a usage
+    error, not 3 (the option is declared multiple=True to see every use)."""
+    def check(ctx, param, values):
+        if len(values) > 1:
+            shown = " ".join(f"{param.opts[0]} {v}" for v in values)
+            raise click.UsageError(f"{shown}: give {param.opts[0]} once", ctx)
+        return values[0] if values else default
+    return check
+
+
 def gpu_selection(func):
-    func = click.option("--note", "-n", default="", metavar="TEXT",
+    func = click.option("--note", "-n", metavar="TEXT", multiple=True, callback=once(""),
                         help="Free text shown in status and the queue.")(func)
-    func = click.option("--gpu-ids", "-G", metavar="IDS",
+    func = click.option("--gpu-ids", "-G", metavar="IDS", multiple=True, callback=once(),
                         help="Specific GPUs, comma-separated, e.g. 1,3 (all or nothing).")(func)
-    func = click.option("--gpus", "-g", "count", metavar="N",
+    func = click.option("--gpus", "-g", "count", metavar="N", multiple=True, callback=once(),
                         help="How many GPUs (least recently used first). Default 1.")(func)
     return func
 

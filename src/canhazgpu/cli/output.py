@@ -7,6 +7,8 @@ import json
 import os
 import sys
 
+from ..text import printable
+
 
 def is_tty(stream=None) -> bool:
     stream = stream or sys.stdout
@@ -14,6 +16,23 @@ def is_tty(stream=None) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+def width() -> int | None:
+    """The terminal's columns when stdout is one, else None (no fitting). COLUMNS wins, as
+    in shutil.get_terminal_size, which the everyday commands do not import (start-up)."""
+    if not is_tty():
+        return None
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
 
 
 _color_off = False  # --no-color
@@ -41,13 +60,13 @@ def emit_json(data) -> None:
 def warn(text: str, stream=None) -> None:
     """A note on stderr that must never kill us (the terminal may be gone after a hang-up)."""
     try:
-        print(f"canhazgpu: {text}", file=stream or sys.stderr, flush=True)
+        print(f"canhazgpu: {printable(text)}", file=stream or sys.stderr, flush=True)
     except (OSError, ValueError):
         pass
 
 
 def error(text: str) -> None:
     try:
-        print(f"Error: {text}", file=sys.stderr, flush=True)
+        print(f"Error: {printable(text)}", file=sys.stderr, flush=True)
     except (OSError, ValueError):
         pass

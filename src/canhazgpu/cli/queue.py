@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-
 import asyncclick as click
 
 from . import output
@@ -30,5 +28,5 @@ async def queue(state, as_json, all_hosts):
     if as_json:
         output.emit_json(rows)
         return
-    width = shutil.get_terminal_size().columns if output.is_tty() else None
+    width = output.width()
     output.emit(render_queue(rows, width))

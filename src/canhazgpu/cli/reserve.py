@@ -22,7 +22,7 @@ Examples:
 """)
 @gpu_selection
 @click.option("--duration", "-d", "duration_text", metavar="D",
-              help="How long: 30s, 30m, 2h, 1d, 0.5h (default 30m).")
+              help="How long: 30s, 30m, 2h, 1h30m, 1d (default 30m).")
 @click.option("--short", "-s", is_flag=True, help="Print only the GPU ids, comma-separated.")
 @click.option("--json", "-j", "as_json", is_flag=True, help="Print the reservation as JSON.")
 @click.option("--force", is_flag=True,
@@ -64,6 +64,9 @@ Examples:
 async def release(state, gpu_ids, user, force, as_json):
     """Release your reservations."""
     from ..request import parse_ids
+    if force and user is None and gpu_ids is None:
+        raise click.UsageError("--force releases someone else's reservations: say whose "
+                               "with --user NAME, or which with --gpu-ids IDS", None)
     ids = parse_ids(gpu_ids) if gpu_ids is not None else None
     released = await state.core.release(state.caller(), ids=ids, user=user, force=force)
     if as_json:

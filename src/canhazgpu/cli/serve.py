@@ -53,7 +53,7 @@ async def serve(state, embedded_redis, fake, scan_interval, print_unit, web, ver
     logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("redis").setLevel(logging.WARNING)
-    caller = state.caller()
+    caller = state.local_caller()  # the daemon itself: never asks another daemon
     if embedded_redis:
         _check_one_redis(config)
         await _warn_if_clients_move(config)
@@ -94,8 +94,9 @@ def _check_one_redis(config) -> None:
     clients use two different stores: refused."""
     from ..embedded import RedisServer
     from ..errors import InvalidRequest
+    from ..urls import store_identity
     own = RedisServer(config.state_path).url
-    if config.redis_url and config.redis_url != own:
+    if config.redis_url and store_identity(config.redis_url) != store_identity(own):
         raise InvalidRequest(
             f"--embedded-redis serves {own}, but redis_url is {config.redis.url} (set by "
             f"{config.redis.origin}), which clients would use instead: unset it, or drop "

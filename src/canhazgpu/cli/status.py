@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-
 import asyncclick as click
 
 from . import output
@@ -49,7 +47,7 @@ async def status(state, fmt, as_json, summary, follow, all_hosts):
         output.emit(render.render_summary(view))
     elif (fmt or ("table" if output.is_tty() else "lines")) == "table":
         # fitted to a terminal; whole in a pipe or a file
-        width = shutil.get_terminal_size().columns if output.is_tty() else None
+        width = output.width()
         output.emit(render.render_table(view, color=output.use_color(), width=width))
     else:
         output.emit(render.render_lines(view))

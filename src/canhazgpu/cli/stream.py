@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import sys
 import time
 
@@ -19,6 +20,7 @@ from .. import render
 from ..errors import BackendUnavailable
 from ..events import Disconnected, Event, EventHub, Resync
 from ..render import line
+from ..render.tables import cut
 from . import output
 from .lifetime import ReaderGone, until_signalled, write_line
 
@@ -145,8 +147,28 @@ class StatusFollower(Consumer):
         super().__init__(state)
         self.mode = mode  # "json", or on a terminal "table", "lines" or "summary"
         self.rows = 0  # terminal rows of the last drawing, to redraw over it
+        self.last = None  # (view, event) of the last drawing: a resize redraws it
         if mode != "json":
             self.idle_s = CLOCK_REFRESH_S
+
+    async def run(self) -> None:
+        if self.mode == "json":
+            return await super().run()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._on_resize)
+            await super().run()
+            tg.cancel_scope.cancel()
+
+    async def _on_resize(self) -> None:
+        """A terminal resized (SIGWINCH) is drawn again at once, at its new width, from the
+        top of the screen: the old drawing was re-wrapped by the terminal, its rows unknown."""
+        with anyio.open_signal_receiver(signal.SIGWINCH) as signals:
+            async for _ in signals:
+                if self.last is not None:
+                    try:
+                        self.draw(*self.last, erase="\033[H\033[J")
+                    except ReaderGone:
+                        return  # the next drawing ends the stream
 
     async def start(self) -> None:
         await self.show(None, first=True)
@@ -177,24 +199,33 @@ class StatusFollower(Consumer):
             write_line(json.dumps({**render.render_json(view),
                                    "event": event.data if event is not None else None}))
             return
+        self.last = (view, event)
+        self.draw(view, event)
+
+    def draw(self, view, event, erase: str | None = None) -> None:
+        width = max(1, shutil.get_terminal_size().columns)
         if self.mode == "summary":
             body = render.render_summary(view)
         elif self.mode == "lines":
             body = render.render_lines(view)
         else:
-            body = render.render_table(view, color=output.use_color(),
-                                       width=shutil.get_terminal_size().columns)
-        self.redraw(self.header(view, event) + "\n" + body)
+            body = render.render_table(view, color=output.use_color(), width=width)
+        self.redraw(self.header(view, event, width) + "\n" + body, width, erase)
 
-    def header(self, view, event) -> str:
+    def header(self, view, event, width: int) -> str:
+        """'HOST at 12:00:01  last: EVENT  (Ctrl+C to stop)' in one row of the terminal:
+        the event's text is cut first, then the hint, then the rest."""
         stamp = time.strftime("%H:%M:%S", time.localtime(view.now_ms / 1000))
-        last = f"  last: {line(event)}" if event is not None else ""
-        return f"{self.state.config.host_name} at {stamp}{last}  (Ctrl+C to stop)"
+        head, hint = f"{self.state.config.host_name} at {stamp}", "  (Ctrl+C to stop)"
+        room = width - len(head) - len(hint)
+        if event is not None and room >= len("  last: ") + 8:
+            head += cut(f"  last: {line(event)}", room)
+        return head + hint if len(head + hint) <= width else cut(head, width)
 
-    def redraw(self, text: str) -> None:
-        width = max(1, shutil.get_terminal_size().columns)
+    def redraw(self, text: str, width: int, erase: str | None = None) -> None:
         # Up to the first row of the last drawing, clear to the end of the screen, draw.
-        erase = f"\033[{self.rows}F\033[J" if self.rows else ""
+        if erase is None:
+            erase = f"\033[{self.rows}F\033[J" if self.rows else ""
         try:
             sys.stdout.write(erase + text + "\n")
             sys.stdout.flush()

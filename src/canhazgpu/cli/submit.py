@@ -37,13 +37,6 @@ def _complete_ids(ctx, incomplete: str, live: bool = False) -> list:
             and (not live or j.state in LIVE)]
 
 
-def _text(value: str, what: str) -> str:
-    if any(not c.isprintable() for c in value):
-        raise InvalidRequest(f"invalid {what} {value!r}: no control characters (tabs, "
-                             "newlines, escapes)")
-    return value
-
-
 @cli.command(context_settings=COMMAND_LINE, epilog="""\b
 Examples:
   canhazgpu submit --gpus 1 -- python train.py --lr 0.1     # prints the job id
@@ -62,20 +55,21 @@ this directory, with this environment. You may log out: your job agent keeps its
 @command_line
 @click.pass_obj
 async def submit(state, count, gpu_ids, note, name, after, timeout_text, command):
-    """Queue a command to run on GPUs later, detached from this terminal; prints its id."""
+    """Queue a command to run on GPUs later, detached; prints its id."""
     from ..jobs.events import publish
     from ..jobs.files import job_document
+    from ..text import check_note
     if not command:
         raise InvalidRequest("submit needs a command, e.g. canhazgpu submit --gpus 1 -- "
                              "python train.py")
     timeout_s = duration(timeout_text, "timeout", "1s") if timeout_text is not None else None
-    req = await build_request(state, count, gpu_ids, "job", 0, _text(note, "note"))
+    req = await build_request(state, count, gpu_ids, "job", 0, check_note(note))
     jobs = _jobs(state)
     deps = _after(jobs, after)
     from ..identity import user_name  # (the job's owner is who we are: no process facts)
     uid = os.getuid()
     job = jobs.create(job_document(command, req, user=user_name(uid), uid=uid,
-                                   host=state.config.host_name, name=_text(name, "name")[:100],
+                                   host=state.config.host_name, name=check_note(name, "name")[:100],
                                    after=deps, timeout_s=timeout_s))
     jobs.ensure_agent(state.config)
     await publish(state.direct, job, "job_submitted")
@@ -100,7 +94,7 @@ Examples:
 @click.option("--json", "as_json", is_flag=True, help="Print the jobs as JSON.")
 @click.pass_obj
 async def jobs_(state, show_all, as_json):
-    """Your detached jobs on this host: state, place in the queue or GPUs, exit code."""
+    """Your detached jobs on this host: state, queue place or GPUs, exit."""
     from ..jobs.files import LIVE, QUEUED, STARTING, now_ms
     from ..render.jobs import job_json, render_jobs
     jobs = _jobs(state)
@@ -207,7 +201,7 @@ Examples:
                 shell_complete=lambda c, p, i: _complete_ids(c, i, live=True))
 @click.pass_obj
 async def cancel(state, job_ids):
-    """Cancel jobs: a queued one leaves the queue, a running one is stopped."""
+    """Cancel jobs: a queued one leaves the queue, a running one stops."""
     jobs = _jobs(state)
     todo = [jobs.load(j) for j in job_ids]  # every id checked before anything changes
     grace = state.config.seconds("kill_grace")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, ProviderUnavailable
 from .base import Provider
 
 FAKE_ENV = "CANHAZGPU_FAKE_GPUS"
@@ -50,6 +50,7 @@ def _detect(fake_path: str | None) -> str:
         return "nvidia"
     if amd.available():
         return "amd"
-    raise InvalidRequest(
+    raise ProviderUnavailable(
         "no GPU provider found: NVML does not initialise and amd-smi is not on PATH; "
-        f"set CANHAZGPU_PROVIDER=nvidia|amd, or {FAKE_ENV}=FILE to stage fake GPUs")
+        "name one with --provider nvidia|amd|fake (canhazgpu admin), or the provider "
+        f"setting (CANHAZGPU_PROVIDER); {FAKE_ENV}=FILE stages fake GPUs")

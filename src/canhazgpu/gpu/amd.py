@@ -63,13 +63,14 @@ class AmdProvider:
             docs[key] = await self.run_json(*args)
 
         async with anyio.create_task_group() as tg:
-            tg.start_soon(fetch, "metric", "metric", "--mem-usage")
+            tg.start_soon(fetch, "metric", "metric", "--mem-usage", "--usage")
             tg.start_soon(fetch, "process", "process")
         memory = parse_memory(docs["metric"])
         procs = parse_processes(docs["process"])
         facts = await anyio.to_thread.run_sync(
             procinfo.describe_all, [p[0] for found in procs.values() for p in found])
-        return build_usages(len(uuids), uuids, names, memory, procs, facts)
+        return build_usages(len(uuids), uuids, names, memory, procs, facts,
+                            parse_utilization(docs["metric"]))
 
     async def run_json(self, *args: str) -> Any:
         command = [self.executable, *args, "--json"]
@@ -128,6 +129,19 @@ def parse_memory(doc: Any) -> dict[int, tuple[int | None, int | None]]:
     return memory
 
 
+def parse_utilization(doc: Any) -> dict[int, int | None]:
+    """{index: compute utilisation %} from `amd-smi metric --usage` (gfx_activity)."""
+    found = {}
+    for e in entries(doc):
+        usage = e.get("usage") if isinstance(e.get("usage"), dict) else {}
+        value = usage.get("gfx_activity")
+        if isinstance(value, dict):
+            value = value.get("value")
+        pct = _int(value)
+        found[_int(e["gpu"])] = None if pct is None else max(0, min(100, pct))
+    return found
+
+
 def parse_processes(doc: Any) -> dict[int, list[_AmdProcess]]:
     """{index: [(pid, name, VRAM MiB)]} from `amd-smi process`."""
     found: dict[int, list[_AmdProcess]] = {}
@@ -151,7 +165,8 @@ def parse_processes(doc: Any) -> dict[int, list[_AmdProcess]]:
 def build_usages(count: int, uuids: dict[int, str | None], names: dict[int, str],
                  memory: dict[int, tuple[int | None, int | None]],
                  procs: dict[int, list[_AmdProcess]],
-                 facts: dict[int, procinfo.ProcessFacts]) -> tuple[GpuUsage, ...]:
+                 facts: dict[int, procinfo.ProcessFacts],
+                 utilization: dict[int, int | None] | None = None) -> tuple[GpuUsage, ...]:
     """One GpuUsage per GPU; one whose used memory amd-smi cannot tell is in error."""
     usages = []
     for i in range(count):
@@ -162,6 +177,7 @@ def build_usages(count: int, uuids: dict[int, str | None], names: dict[int, str]
             index=i, name=names.get(i, ""), uuid=uuids.get(i),
             memory_used_mb=used or 0, memory_total_mb=total or 0, processes=found,
             error=None if used is not None else "amd-smi reports no used memory for this GPU",
+            utilization_pct=(utilization or {}).get(i),
         ))
     return tuple(usages)
 

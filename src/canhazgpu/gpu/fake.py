@@ -10,7 +10,9 @@ The file is re-read on every scan, so editing it is how a test or a demo makes
 
 GPUs not listed are idle (without a file, all are). `count` defaults to 8 and is never less
 than the highest listed index + 1. `memory_used_mb` defaults to the sum of the processes' memory. A GPU with
-`"error": "GPU is lost"` reads as a GPU the provider could not read.
+`"error": "GPU is lost"` reads as a GPU the provider could not read. `utilization_pct`
+(0-100) is the GPU's compute utilisation; left out, the GPU reports none (like a GPU
+that does not support it).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 
 import anyio
 
-from ..errors import InvalidRequest
+from ..errors import ProviderUnavailable
 from ..model import GpuProcess, GpuUsage
 
 DEFAULT_COUNT = 8
@@ -57,12 +59,12 @@ class FakeProvider:
         try:
             text = self.path.read_text(encoding="utf-8")
         except OSError as err:
-            raise InvalidRequest(
+            raise ProviderUnavailable(
                 f"fake GPU file {self.path} cannot be read: {err.strerror or err}") from None
         try:
             return json.loads(text)
         except json.JSONDecodeError as err:
-            raise InvalidRequest(f"fake GPU file {self.path} is not valid JSON: {err.msg} "
+            raise ProviderUnavailable(f"fake GPU file {self.path} is not valid JSON: {err.msg} "
                                  f"at line {err.lineno} column {err.colno}") from None
 
 
@@ -104,6 +106,8 @@ def _gpu(check: _Checker, raw: Any) -> GpuUsage:
                                      "memory_total_mb"),
         processes=procs,
         error=check.text(error, "error") if error is not None else None,
+        utilization_pct=None if raw.get("utilization_pct") is None
+        else check.number(raw["utilization_pct"], "utilization_pct", maximum=100),
     )
 
 
@@ -137,7 +141,7 @@ class _Checker:
 
     def fail(self, what: str):
         place = f" ({self.path})" if self.path else ""
-        raise InvalidRequest(f"fake GPU file {self.where}{place}: {what}")
+        raise ProviderUnavailable(f"fake GPU file {self.where}{place}: {what}")
 
     def _name(self, key: str) -> str:
         return key or "entry"

@@ -120,6 +120,7 @@ def read_gpu(nv, index: int) -> tuple[GpuUsage, dict[int, int | None]]:
         name = _text(_optional(nv, nv.nvmlDeviceGetName, handle))
         uuid = _text(_optional(nv, nv.nvmlDeviceGetUUID, handle)) or None
         memory = _optional(nv, _memory_info, nv, handle)
+        rates = _optional(nv, nv.nvmlDeviceGetUtilizationRates, handle)
         procs = _processes(nv, handle)
     except nv.NVMLError as err:
         return GpuUsage(index=index, name=name, uuid=uuid, error=str(err)), {}
@@ -127,7 +128,16 @@ def read_gpu(nv, index: int) -> tuple[GpuUsage, dict[int, int | None]]:
         index=index, name=name, uuid=uuid,
         memory_used_mb=to_mib(getattr(memory, "used", None)) or 0,
         memory_total_mb=to_mib(getattr(memory, "total", None)) or 0,
+        utilization_pct=_pct(getattr(rates, "gpu", None)),
     ), procs
+
+
+def _pct(value) -> int | None:
+    """A utilisation reading as 0..100; None when the GPU does not tell."""
+    try:
+        return None if value is None else max(0, min(100, int(value)))
+    except (TypeError, ValueError):
+        return None
 
 
 def _memory_info(nv, handle):

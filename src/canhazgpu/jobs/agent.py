@@ -58,14 +58,17 @@ class Agent:
         self.runner: socket.socket | None = None  # our end of the spare runner's socket
 
     async def main(self) -> None:
-        from ..waitqueue import shared_hub
+        from ..events import EventHub
         lock = try_lock(self.jobs.agent_lock)
         if lock is None:
             return  # another agent lives
         (self.jobs.root / "agent.pid").write_text(str(os.getpid()))
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # runners are reaped by the kernel
         log("started")
-        self.hub = shared_hub(self.core.store)
+        # One subscription for every waiter, routed to each by its reservation id (as in
+        # the daemon): a queued job costs no Redis connection
+        store = self.core.store
+        self.hub = self.core.hub = EventHub(store, (store.expired_channel,))
         async with self.hub.running(), anyio.create_task_group() as tg:
             self.tg = tg
             await tg.start(self._signals)  # the wakes ignored until now: the scan covers them
@@ -224,7 +227,7 @@ class Agent:
         try:
             with scope:
                 waiter = Waiter(self.core, req, self.caller, signals=False, reservation=res,
-                                resume=True, hub=self.hub)
+                                resume=True)
                 granted = await waiter.wait(None)
         except (LostPlace, BackendUnavailable, PoolNotInitialized) as err:
             log(f"job {job.id}: {err}; queueing it again")

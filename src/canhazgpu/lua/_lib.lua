@@ -154,7 +154,10 @@ local function publish_ended(ended, reason)
   for _, e in ipairs(ended) do
     local rid = e.h.rid
     if not by_rid[rid] then
-      by_rid[rid] = {type = reason, rid = rid, user = e.h.user, kind = e.h.kind, gpus = {}}
+      -- a release by the idle policy is a `released` event that says why
+      by_rid[rid] = {type = reason == 'idle' and 'released' or reason, rid = rid,
+                     user = e.h.user, kind = e.h.kind, gpus = {},
+                     reason = reason == 'idle' and 'idle' or nil}
       order[#order + 1] = rid
     end
     table.insert(by_rid[rid].gpus, e.gpu)

@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
+from ..text import printable
+from ..timefmt import hm
+
 if TYPE_CHECKING:
     from ..events import Event
 
@@ -28,9 +31,11 @@ def _procs(doc: dict) -> str:
 _DESCRIBE = {
     "reserved": lambda d: f"GPU {_ids(d.get('gpus'))} reserved by {d.get('user')} "
                           f"({d.get('kind')}{', re-acquired' if d.get('reacquired') else ''})",
-    "released": lambda d: f"GPU {_ids(d.get('gpus'))} released ({_owner(d)})",
+    "released": lambda d: f"GPU {_ids(d.get('gpus'))} released ({_owner(d)})"
+                          + (": idle too long" if d.get("reason") == "idle" else ""),
     "expired": lambda d: f"GPU {_ids(d.get('gpus'))} expired ({_owner(d)})",
     "reclaimed": lambda d: f"GPU {_ids(d.get('gpus'))} reclaimed ({_owner(d)}): owner died",
+    "owner": lambda d: f"GPU {_ids(d.get('gpus'))} now held by PID {d.get('pid')} ({_owner(d)})",
     "forced": lambda d: f"GPU {_ids(d.get('gpus'))} ended by a pool resize ({_owner(d)})",
     "pool_changed": lambda d: f"pool is {d.get('count')} GPUs (was {d.get('old_count')}), "
                               f"provider {d.get('provider') or '?'}",
@@ -55,6 +60,14 @@ _DESCRIBE = {
     "job_ended": lambda d: f"{_job(d)} of {d.get('user')} {d.get('state')}"
                            + (f" (exit {d['exit_code']})" if d.get("exit_code") is not None
                               else "") + (f": {d['reason']}" if d.get("reason") else ""),
+    "idle_warning": lambda d: f"GPU {_ids(d.get('gpus'))} ({_owner(d)}) idle for "
+                              f"{hm((d.get('idle_ms') or 0) / 1000)}"
+                              + (f": released in {hm(d['release_in_ms'] / 1000)} unless used"
+                                 if d.get("release_in_ms") is not None else ""),
+    "expiring": lambda d: f"GPU {_ids(d.get('gpus'))} ({_owner(d)}) expires in "
+                          f"{hm((d.get('expires_in_ms') or 0) / 1000)}",
+    "foreign_use": lambda d: f"GPU {_ids(d.get('gpus'))} reserved by {d.get('user')} is used "
+                             f"by {', '.join(d.get('users') or []) or 'unknown'}",
 }
 
 
@@ -65,14 +78,14 @@ def _job(doc: dict) -> str:
 
 def line(event: Event) -> str:
     """'#42 reserved: GPU 1,3 reserved by alice (run)': the journal's and `events`' format."""
-    return f"#{event.seq} {event.type}: {describe(event)}"
+    return f"#{event.seq} {printable(event.type)}: {describe(event)}"
 
 
 def describe(event: Event) -> str:
     """One human line for an event (its fields, without time and sequence number)."""
     doc = {**event.data, "gpus": list(event.gpus)}
     try:
-        return _DESCRIBE[event.type](doc)
+        return printable(_DESCRIBE[event.type](doc))  # names and notes are other users'
     except KeyError:
         extra = {k: v for k, v in event.data.items()
                  if k not in ("v", "seq", "host", "time_ms", "type")}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 
+from ..text import printable
 from ..timefmt import coarse
 from .tables import Column, table
 
@@ -50,5 +51,5 @@ def render_jobs(rows: Sequence[dict], now_ms: int, width: int | None = None) -> 
 
 
 def _printable(text: str) -> str:
-    """Control characters (a name or command line is the user's text) shown escaped."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in " ".join(text.split()))
+    """One line, control characters shown escaped (a name or command line is user text)."""
+    return printable(" ".join(text.split()))

@@ -12,22 +12,25 @@ from __future__ import annotations
 
 from ..gpu.models import model_of, model_provider
 from ..model import DEFAULT_THRESHOLD_MB, GpuProcess, GpuState, GpuUsage, Hold, PoolView
-from ..request import SUPERVISED
-from ..timefmt import coarse, hms, short
-from .tables import Column, fit, line
+from ..request import HEARTBEAT
+from ..text import printable
+from ..timefmt import coarse, hm, hms, short
+from .tables import Column, fit, line, rule_cells
 
 JSON_VERSION = 1
 
 # Minimum widths are the documents' own, so a table of short values matches them exactly.
 # MODEL and NOTE appear only when some GPU has one.
-# On a narrow terminal DETAILS and VALIDATION keep the most room: they say what is going on.
+# On a narrow terminal, GPU, STATUS, USER and DETAILS (until when) stay whole; the others
+# give way in this order (docs/status.md): MODEL, NOTE, TYPE, VALIDATION are cut, then
+# MODEL, NOTE, TYPE, VALIDATION, DURATION are left out; USER is cut only when nothing else is.
 COLUMNS = (Column("GPU", 3), Column("STATUS", 9),
-           Column("USER", 8, flexible=True, keep=8, least=8),
-           Column("DURATION", 11), Column("TYPE", 7),
-           Column("MODEL", 16, flexible=True, keep=8),
-           Column("DETAILS", 26, flexible=True, keep=20),
-           Column("VALIDATION", 21, flexible=True, keep=20),
-           Column("NOTE", flexible=True, keep=10))
+           Column("USER", 8, shrink=10, least=8),
+           Column("DURATION", 11, drop=9), Column("TYPE", 7, shrink=3, drop=7, least=7),
+           Column("MODEL", 16, shrink=1, drop=5, least=16),
+           Column("DETAILS", 26),
+           Column("VALIDATION", 21, shrink=4, drop=8, least=12),
+           Column("NOTE", shrink=2, drop=6, least=10))
 OPTIONAL = ("MODEL", "NOTE")
 COLORS = {"available": "\033[32m", "reserved": "\033[33m", "unreserved": "\033[31m",
           "error": "\033[31m"}
@@ -58,6 +61,13 @@ def _validation(g: GpuState, *, busy: str, idle: str, failed: str) -> str:
     return text.format(mb=usage.memory_used_mb, count=len(usage.processes), error=usage.error)
 
 
+def idle_text(g: GpuState, now_ms: int) -> str | None:
+    """'idle 2h 10m' for a held GPU whose reservation the daemon saw idle, else None."""
+    if g.hold is None or g.idle_since_ms is None:
+        return None
+    return f"idle {hm(_age_s(now_ms, g.idle_since_ms))}"
+
+
 def _pids(processes: tuple[GpuProcess, ...]) -> str:
     """'PID 1 (a), PID 2 (b) and 3 more': the first two, then a count."""
     shown = ", ".join(f"PID {p.pid} ({p.name or 'unknown'})" for p in processes[:2])
@@ -73,7 +83,7 @@ def _unreserved_usage(usage: GpuUsage) -> str:
 
 def _kind(hold: Hold) -> str:
     """The TYPE: run, manual, or `job NAME` for a named detached job (docs/jobs.md)."""
-    name = " ".join(hold.name.split())[:40]
+    name = printable(" ".join(hold.name.split()))[:40]
     return f"{hold.kind} {name}" if name else hold.kind
 
 
@@ -81,7 +91,7 @@ def _hold_detail(hold: Hold, now_ms: int, fmt) -> str:
     """What keeps a reservation alive: its heartbeat (run) or its expiry (manual)."""
     if hold.waiting:
         return "waiting for more GPUs"
-    if hold.kind in SUPERVISED:
+    if hold.kind in HEARTBEAT:
         return f"heartbeat {fmt(_age_s(now_ms, _heartbeat_ms(hold)))} ago"
     if hold.expires_ms is not None:
         return f"expires in {fmt(_age_s(hold.expires_ms, now_ms))}"
@@ -91,7 +101,7 @@ def _hold_detail(hold: Hold, now_ms: int, fmt) -> str:
 # ---------------------------------------------------------------- lines (seeds/003)
 def render_lines(view: PoolView) -> str:
     """One line per GPU and nothing else, exactly as in the documents."""
-    return "\n".join(_line(g, view.now_ms) for g in view.gpus)
+    return "\n".join(printable(_line(g, view.now_ms)) for g in view.gpus)
 
 
 def _line(g: GpuState, now_ms: int) -> str:
@@ -114,7 +124,7 @@ def _line(g: GpuState, now_ms: int) -> str:
 def _reserved_line(g: GpuState, now_ms: int) -> str:
     hold = g.hold
     detail = _hold_detail(hold, now_ms, hms)
-    if hold.kind in SUPERVISED and not hold.waiting:
+    if hold.kind in HEARTBEAT and not hold.waiting:
         detail = "last " + detail
     info = f"{_kind(hold)}, {detail}" if detail else _kind(hold)
     text = f"IN USE by {hold.user} for {hms(_age_s(now_ms, hold.start_ms))} ({info})"
@@ -136,8 +146,9 @@ def _who(users: tuple[str, ...]) -> str:
 # ---------------------------------------------------------------- table (seeds/000)
 def render_table(view: PoolView, *, color: bool = False, width: int | None = None) -> str:
     """The newer table; columns as wide as their widest value (at least the documents'),
-    MODEL and NOTE only when some GPU has one. With `width` (the terminal's), the long
-    columns are cut with an ellipsis so that the table fits (docs/status.md)."""
+    MODEL and NOTE only when some GPU has one. With `width` (the terminal's), the table
+    fits it: the less telling columns are cut (with an ellipsis) or left out, in the order
+    of COLUMNS' ranks (docs/status.md)."""
     rows = [(g.status, _cells(g, view.now_ms)) for g in view.gpus]
     shown = [i for i, col in enumerate(COLUMNS)
              if col.title not in OPTIONAL or any(cells[i] for _, cells in rows)]
@@ -145,7 +156,7 @@ def render_table(view: PoolView, *, color: bool = False, width: int | None = Non
     rows = [(status, [cells[i] for i in shown]) for status, cells in rows]
     widths = fit(columns, [cells for _, cells in rows], width)
     lines = [line([col.title for col in columns], widths, columns),
-             line(["-" * w for w in widths], widths, columns)]
+             line(rule_cells(widths), widths, columns)]
     for status, cells in rows:
         lines.append(line(cells, widths, columns, colors={1: COLORS[status]} if color else None))
     return "\n".join(lines)
@@ -155,15 +166,17 @@ def _cells(g: GpuState, now_ms: int) -> list[str]:
     usage, hold, status = g.usage, g.hold, g.status
     model = model_of(usage) or ""
     if status == "reserved":
-        seen = _validation(g, busy="{mb}MB, {count} processes", idle="no usage detected",
-                           failed="error: {error}")
-        return [str(g.gpu), "in use", hold.user, short(_age_s(now_ms, hold.start_ms)),
+        seen = idle_text(g, now_ms) or _validation(
+            g, busy="{mb}MB, {count} processes", idle="no usage detected",
+            failed="error: {error}")
+        return [str(g.gpu), "reserved", hold.user, short(_age_s(now_ms, hold.start_ms)),
                 _kind(hold), model, _hold_detail(hold, now_ms, short), seen,
                 " ".join(hold.note.split())]  # one line, whatever the note holds
     if status == "error":
-        return [str(g.gpu), "error", "", "", "", "", "", f"error: {g.error}", ""]
+        # the message in DETAILS: the column that is always shown
+        return [str(g.gpu), "error", "", "", "", "", g.error, "", ""]
     if status == "unreserved":
-        return [str(g.gpu), "in use", ",".join(usage.users) or "unknown", "", "", model,
+        return [str(g.gpu), "UNRESERVED", ",".join(usage.users) or "unknown", "", "", model,
                 "WITHOUT RESERVATION", _unreserved_usage(usage), ""]
     free = "free" if g.last_released_ms is None else \
         f"free for {coarse(_age_s(now_ms, g.last_released_ms))}"
@@ -201,13 +214,14 @@ def _gpu_json(g: GpuState, now_ms: int) -> dict:
     return {
         "id": g.gpu,
         "status": g.status,
-        "reservation": _hold_json(g.hold, now_ms) if g.hold else None,
+        "reservation": _hold_json(g, now_ms) if g.hold else None,
         "last_released_ms": g.last_released_ms,
         "free_for_s": _age_s(now_ms, g.last_released_ms) if free else None,
         "memory_used_mb": usage.memory_used_mb if usage else None,
         "memory_total_mb": usage.memory_total_mb if usage else None,
         "name": usage.name if usage else None,
         "uuid": usage.uuid if usage else None,
+        "utilization_pct": usage.utilization_pct if usage else None,
         "error": g.error,
         "users": list(usage.users) if usage else [],
         "processes": [{"pid": p.pid, "name": p.name, "user": p.user,
@@ -217,8 +231,9 @@ def _gpu_json(g: GpuState, now_ms: int) -> dict:
     }
 
 
-def _hold_json(hold: Hold, now_ms: int) -> dict:
-    beat = _heartbeat_ms(hold) if hold.kind in SUPERVISED else None
+def _hold_json(g: GpuState, now_ms: int) -> dict:
+    hold, idle = g.hold, g.idle_since_ms
+    beat = _heartbeat_ms(hold) if hold.kind in HEARTBEAT else None
     expires = hold.expires_ms
     return {
         "id": hold.rid, "user": hold.user, "uid": hold.uid, "host": hold.host,
@@ -229,6 +244,7 @@ def _hold_json(hold: Hold, now_ms: int) -> dict:
         "expires_ms": expires,
         "expires_in_s": _age_s(expires, now_ms) if expires is not None else None,
         "note": hold.note, "waiting": hold.waiting,
+        "idle_since_ms": idle, "idle_s": _age_s(now_ms, idle) if idle is not None else None,
     }
 
 

@@ -1,10 +1,10 @@
 """Text tables: columns as wide as their values, narrowed to fit the terminal. Pure.
 
-Used by the status table, the queue and the report. Without a width limit (a pipe, a file)
-nothing is ever cut. With one, the padding goes first (a column's documented minimum
-width), then flexible columns give up one character at a time, the one furthest above the
-width it should keep first (so columns end up in proportion to those widths): first down to
-that width if it can, then down to the width of its title. A cut value ends in an
+Used by the status table, the queue, the report and the hosts. Without a width limit (a
+pipe, a file) nothing is ever cut. With one, the padding goes first (a column's documented
+minimum width); then, one step at a time in the order the columns give (`shrink` and `drop`
+ranks, one sequence for both), a column is cut down to its least width or dropped, until
+the table fits. Columns with neither rank are always shown whole. A cut value ends in an
 ellipsis. What cannot fit that way overflows.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..text import printable
 from ..timefmt import short
 
 ELLIPSIS = "…"
@@ -23,36 +24,42 @@ RESET = "\033[0m"
 class Column:
     title: str
     minimum: int = 0  # padded to at least this when there is room (the documents' widths)
-    flexible: bool = False  # may be cut to fit the width
-    keep: int = 0  # a flexible column is cut below this only when all others are
-                   # (and its share of the room when every column must be cut)
-    least: int = 0  # and never below this (nor below its title)
+    shrink: int = 0  # step at which it may be cut (down to `least`); 0: never cut
+    drop: int = 0  # step at which it may be left out; 0: always shown
+    least: int = 0  # the narrowest a cut leaves it (never below its title)
     right: bool = False  # right-aligned (numbers)
 
 
 def fit(columns: Sequence[Column], rows: Sequence[Sequence[str]], limit: int | None = None,
-        gap: int = 1) -> list[int]:
-    """The width of each column, the table at most `limit` characters wide if it can be."""
-    natural = [max([len(col.title)] + [len(row[i]) for row in rows])
+        gap: int = 1) -> list[int | None]:
+    """The width of each column (None: left out), the table at most `limit` characters wide
+    if it can be: the fewest steps (cut a column, drop a column, in their ranks' order)
+    that make it fit; the cut columns give up only what is needed, the first cut first."""
+    natural = [max([len(col.title)] + [len(printable(row[i])) for row in rows])
                for i, col in enumerate(columns)]
     padded = [max(n, col.minimum) for n, col in zip(natural, columns)]
-    room = None if limit is None else limit - gap * (len(columns) - 1)
-    if room is None or sum(padded) <= room:
+    if limit is None or sum(padded) + gap * (len(columns) - 1) <= limit:
         return padded
-    widths = natural
-    keep = [max(col.keep, len(col.title)) for col in columns]
-    for floor in (keep, [max(col.least, len(col.title)) for col in columns]):
-        while sum(widths) > room:
-            narrowable = [i for i, col in enumerate(columns)
-                          if col.flexible and widths[i] > floor[i]]
-            if not narrowable:
-                break
-            widths[max(narrowable, key=lambda i: widths[i] / keep[i])] -= 1
-    slack = room - sum(widths)
+    steps = sorted([(col.shrink, "shrink", i) for i, col in enumerate(columns) if col.shrink]
+                   + [(col.drop, "drop", i) for i, col in enumerate(columns) if col.drop])
+    for taken in range(len(steps) + 1):
+        dropped = {i for _, kind, i in steps[:taken] if kind == "drop"}
+        widths = [None if i in dropped else n for i, n in enumerate(natural)]
+        shown = [w for w in widths if w is not None]
+        excess = sum(shown) + gap * (len(shown) - 1) - limit
+        for _, kind, i in steps[:taken]:
+            if kind == "shrink" and i not in dropped and excess > 0:
+                give = min(excess, max(0, widths[i] - max(columns[i].least,
+                                                          len(columns[i].title))))
+                widths[i] -= give
+                excess -= give
+        if excess <= 0:
+            break
     for i, want in enumerate(padded):  # room left over pads back towards the minimums
-        grow = max(0, min(slack, want - widths[i]))
-        widths[i] += grow
-        slack -= grow
+        if widths[i] is not None and excess < 0:
+            grow = max(0, min(-excess, want - widths[i]))
+            widths[i] += grow
+            excess += grow
     return widths
 
 
@@ -61,18 +68,26 @@ def cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[:max(0, width - 1)] + ELLIPSIS
 
 
-def line(cells: Sequence[str], widths: Sequence[int], columns: Sequence[Column], gap: int = 1,
-         colors: dict[int, str] | None = None) -> str:
-    """One row: cells cut and padded to their widths; `colors` paints cells by index (the
-    padding stays outside the colour, so columns still line up). No trailing spaces."""
+def line(cells: Sequence[str], widths: Sequence[int | None], columns: Sequence[Column],
+         gap: int = 1, colors: dict[int, str] | None = None) -> str:
+    """One row: cells cut and padded to their widths (a column of width None is left out);
+    `colors` paints cells by index (the padding stays outside the colour, so columns still
+    line up). No trailing spaces."""
     out = []
     for i, (cell, width, col) in enumerate(zip(cells, widths, columns)):
-        text = cut(cell, width)
+        if width is None:
+            continue
+        text = cut(printable(cell), width)
         pad = " " * (width - len(text))
         if colors and colors.get(i) and text:
             text = f"{colors[i]}{text}{RESET}"
         out.append(pad + text if col.right else text + pad)
     return (" " * gap).join(out).rstrip()
+
+
+def rule_cells(widths: Sequence[int | None]) -> list[str]:
+    """The dashes under the titles."""
+    return ["-" * (w or 0) for w in widths]
 
 
 def table(columns: Sequence[Column], rows: Sequence[Sequence[str]], limit: int | None = None,
@@ -81,13 +96,13 @@ def table(columns: Sequence[Column], rows: Sequence[Sequence[str]], limit: int |
     widths = fit(columns, rows, limit, gap)
     head = [line([c.title for c in columns], widths, columns, gap)]
     if rule:
-        head.append(line(["-" * w for w in widths], widths, columns, gap))
+        head.append(line(rule_cells(widths), widths, columns, gap))
     return "\n".join(head + [line(row, widths, columns, gap) for row in rows])
 
 
 # ---------------------------------------------------------------- the queue (docs/queue.md)
 QUEUE_COLUMNS = (Column("POS"), Column("USER"), Column("REQUESTED"), Column("GRANTED"),
-                 Column("WAITING"), Column("NOTE", flexible=True))
+                 Column("WAITING"), Column("NOTE", shrink=1))
 
 
 def queue_json(now_ms: int, waiters: Sequence) -> list[dict]:
@@ -130,7 +145,10 @@ def render_report(data: dict) -> str:
         return f"{head}\nNo reservations in this period."
     cells = [[u["user"], hours(u["gpu_hours"]), f"{u['percent']:.1f}%", str(u["run"]),
               str(u["manual"])] for u in data["users"]]
-    return f"{head}\n{table(REPORT_COLUMNS, cells, gap=2)}"
+    idle = ", ".join(f"{u['user']} {u['idle_released']}" for u in data["users"]
+                     if u.get("idle_released"))
+    tail = f"\nReleased for idleness (reservations): {idle}" if idle else ""
+    return f"{head}\n{table(REPORT_COLUMNS, cells, gap=2)}{tail}"
 
 
 def hours(value: float) -> str:

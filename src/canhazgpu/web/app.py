@@ -19,7 +19,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..config import Config
+from ..core import Core
 from ..errors import (BackendUnavailable, CanHazGpuError, InvalidRequest, PoolNotInitialized)
+from ..model import seen_by
 from .hosts import Hosts, UnknownHost
 from .live import Live, read_all
 from .metrics import CONTENT_TYPE, Metrics
@@ -151,22 +153,21 @@ def create_app(web: Web):
         return JSONResponse({"status": "ok", "hosts": {
             h: "ok" if st.error is None else st.error for h, st in states.items()}})
 
+    async def base() -> Core:
+        """A core on the shown hosts' Redis for views across them: this machine's when it
+        is shown (its GPUs are scanned, the others' are their daemons' snapshots)."""
+        names, here = await hosts.names(), hosts.config.host_name
+        return hosts.core(here if here in names else names[0])
+
     async def host_list(request: Request) -> JSONResponse:
-        rows = []
-        for st in await read_all(hosts, await hosts.names()):
-            doc = st.status
-            rows.append({"host": st.host, "local": hosts.local(st.host), "error": st.error,
-                         "summary": doc["summary"] if doc else None,
-                         "provider": doc["provider"] if doc else None,
-                         "scanned_ms": doc["scanned_ms"] if doc else None,
-                         "queue_length": len(st.queue) if st.queue is not None else None,
-                         "daemon": st.daemon})
-        return JSONResponse({"version": API_VERSION, "hosts": rows})
+        """The document `canhazgpu hosts --json` prints, for the hosts shown."""
+        from ..hosts import document
+        return JSONResponse(await document(await base(), await hosts.names()))
 
     async def status(request: Request) -> JSONResponse:
         from .. import render
         core = hosts.core(await known(request.path_params["host"]))
-        return JSONResponse(render.render_json(await core.view()))
+        return JSONResponse(render.render_json(seen_by(await core.view(), None)))
 
     async def queue(request: Request) -> JSONResponse:
         from .adapters import queue_rows
@@ -192,7 +193,12 @@ def create_app(web: Web):
                                 "report": await hosts.core(host).report(days)})
             except CanHazGpuError as err:
                 entries.append({"host": host, "error": str(err), "report": None})
-        return JSONResponse({"version": API_VERSION, "days": days, "hosts": entries})
+        # the hosts that could be read, together: `report --all-hosts --json`'s document
+        from ..hosts import report as across
+        readable = [e["host"] for e in entries if e["report"] is not None]
+        together = await across(await base(), days, readable) if readable else None
+        return JSONResponse({"version": API_VERSION, "days": days, "hosts": entries,
+                             "all": together})
 
     async def events(request: Request) -> Response:
         return await events_endpoint(request, web.live, await chosen(request))

@@ -193,4 +193,7 @@ async def demo(config: Config):
                 yield base, tuple(h.name for h in hosts)
                 tg.cancel_scope.cancel()
         finally:
-            await anyio.to_thread.run_sync(server.stop)
+            # shielded: after SIGTERM this runs in a cancelled scope, where an unshielded
+            # await would be cancelled before the server is stopped (left running)
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(server.stop)

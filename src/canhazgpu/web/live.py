@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 from .. import render
 from ..errors import CanHazGpuError
 from ..events import Disconnected, Event, EventHub, Message, Resync
+from ..model import seen_by
 from .adapters import daemon_up, events_since, queue_rows
 from .hosts import Hosts
 
@@ -49,7 +50,7 @@ async def read_host(hosts: Hosts, host: str) -> HostState:
     """One host's state now; an unreachable or broken host gives its error, never raises."""
     core = hosts.core(host)
     try:
-        view = await core.view()
+        view = seen_by(await core.view(), None)  # a page for everyone: no command lines
         return HostState(host, render.render_json(view), queue_rows(view),
                          await daemon_up(core.store))
     except (CanHazGpuError, RedisError) as err:

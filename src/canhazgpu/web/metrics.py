@@ -110,7 +110,14 @@ def _host_gauges(g: _Gauges, st: HostState) -> None:
                   "Memory used on a GPU that is in use without a reservation, with its users.",
                   labels + [("users", ",".join(gpu["users"]) or "unknown")],
                   gpu["memory_used_mb"] * MIB)
+        if gpu.get("utilization_pct") is not None:
+            g.add("gpu_utilization_percent", "Compute utilisation of the GPU.", labels,
+                  gpu["utilization_pct"])
         res = gpu["reservation"]
+        if res is not None and res.get("idle_s") is not None:
+            g.add("reservation_idle_seconds", "How long a reserved GPU has been idle "
+                  "(docs/idle.md), with its holder.", labels + [("user", res["user"])],
+                  res["idle_s"])
         if res is not None:
             gpus[(res["user"], res["type"])] += 1
             reservations.setdefault((res["user"], res["type"]), set()).add(res["id"])

@@ -5,7 +5,9 @@ Messages (`event:` names): `event` (a host's event document, exactly as publishe
 change), `resync` (events of a host may have been missed: re-read its state), `hosts` (the
 hosts followed, first). Each message's `id` is the client's position in every host's
 sequence, e.g. `gpu01:42,gpu02:17`; a client that reconnects with it as `Last-Event-ID`
-(browsers do that by themselves) first receives the events it missed.
+(browsers do that by themselves) first receives the events it missed. Without one,
+`?recent=N` (at most 1000) first sends the last N events of each host (the page shows its
+recent events this way).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from .live import Item, Live
 
 KEEPALIVE_S = 15.0  # a comment line this often keeps proxies from closing an idle stream
 RETRY_MS = 1000  # how soon a browser reconnects
+MAX_RECENT = 1000  # ?recent=N: the last N events of each host, replayed on connect
 
 
 def encode_cursor(cursor: dict[str, int]) -> str:
@@ -57,13 +60,19 @@ def message(kind: str, data, cursor: dict[str, int] | None = None) -> str:
 class Stream:
     """One client's stream: replay from its cursor, then live items for its hosts."""
 
-    def __init__(self, live: Live, hosts: list[str], cursor: dict[str, int], view: bool):
+    def __init__(self, live: Live, hosts: list[str], cursor: dict[str, int], view: bool,
+                 recent: int = 0):
         self.live, self.hosts, self.view = live, hosts, view
         self.given = dict(cursor)  # where the client says it is: replay from there
         self.cursor = dict(cursor)
+        self.recent = recent  # without a cursor: replay each host's last `recent` events
 
     async def __aiter__(self):
         with self.live.subscribe() as items:  # first: nothing published from now is missed
+            for host in self.hosts:
+                if self.recent and host not in self.cursor and host in self.live.seqs:
+                    start = max(0, self.live.seqs[host] - self.recent)
+                    self.given[host] = self.cursor[host] = start
             for host in self.hosts:
                 if host not in self.cursor and host in self.live.seqs:
                     self.cursor[host] = self.live.seqs[host]
@@ -128,8 +137,12 @@ async def events_endpoint(request: Request, live: Live, hosts: list[str]) -> Res
     if view not in ("0", "1"):
         raise InvalidRequest(f"invalid view {view!r}: use view=1 for status documents, "
                              "or leave it out")
+    recent = request.query_params.get("recent", "0")
+    if not recent.isdigit() or int(recent) > MAX_RECENT:
+        raise InvalidRequest(f"invalid recent {recent[:20]!r}: use a number of events from 0 "
+                             f"to {MAX_RECENT}, e.g. recent=20")
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     if request.method == "HEAD":
         return Response(media_type="text/event-stream", headers=headers)
-    return StreamingResponse(Stream(live, hosts, cursor, view == "1"),
+    return StreamingResponse(Stream(live, hosts, cursor, view == "1", int(recent)),
                              media_type="text/event-stream", headers=headers)

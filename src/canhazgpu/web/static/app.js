@@ -5,6 +5,8 @@
 
 const hosts = new Map(); // host -> {doc, section, skew}
 const ACTIVITY_MAX = 50;
+const ACTIVITY_RECENT = 20;  // events of each host shown on load, from its event stream
+const logged = new Set();  // host:seq of the events shown
 const ENDINGS = new Set(['reserved', 'released', 'expired', 'reclaimed', 'forced', 'granted']);
 let source = null;
 let reportTimer = null;
@@ -33,6 +35,13 @@ function short(seconds) { // as the CLI's table: 5s, 45m 0s, 1h 2m 15s
   return `${s}s`;
 }
 
+function hm(seconds) { // as the CLI's "idle 2h 10m": 2h 10m, 10m, 45s
+  const total = Math.max(0, Math.floor(seconds));
+  const h = Math.floor(total / 3600), m = Math.floor((total % 3600) / 60);
+  if (h) return `${h}h ${m}m`;
+  return total >= 60 ? `${m}m` : `${total}s`;
+}
+
 function coarse(seconds) {
   const total = Math.max(0, Math.floor(seconds));
   for (const [unit, size] of [['d', 86400], ['h', 3600], ['m', 60]]) {
@@ -48,6 +57,7 @@ function ids(list) { return (list || []).join(',') || '-'; }
 function who(users) {
   if (!users || !users.length) return 'user unknown';
   if (users.length === 1) return `user ${users[0]}`;
+  if (users.length === 2) return `users ${users[0]}, ${users[1]}`;  // as the CLI's lines
   return `users ${users.slice(0, -1).join(', ')} and ${users[users.length - 1]}`;
 }
 
@@ -66,7 +76,7 @@ function tick() {
     const now = serverNow(entry);
     for (const node of entry.section.querySelectorAll('[data-since]')) {
       const prefix = node.dataset.prefix || '';
-      const fmt = node.dataset.fmt === 'coarse' ? coarse : short;
+      const fmt = {coarse, hm}[node.dataset.fmt] || short;
       node.textContent = prefix + fmt((now - Number(node.dataset.since)) / 1000) + (node.dataset.suffix || '');
     }
     for (const node of entry.section.querySelectorAll('[data-until]')) {
@@ -111,8 +121,9 @@ function gpuCard(gpu) {
     rows.push(detail('For', since(res.start_ms)));
     rows.push(detail('Type', res.type));
     if (res.waiting) rows.push(detail('Details', 'granted to a request still waiting for more GPUs'));
-    else if (res.type === 'run' && res.heartbeat_ms) rows.push(detail('Heartbeat', since(res.heartbeat_ms, '', ' ago')));
+    else if (res.heartbeat_ms) rows.push(detail('Heartbeat', since(res.heartbeat_ms, '', ' ago')));
     else if (res.expires_ms) rows.push(detail('Expires in', until(res.expires_ms)));
+    if (res.idle_since_ms) rows.push(detail('Usage', since(res.idle_since_ms, 'idle ', '', 'hm')));
     if (res.note) rows.push(detail('Note', res.note));
   } else if (gpu.status === 'unreserved') {
     label = 'in use without reservation';
@@ -145,18 +156,20 @@ function gpuCard(gpu) {
 function queueTable(host, rows, nowMs) {
   const id = `queue-${slug(host)}`;
   if (!rows || !rows.length) return el('p', {class: 'muted', id, text: 'Nobody is waiting.'});
-  return el('div', {class: 'scroll'}, el('table', {id, class: 'queue'},
-    el('caption', {text: `Queue of ${host}`}),
-    el('thead', {}, el('tr', {}, ['Position', 'User', 'Request', 'Granted', 'Waiting', 'Expected', 'Note']
-      .map(t => el('th', {scope: 'col', text: t})))),
+  // One heading (the h3 above, which labels the table); on a phone each row is a card whose
+  // cells carry their column's name (style.css), so nothing hides in a sideways scroll.
+  const titles = ['Position', 'User', 'Request', 'Granted', 'Waiting', 'Expected', 'Note'];
+  const cell = (i, content) => el('td', {'data-label': titles[i]}, content);
+  return el('div', {class: 'scroll'}, el('table', {id, class: 'queue', 'aria-labelledby': `${id}-title`},
+    el('thead', {}, el('tr', {}, titles.map(t => el('th', {scope: 'col', text: t})))),
     el('tbody', {}, rows.map(r => el('tr', {},
-      el('td', {text: r.position}),
-      el('td', {text: r.user}),
-      el('td', {text: Array.isArray(r.requested) ? `GPUs ${r.requested.join(',')}` : `${r.requested} GPU(s)`}),
-      el('td', {text: ids(r.granted)}),
-      el('td', {}, since(nowMs - r.waiting_s * 1000)),
-      el('td', {text: r.eta_s === null || r.eta_s === undefined ? '' : (r.eta_s === 0 ? 'now' : `in ~${short(r.eta_s)}`)}),
-      el('td', {text: r.note || ''}))))));
+      cell(0, String(r.position)),
+      cell(1, r.user),
+      cell(2, Array.isArray(r.requested) ? `GPUs ${r.requested.join(',')}` : `${r.requested} GPU(s)`),
+      cell(3, ids(r.granted)),
+      cell(4, since(nowMs - r.waiting_s * 1000)),
+      cell(5, r.eta_s === null || r.eta_s === undefined ? '' : (r.eta_s === 0 ? 'now' : `in ~${short(r.eta_s)}`)),
+      cell(6, r.note || ''))))));
 }
 
 function warnings(doc) {
@@ -193,7 +206,7 @@ function drawHost(host) {
     parts.push(warnings(doc));
     parts.push(el('h3', {class: 'visually-hidden', text: `GPUs of ${host}`}));
     parts.push(el('div', {class: 'gpus'}, doc.gpus.map(gpuCard)));
-    parts.push(el('h3', {text: 'Queue'}));
+    parts.push(el('h3', {id: `queue-${slug(host)}-title`, text: 'Queue'}));
     parts.push(queueTable(host, state.queue, doc.time_ms));
   } else if (!state.error) {
     parts.push(el('p', {class: 'muted', text: 'Reading…'}));
@@ -255,6 +268,9 @@ function describe(ev) {
 }
 
 function logEvent(ev) {
+  const key = `${ev.host}:${ev.seq}`;  // the recent events come again after a reconnect
+  if (logged.has(key)) return;
+  logged.add(key);
   const list = document.getElementById('activity');
   const time = new Date(ev.time_ms).toLocaleTimeString();
   list.prepend(el('li', {}, el('time', {datetime: new Date(ev.time_ms).toISOString(), text: time}),
@@ -265,7 +281,8 @@ function logEvent(ev) {
 }
 
 function connect() {
-  source = new EventSource('/api/v1/events?view=1');
+  // the last events of each host first (from the hosts' event streams), then live ones
+  source = new EventSource(`/api/v1/events?view=1&recent=${ACTIVITY_RECENT}`);
   source.addEventListener('open', () => setConnection('live', 'Live'));
   source.addEventListener('error', () => {
     if (source.readyState === EventSource.CLOSED) {
@@ -308,25 +325,20 @@ async function loadReport() {
     total.textContent = `The report could not be read: ${err.message}`;
     return;
   }
-  const users = new Map();
-  const failed = [];
-  for (const entry of data.hosts) {
-    if (!entry.report) { failed.push(entry.host); continue; }
-    for (const u of entry.report.users) users.set(u.user, (users.get(u.user) || 0) + u.gpu_hours);
-  }
-  const rows = [...users.entries()].sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]));
-  const sum = rows.reduce((acc, [, h]) => acc + h, 0);
-  const top = rows.length ? rows[0][1] : 0;
-  total.textContent = `${sum.toFixed(2)} GPU hours in total` +
+  // every readable host together, summed by the server as `report --all-hosts` sums them
+  const failed = data.hosts.filter(entry => !entry.report).map(entry => entry.host);
+  const rows = data.all ? data.all.users : [];
+  const top = rows.length ? Math.max(...rows.map(u => u.gpu_hours)) : 0;
+  total.textContent = `${hours(data.all ? data.all.total_gpu_hours : 0)} GPU hours in total` +
     (failed.length ? ` (not counted: ${failed.join(', ')})` : '') +
     (rows.length ? '' : '; no reservations in this period.');
-  body.replaceChildren(...rows.map(([user, h]) => {
+  body.replaceChildren(...rows.map(u => {
     const fill = el('span', {class: 'fill'});
-    fill.style.width = `${top ? (100 * h) / top : 0}%`;
+    fill.style.width = `${top ? (100 * u.gpu_hours) / top : 0}%`;
     return el('tr', {},
-      el('th', {scope: 'row', text: user}),
-      el('td', {}, el('div', {class: 'hbar', 'aria-hidden': 'true'}, fill), el('span', {text: hours(h)})),
-      el('td', {text: `${sum ? ((100 * h) / sum).toFixed(1) : '0.0'}%`}));
+      el('th', {scope: 'row', text: u.user}),
+      el('td', {}, el('div', {class: 'hbar', 'aria-hidden': 'true'}, fill), el('span', {text: hours(u.gpu_hours)})),
+      el('td', {text: `${u.percent.toFixed(1)}%`}));
   }));
 }
 

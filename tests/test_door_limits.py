@@ -1,0 +1,122 @@
+"""Per-user limits of the daemon, tried by another uid (issue 15): nobody's flood of
+waiters and event subscriptions stops at its limits with one line naming them, while
+root's commands go on; closing the connections gives every place back."""
+
+from __future__ import annotations
+
+import json
+import stat
+import sys
+from dataclasses import replace
+
+import anyio
+import pytest
+
+from canhazgpu.api.client import RemoteCore
+from canhazgpu.core import Request
+from eventtools import Lines, Recorder, reap, running_daemon, stop
+from otheruser import NOBODY as NOBODY_UID
+from otheruser import nobody_runs as as_nobody
+from otheruser import needs_root, open_dir  # noqa: F401 (fixture)
+
+pytestmark = [pytest.mark.anyio, needs_root]
+NOBODY = ["setpriv", "--reuid", str(NOBODY_UID), "--regid", str(NOBODY_UID), "--clear-groups"]
+
+# As nobody: open WAITERS queued requests, then EVENTS subscriptions, each until refused;
+# print what happened as one JSON line, and hold everything open until stdin closes.
+FLOOD = """
+import json, socket, sys
+path, waiters, events = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+def request(op, args):
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(path)
+    sock.sendall(json.dumps({"v": 1, "op": op, "args": args}).encode() + b"\\n")
+    data = b""
+    while True:
+        data += sock.recv(65536)
+        for line in data.splitlines():
+            doc = json.loads(line)
+            if "error" in doc or "enqueued" in doc or doc.get("event", 1) is None:
+                return sock, doc
+held, out = [], {}
+for op, n, args in (("acquire", waiters, {"request": {"count": 1, "duration_s": 60},
+                                          "wait_s": "inf"}),
+                    ("events", events, {})):
+    for i in range(n):
+        sock, doc = request(op, args)
+        held.append(sock)
+        if "error" in doc:
+            out[op] = {"ok": i, "error": doc["error"]}
+            break
+    else:
+        out[op] = {"ok": n}
+print(json.dumps(out), flush=True)
+sys.stdin.read()
+"""
+
+
+async def test_one_users_flood_stops_at_its_limits(pool, config, env, open_dir, me):
+    config = replace(config, api_socket=str(open_dir / "api.sock"), user_waiters=20,
+                     user_connections=50)
+    await pool.allocate(Request(count=8, duration_s=600), me)
+    async with running_daemon(config), Recorder(pool.store).running() as rec:
+        async with await anyio.open_process(
+                [*NOBODY, sys.executable, "-c", FLOOD, config.api_socket, "25", "60"],
+                env=env) as flood:
+            with anyio.fail_after(60):
+                line = await flood.stdout.receive()
+            out = json.loads(line)
+            # 20 places in the queue, then one line naming the limit and the use
+            assert out["acquire"]["ok"] == 20, out
+            err = out["acquire"]["error"]
+            assert err["type"] == "LimitReached" and err["exit_code"] == 1
+            assert "uid 65534 has 20, the limit is 20" in err["message"]
+            assert "user_waiters" in err["message"]
+            # connections: the 20 waiters, then 30 subscriptions (a refused request ends)
+            assert out["events"]["ok"] == 30 and "user_connections" in \
+                out["events"]["error"]["message"], out
+            # root goes on meanwhile
+            remote = RemoteCore(config, config.api_socket)
+            with anyio.fail_after(10):
+                assert len((await remote.view()).gpus) == 8
+                assert len((await remote.queue())[1]) == 20
+            await flood.stdin.aclose()
+            await flood.wait()
+            for _ in range(20):  # every place given back with its connection
+                await rec.until(lambda e: e.type == "left", timeout=20)
+        assert not (await pool.queue())[1]
+
+
+async def test_the_quick_start_is_private_and_nobody_works_through_the_daemon(
+        cli, env, open_dir):
+    """The README's quick start as root: the state directory is 0700 whatever the umask,
+    nobody cannot reach its Redis, and nobody's doctor, status and reserve work through the
+    daemon without being told to loosen anything."""
+    state = open_dir / "quick"
+    own = {k: v for k, v in env.items() if k not in ("CANHAZGPU_REDIS_URL",
+                                                     "CANHAZGPU_FAKE_GPUS")}
+    own.update(CANHAZGPU_STATE_DIR=str(state), CANHAZGPU_API_SOCKET=str(open_dir / "q.sock"))
+    (open_dir / "config.toml").write_text("")
+    (open_dir / "config.toml").chmod(0o644)
+    own["CANHAZGPU_CONFIG"] = str(open_dir / "config.toml")
+    daemon = await anyio.open_process([*cli.argv("serve", "--embedded-redis", "--fake", "8")],
+                                      env=own)
+    try:
+        lines = Lines(daemon.stderr)
+        await lines.until(lambda line: "serving host" in line, timeout=30)
+        assert stat.S_IMODE(state.stat().st_mode) == 0o700
+        nobody = {**own, "HOME": str(open_dir)}
+        code, out, err = await as_nobody(nobody, "doctor")
+        assert code == 0, (out, err)
+        assert "behind the daemon" in out and "permission" not in (out + err).lower()
+        await as_nobody(nobody, "reserve", "--gpus", "1", check=0)
+        code, out, _ = await as_nobody(nobody, "status", "--json", check=0)
+        assert [g["reservation"]["user"] for g in json.loads(out)["gpus"]
+                if g.get("reservation")] == ["nobody"]
+        code, _, err = await as_nobody({**nobody, "CANHAZGPU_CLIENT": "direct"}, "status")
+        assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
+        assert "chmod" not in err and "permissions" not in err
+    finally:
+        await stop(daemon)
+        await reap(daemon)
+
