@@ -84,17 +84,25 @@ class Jobs:
         return [self.doc(i) for i in ids]
 
     def kill_all(self) -> None:
+        """The agent, and every running job: SIGTERM to its runner, which stops the
+        command's process group and gives the GPUs back (SIGKILL if it takes too long)."""
         pid = self.dir.agent_pid()
         if pid:
             _kill(pid)
-        for job in self.dir.all():
-            if job.runner_alive() and job.doc.get("runner_pid"):
-                _kill(-int(job.doc["runner_pid"]))  # its session: the command too
+        live = [j for j in self.dir.all() if j.runner_alive() and j.doc.get("runner_pid")]
+        for job in live:
+            _kill(int(job.doc["runner_pid"]), signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while any(j.runner_alive() for j in live) and time.monotonic() < deadline:
+            time.sleep(0.05)  # (teardown: waiting on the runners' locks, with a deadline)
+        for job in live:
+            if job.runner_alive():
+                _kill(-int(job.doc["runner_pid"]))
 
 
-def _kill(pid: int) -> None:
+def _kill(pid: int, signum: int = signal.SIGKILL) -> None:
     try:
-        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, signum)
     except OSError:
         pass
 

@@ -48,6 +48,7 @@ class Supervisor:
     output: int | None = None
     term_grace: bool = False
     terminated: Callable[[], bool] | None = None  # a SIGTERM came before forwarding began
+    group: bool = False  # the command in a process group of its own, signalled whole
 
     async def run(self, argv: list[str]) -> int:
         """Run argv to completion; returns its exit code (128+N when killed by signal N)."""
@@ -56,7 +57,8 @@ class Supervisor:
         try:
             try:
                 proc = await anyio.open_process(argv, stdin=None, stdout=self.output,
-                                                stderr=self.output, env=env, cwd=self.cwd)
+                                                stderr=self.output, env=env, cwd=self.cwd,
+                                                start_new_session=self.group)
             except FileNotFoundError:
                 raise CommandFailed(f"command not found: {argv[0]}", 127) from None
             except PermissionError:
@@ -107,26 +109,36 @@ class Supervisor:
     async def _forward_signals(self, proc, tg) -> None:
         with anyio.open_signal_receiver(*FORWARDED) as signals:
             if self.terminated is not None and self.terminated():
-                proc.send_signal(signal.SIGTERM)
+                self._signal(proc, signal.SIGTERM)
                 tg.start_soon(self._kill_after_grace, proc)
             async for signum in signals:
                 # Ctrl+C at the terminal already reached the command (same process group).
                 if signum in (signal.SIGINT, signal.SIGQUIT) and _keyboard_signal():
                     continue
                 if proc.returncode is None:
-                    proc.send_signal(signum)
+                    self._signal(proc, signum)
                     if signum == signal.SIGTERM and self.term_grace:
                         tg.start_soon(self._kill_after_grace, proc)
+
+    def _signal(self, proc, signum: int) -> None:
+        """The command (with `group`: its whole process group, what it started too)."""
+        if not self.group:
+            proc.send_signal(signum)
+            return
+        try:
+            os.killpg(proc.pid, signum)
+        except ProcessLookupError:
+            pass
 
     async def _kill_after_grace(self, proc) -> None:
         await anyio.sleep(self.kill_grace_s)
         if proc.returncode is None:
-            proc.kill()
+            self._signal(proc, signal.SIGKILL)
 
     async def _enforce_timeout(self, proc) -> None:
         await anyio.sleep(self.timeout_s)
         self.warn(f"time limit reached; sending SIGTERM (SIGKILL in {self.kill_grace_s:g}s)")
-        proc.send_signal(signal.SIGTERM)
+        self._signal(proc, signal.SIGTERM)
         await self._kill_after_grace(proc)
 
     async def _release(self) -> None:

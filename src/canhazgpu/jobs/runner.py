@@ -93,7 +93,7 @@ async def run(job: Job, lock_fd: int, core, caller) -> int:
                          timeout_s=doc.get("timeout_s"),
                          kill_grace_s=config.seconds("kill_grace"), renew_at_start=True,
                          env=doc["env"], cwd=doc["cwd"], output=write_fd, term_grace=True,
-                         terminated=lambda: bool(EARLY_TERM))
+                         terminated=lambda: bool(EARLY_TERM), group=True)
         os.umask(int(doc.get("umask", 0o022)))
         async with anyio.create_task_group() as tg:
             tg.start_soon(pump, read_fd, log)

@@ -9,10 +9,12 @@ from ..text import printable
 from ..timefmt import coarse
 from .tables import Column, table
 
-COLUMNS = (Column("ID", right=True), Column("NAME", flexible=True, keep=12),
+# On a narrow terminal: the command is cut first, then the name; then the submitted and
+# ended times are left out
+COLUMNS = (Column("ID", right=True), Column("NAME", shrink=2, least=6),
            Column("STATE"), Column("WHERE"), Column("EXIT", right=True),
-           Column("SUBMITTED"), Column("STARTED"), Column("ENDED"),
-           Column("COMMAND", flexible=True, keep=20, least=10))
+           Column("SUBMITTED", drop=4), Column("STARTED"), Column("ENDED", drop=3),
+           Column("COMMAND", shrink=1, least=10))
 
 
 def job_json(doc: dict, position: int | None) -> dict:
