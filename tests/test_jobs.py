@@ -233,7 +233,9 @@ async def test_agent_killed_mid_sweep_loses_nothing_runs_nothing_twice(jobs, tmp
         await jobs.until(lambda: jobs.dir.agent_pid() is None, "the agent gone")
         jobs.start_agent()  # what the next submit or `canhazgpu jobs` does
     docs = await jobs.ended(*ids)
-    assert [d["state"] for d in docs] == ["done"] * 30
+    assert [d["state"] for d in docs] == ["done"] * 30, [
+        (d["id"], d["state"], d.get("exit_code"), d.get("reason")) for d in docs
+        if d["state"] != "done"] + [await jobs.describe()]
     assert sorted(map(int, lines_of(order))) == ids
 
 
