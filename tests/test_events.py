@@ -104,6 +104,13 @@ SAMPLES = {
                  "GPU 1 (alice, manual) expires in 10m"),
     "foreign_use": ({"gpus": [3], "user": "alice", "users": ["bob"]},
                     "GPU 3 reserved by alice is used by bob"),
+    "job_submitted": ({"job": 7, "name": "lr0.1", "user": "alice"},
+                      "job 7 (lr0.1) submitted by alice"),
+    "job_started": ({"job": 7, "user": "alice", "gpus": [0, 1]},
+                    "job 7 of alice started on GPU 0,1"),
+    "job_ended": ({"job": 7, "user": "alice", "state": "cancelled",
+                   "reason": "dependency 6 failed (exit 3)"},
+                  "job 7 of alice cancelled: dependency 6 failed (exit 3)"),
 }
 
 

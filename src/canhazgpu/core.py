@@ -390,6 +390,10 @@ class Core:
         _, data = await self._script("leave", wid=wid, reason=reason)
         return json.loads(data)
 
+    async def job_event(self, event: dict) -> None:
+        """Publish a detached job's step (job_submitted/started/ended, docs/jobs.md)."""
+        await self._script("job_event", event=json.dumps(event))
+
     # ------------------------------------------------------------------ notifications
     async def notify(self, caller: Caller, op: str, **args):
         """The caller's own notification rules (docs/notify.md): op add (channel, url,

@@ -26,6 +26,8 @@ TYPES = (
     "reserved", "released", "expired", "reclaimed", "forced", "pool_changed", "owner",
     # the queue
     "queued", "granted", "left",
+    # detached jobs (canhazgpu submit, docs/jobs.md)
+    "job_submitted", "job_started", "job_ended",
     # GPU truth (published by the daemon's scanner)
     "unreserved_detected", "unreserved_cleared", "usage_changed", "gpu_error", "gpu_recovered",
     # reservations as the scanner sees them (idle.py): use it or lose it, expiry, intruders

@@ -61,6 +61,7 @@ class Hold:
     note: str = ""
     waiting: bool = False  # granted to a queued request that still waits for the rest
     machine: str = ""  # the real machine that made it (a daemon judges only its own PIDs)
+    name: str = ""  # a detached job's name (kind "job")
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,11 @@ from .timefmt import MAX_DURATION_S
 
 # What a reservation is: manual (a duration), or held by a living process's heartbeat: a
 # `run` supervisor, a Python program (the Python API) or a Jupyter kernel (its provisioner).
-KINDS = ("run", "manual", "python", "kernel")
+# A detached `job` (docs/jobs.md) is held by its runner's heartbeat too, but the pid in its
+# record is its agent's (which may die while the job runs): only its lease ends it.
+KINDS = ("run", "job", "manual", "python", "kernel")
 HELD_BY_PROCESS = ("run", "python", "kernel")  # heartbeat leases; the owner pid is watched
+HEARTBEAT = (*HELD_BY_PROCESS, "job")  # leases kept by a heartbeat, not by a duration
 
 
 @dataclass(frozen=True)

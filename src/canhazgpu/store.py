@@ -31,6 +31,7 @@ ARGS = {
     "queue_heartbeat": ("wids", "ttl_ms"),
     "leave": ("wid", "reason"),
     "usage": ("snapshot", "busy", "events"),
+    "job_event": ("event",),
     "register": ("op", "entry"),  # the one script on REGISTRY_KEY instead of the host's keys
     "notify": ("op", "uid", "user", "rule"),  # on the host's notify key alone (notify/)
 }
@@ -510,7 +511,7 @@ def _hold(gpu: int, raw: dict, waiting: set) -> Hold:
                 heartbeat_ms=int(raw.get("heartbeat_ms", 0)),
                 expires_ms=int(expires) if expires else None,
                 note=str(raw.get("note") or ""), waiting=raw["rid"] in waiting,
-                machine=str(raw.get("machine", "")))
+                machine=str(raw.get("machine", "")), name=str(raw.get("name") or ""))
 
 
 def _waiter(wid: str, raw: dict, deadline_ms: int, granted: tuple[int, ...]) -> Waiter:
