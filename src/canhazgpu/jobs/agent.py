@@ -59,18 +59,22 @@ class Agent:
 
     async def main(self) -> None:
         from ..events import EventHub
+        from ..waitqueue import QueueBeats
         lock = try_lock(self.jobs.agent_lock)
         if lock is None:
             return  # another agent lives
         (self.jobs.root / "agent.pid").write_text(str(os.getpid()))
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # runners are reaped by the kernel
         log("started")
-        # One subscription for every waiter, routed to each by its reservation id (as in
-        # the daemon): a queued job costs no Redis connection
+        # One subscription for every waiter, routed to each by its reservation id, and one
+        # heartbeat script for all their places (as in the daemon): a queued job costs no
+        # Redis connection and no script of its own
         store = self.core.store
         self.hub = self.core.hub = EventHub(store, (store.expired_channel,))
+        self.core.beats = QueueBeats(self.core)
         async with self.hub.running(), anyio.create_task_group() as tg:
             self.tg = tg
+            await tg.start(self.core.beats.run)
             await tg.start(self._signals)  # the wakes ignored until now: the scan covers them
             idle_since = anyio.current_time()
             while True:
