@@ -91,9 +91,10 @@ async def test_every_event_type_in_order_with_consecutive_sequence_numbers(
 
     seqs = [e.seq for e in rec.seen]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
-    # the scanner's reservation events (idle warning, expiry, intruders): tests/test_idle.py
-    assert {e.type for e in rec.seen} == set(TYPES) - {"idle_warning", "expiring",
-                                                        "foreign_use"}
+    # the scanner's reservation events (idle warning, expiry, intruders): tests/test_idle.py;
+    # the detached jobs' events: tests/test_jobs.py
+    assert {e.type for e in rec.seen} == set(TYPES) - {
+        "idle_warning", "expiring", "foreign_use", "job_submitted", "job_started", "job_ended"}
     assert detected.gpus == (1,) and detected.data["users"] == ["bob"]
     assert cleared.data["status"] == "available"
     assert error.data["error"] == "GPU is lost"

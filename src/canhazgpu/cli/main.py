@@ -195,7 +195,7 @@ COMMANDS = {
     "help": ("manual", "Read the documentation of a command or topic."),
     "hosts": ("hosts", "Every host sharing this Redis: its GPUs, queue and daemon."),
     "kernelspec": ("kernelspec", "Jupyter kernels on GPUs reserved for the kernel's life."),
-    "jobs": ("submit", "Your detached jobs on this host: state, queue place or GPUs, exit."),
+    "jobs": ("submit", "Your detached jobs: state, queue place or GPUs, exit code."),
     "logs": ("submit", "Print a job's output (the latest 4-8 MiB are kept)."),
     "notify": ("notify", "Your notifications: add, list, remove or test a channel."),
     "queue": ("queue", "Show who is waiting for GPUs, in order."),
