@@ -12,14 +12,17 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, replace
 from importlib import metadata
+from typing import TYPE_CHECKING
 
 import anyio
 
 from .accounting import summarize
-from .core import Core
 from .errors import BackendUnavailable, CanHazGpuError, InvalidRequest, NotOwner
 from .identity import Caller
 from .model import PoolView, Usage
+
+if TYPE_CHECKING:
+    from .core import Core
 
 HEARTBEAT_S = 5.0  # a serving daemon refreshes its entry this often
 STALE_MS = 15_000  # a daemon silent this long is shown down (killed, or cut off from Redis)
@@ -82,10 +85,12 @@ async def register(core: Core, op: str) -> None:
         "machine": socket.gethostname()})
 
 
-async def retire(core: Core, caller: Caller) -> str:
-    """Take the core's host out of the registry (admin only; its daemon must be stopped).
-    Its pool and history stay in Redis: `admin --gpus N` on it registers it again."""
-    host = core.config.host_name
+async def retire(core: Core, caller: Caller, host: str | None = None) -> str:
+    """Take `host` (default: the core's) out of the registry (admin only; its daemon must
+    be stopped). Its pool and history stay in Redis: `admin --gpus N` on it registers it
+    again."""
+    host = host or core.config.host_name
+    core = host_core(core, host)
     if not caller.is_admin:
         raise NotOwner("admin --retire is for root or the admin group only")
     entries = await core.store.registry()
@@ -130,6 +135,7 @@ def host_core(core: Core, host: str) -> Core:
     """The Core of `host` on `core`'s connections (core itself for its own host)."""
     if host == core.config.host_name:
         return core
+    from .core import Core  # (imported here: a client of the daemon never needs it)
     return Core(replace(core.config, host=host), store=core.store.for_host(host))
 
 
@@ -165,10 +171,7 @@ async def views(core: Core, names: list[str] | None = None) -> tuple[int, list[H
         entry = entries.get(name, {})
         hcore = host_core(core, name)
         try:
-            if hcore is core:
-                view = await core.view()
-            else:
-                view = await hcore.view(await snapshot_usage(hcore))
+            view = await hcore.host_view(here=hcore is core)  # one read per host
         except BackendUnavailable:
             raise  # Redis itself: one line for the whole command
         except CanHazGpuError as err:  # no pool there, corrupt state: this host only
@@ -182,7 +185,11 @@ async def views(core: Core, names: list[str] | None = None) -> tuple[int, list[H
 async def queues(core: Core, names: list[str] | None = None) -> list[tuple[str, int, tuple]]:
     """(host, Redis time, its waiters) for each host."""
     names = await host_names(core, names)
-    found = await _each(names, lambda n: host_core(core, n).queue())
+
+    async def read(name: str) -> tuple[int, tuple]:
+        state, _ = await host_core(core, name).store.read_view()  # one read per host
+        return state.now_ms, state.queue
+    found = await _each(names, read)
     return [(n, *found[n]) for n in names]
 
 

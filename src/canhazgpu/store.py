@@ -33,6 +33,7 @@ ARGS = {
     "usage": ("snapshot", "busy", "events"),
     "register": ("op", "entry"),  # the one script on REGISTRY_KEY instead of the host's keys
     "notify": ("op", "uid", "user", "rule"),  # on the host's notify key alone (notify/)
+    "view": ("lease_prefix",),  # read-only: one host's state and snapshot in one reply
 }
 # The registry of hosts (hosts.py): one hash, host -> its entry, outside every host's slot.
 REGISTRY_KEY = "canhazgpu:hosts"
@@ -193,6 +194,11 @@ class Store:
         return await self._call(name, self.keys_for(span), args)
 
     async def _call(self, name: str, keys: list[str], args: dict) -> tuple[str, str]:
+        reply = await self._eval(name, keys, args)
+        return reply[0], (reply[1] if len(reply) > 1 else "")
+
+    async def _eval(self, name: str, keys: list[str], args: dict) -> list:
+        """Script `name`'s whole reply: a list whose first item is its status."""
         if set(args) != set(ARGS[name]):
             raise TypeError(f"script {name} takes {ARGS[name]}, not {tuple(args)}")
         if name not in self._scripts:
@@ -200,8 +206,8 @@ class Store:
         argv = [self.channel, self.host, *(str(args[a]) for a in ARGS[name])]
         reply = await self.guard(self._scripts[name](keys=keys, args=argv))
         if not isinstance(reply, list) or not reply or not isinstance(reply[0], str):
-            raise CorruptState(f"script {name} returned {reply!r}")
-        return reply[0], (reply[1] if len(reply) > 1 else "")
+            raise CorruptState(f"script {name} returned {str(reply)[:80]!r}")
+        return reply
 
     async def guard(self, awaitable):
         """Await a Redis call; every Redis failure becomes one line naming the URL."""
@@ -316,6 +322,37 @@ class Store:
         return self._decode_state(now_ms, count, pool, holds, released, order, waiters,
                                   dict(deadlines), leases)
 
+    async def read_view(self) -> tuple[State, Usage | CorruptState | None]:
+        """read_state() and read_usage() at one instant, in one read (view.lua: one
+        round trip, routed by key on a cluster): the views across hosts read each host so.
+        The snapshot is None when there is none, a CorruptState when it cannot be read
+        (raised by the caller that needs it: the state is still good)."""
+        reply = await self._eval("view", self.keys_for(0),
+                                 {"lease_prefix": self.key("lease:")})
+        try:
+            (_, now, pool, holds, released, order, waiters, deadlines, leases,
+             (doc, scanned)) = reply
+            now_ms = int(now)
+            pool, holds, released, waiters = map(_pairs, (pool, holds, released, waiters))
+            deadlines = {w: float(s) for w, s in _pairs(deadlines).items()}
+        except (TypeError, ValueError):
+            raise CorruptState(f"script view returned {str(reply)[:80]!r}") from None
+        count = _int(self.key("pool"), pool.get("count", "0"))
+        state = self._decode_state(now_ms, count, pool, holds, released, order, waiters,
+                                   deadlines, leases)
+        try:
+            return state, self._snapshot(doc, scanned)
+        except CorruptState as err:
+            return state, err
+
+    def _snapshot(self, doc, scanned) -> Usage | None:
+        if not doc:
+            return None
+        try:
+            return Usage.from_json({**json.loads(doc), "scanned_ms": int(scanned)})
+        except (TypeError, ValueError, KeyError, AttributeError):
+            raise CorruptState(_corrupt(self.key("snapshot"), "doc", doc)) from None
+
     def _decode_state(self, now_ms, count, pool, holds, released, order, waiters,
                       deadlines, leases) -> State:
         corrupt: dict[int, str] = {}
@@ -381,13 +418,7 @@ class Store:
         """(Redis time now, the daemon's last snapshot or None), both in Redis's clock."""
         (secs, micros), (doc, scanned) = await self.at_once(
             lambda pipe: pipe.time().hmget(self.key("snapshot"), "doc", "scanned_ms"))
-        now_ms = int(secs) * 1000 + int(micros) // 1000
-        if not doc:
-            return now_ms, None
-        try:
-            return now_ms, Usage.from_json({**json.loads(doc), "scanned_ms": int(scanned)})
-        except (TypeError, ValueError, KeyError, AttributeError):
-            raise CorruptState(_corrupt(self.key("snapshot"), "doc", doc)) from None
+        return int(secs) * 1000 + int(micros) // 1000, self._snapshot(doc, scanned)
 
     async def events_since(self, seq: int, limit: int = 10000) -> list[dict]:
         """The host's events after `seq`, oldest first, from its capped stream (the newest
@@ -478,6 +509,11 @@ def _slot_trouble(err: BaseException) -> bool:
 # ---------------------------------------------------------------------- decoding
 def _corrupt(key: str, field: str, raw) -> str:
     return f"corrupt value in Redis key {key} field {field}: {str(raw)[:60]!r}"
+
+
+def _pairs(flat: list) -> dict:
+    """A hash as a script returns it (HGETALL's field, value, ...) as a dict."""
+    return dict(zip(flat[::2], flat[1::2]))
 
 
 def _int(key: str, raw) -> int:
