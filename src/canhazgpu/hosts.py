@@ -103,10 +103,10 @@ async def retire(core: Core, caller: Caller, host: str | None = None) -> str:
     return host
 
 
-def one_host(core: Core) -> None:
+def one_host(config) -> None:
     """A command that changes a pool works on one host: --host a,b is for the views."""
-    if "," in core.config.host_name:
-        raise InvalidRequest(f"invalid --host {core.config.host_name!r}: a list of hosts is "
+    if "," in config.host_name:
+        raise InvalidRequest(f"invalid --host {config.host_name!r}: a list of hosts is "
                              "for status, queue and report; name one host here")
 
 
@@ -114,7 +114,7 @@ async def check_here(core: Core) -> None:
     """Refuse to reserve GPUs of a host registered from another machine: CUDA_VISIBLE_DEVICES,
     the job's PID and the caller's account only mean something on the machine that runs
     the job (docs/hosts.md). A host not registered, or registered from here, is ours."""
-    one_host(core)
+    one_host(core.config)
     entry = await core.store.registry_entry()
     machine = entry.get("machine") if entry else None
     if machine and machine != socket.gethostname():
@@ -201,6 +201,29 @@ async def report(core: Core, days: float, names: list[str] | None = None) -> dic
     now = max((found[n][2] for n in names), default=await core.store.time_ms())
     since = min((found[n][1] for n in names), default=now - int(days * 86400 * 1000))
     return {**summarize(rows, since, now, days), "hosts": names}
+
+
+class DirectHosts:
+    """The views across hosts read here, on the connections of `core` (direct mode); a
+    daemon answers the same calls for its clients (api/client.py RemoteHosts)."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    async def document(self, names: list[str] | None = None) -> dict:
+        return await document(self.core, names)
+
+    async def views(self, names: list[str] | None = None) -> tuple[int, list[HostView]]:
+        return await views(self.core, names)
+
+    async def queues(self, names: list[str] | None = None) -> list[tuple[str, int, tuple]]:
+        return await queues(self.core, names)
+
+    async def report(self, days: float, names: list[str] | None = None) -> dict:
+        return await report(self.core, days, names)
+
+    async def retire(self, caller: Caller, host: str | None = None) -> str:
+        return await retire(self.core, caller, host)
 
 
 HOSTS_JSON_VERSION = 1
