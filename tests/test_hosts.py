@@ -226,3 +226,5 @@ async def test_one_read_of_a_host_gives_what_read_state_and_read_usage_give(thre
         await core.store.read_view()
     with pytest.raises(CorruptState, match="pool"):
         await core.store.read_state()
+    _, found = await hosts.views(three["alpha"], ["gamma", "beta"])
+    assert "canhazgpu:{gamma}:pool" in found[0].error and found[1].view is not None

@@ -205,12 +205,15 @@ class Core:
         return PoolView(now_ms=state.now_ms, gpus=gpus, provider=state.provider,
                         scanned_ms=usage.scanned_ms or state.now_ms, queue=state.queue)
 
-    async def host_view(self, here: bool) -> PoolView:
-        """The view as the views across hosts show it, from one read (store.read_view).
-        here: our own host, viewed as `view()` does; another host's usage is its daemon's
-        last snapshot, whatever its age (this machine cannot see that host's GPUs), or
-        unknown without one; a corrupt snapshot there is that host's error."""
-        state, snap = await self.store.read_view()
+    async def host_view(self, here: bool, read=None) -> PoolView:
+        """The view as the views across hosts show it, from one read (store.read_view, or
+        `read`: what store.read_views() read of this host). here: our own host, viewed as
+        `view()` does; another host's usage is its daemon's last snapshot, whatever its age
+        (this machine cannot see that host's GPUs), or unknown without one; a corrupt
+        snapshot there is that host's error."""
+        if isinstance(read, CanHazGpuError):
+            raise read
+        state, snap = read or await self.store.read_view()
         if here:
             fresh = not isinstance(snap, CanHazGpuError) and self.fresh(state.now_ms, snap)
             return await self.view(snap if fresh else None, state)

@@ -167,11 +167,14 @@ async def views(core: Core, names: list[str] | None = None) -> tuple[int, list[H
     names = sorted(entries) if names is None else list(names)
     now = await core.store.time_ms()
 
+    # one read per host: all in one pipeline on one Redis, each on its node on a cluster
+    reads = {} if core.store.cluster else await core.store.read_views(names)
+
     async def read(name: str) -> HostView:
         entry = entries.get(name, {})
         hcore = host_core(core, name)
         try:
-            view = await hcore.host_view(here=hcore is core)  # one read per host
+            view = await hcore.host_view(here=hcore is core, read=reads.get(name))
         except BackendUnavailable:
             raise  # Redis itself: one line for the whole command
         except CanHazGpuError as err:  # no pool there, corrupt state: this host only
@@ -186,8 +189,13 @@ async def queues(core: Core, names: list[str] | None = None) -> list[tuple[str, 
     """(host, Redis time, its waiters) for each host."""
     names = await host_names(core, names)
 
+    reads = {} if core.store.cluster else await core.store.read_views(names)
+
     async def read(name: str) -> tuple[int, tuple]:
-        state, _ = await host_core(core, name).store.read_view()  # one read per host
+        got = reads.get(name)  # one read per host, as views() reads them
+        if isinstance(got, CanHazGpuError):
+            raise got
+        state, _ = got or await host_core(core, name).store.read_view()
         return state.now_ms, state.queue
     found = await _each(names, read)
     return [(n, *found[n]) for n in names]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import cache
 from importlib import resources
 from urllib.parse import urlsplit
 
@@ -82,6 +83,7 @@ def _prelude(name: str) -> str:
     ])
 
 
+@cache
 def script_source(name: str) -> str:
     lua = resources.files("canhazgpu") / "lua"
     return "\n".join([_prelude(name), (lua / "_lib.lua").read_text(),
@@ -96,7 +98,7 @@ class Store:
     keyspace notifications of the host's keys need the node serving that slot (node())."""
 
     def __init__(self, url: str, host: str, *, client=None, nodes: dict | None = None,
-                 explain=None) -> None:
+                 explain=None, scripts: dict | None = None) -> None:
         self.url = check_url(url)
         self._explain = explain  # err -> the "cannot reach" line naming where the URL came from
         self.host = host
@@ -106,12 +108,12 @@ class Store:
         self.cluster = isinstance(self.redis, RedisCluster)
         self._nodes = {} if nodes is None else nodes  # cluster: node name -> its own client
         self._owner = client is None  # close() closes what we opened, not a shared client
-        self._scripts: dict = {}
+        self._scripts: dict = {} if scripts is None else scripts  # shared with for_host()
 
     def for_host(self, host: str) -> Store:
         """The store of another host, on this store's connections (closed with this one)."""
         return Store(self.url, host, client=self.redis, nodes=self._nodes,
-                     explain=self._explain)
+                     explain=self._explain, scripts=self._scripts)
 
     async def node(self) -> aioredis.Redis:
         """The client of the node serving this host's slot: the one client when not on a
@@ -197,17 +199,17 @@ class Store:
         reply = await self._eval(name, keys, args)
         return reply[0], (reply[1] if len(reply) > 1 else "")
 
-    async def _eval(self, name: str, keys: list[str], args: dict) -> list:
-        """Script `name`'s whole reply: a list whose first item is its status."""
+    async def _eval(self, name: str, keys: list[str], args: dict, client=None) -> list:
+        """Script `name`'s whole reply: a list whose first item is its status. client: a
+        pipeline to queue it on (the reply then comes from its execute(): _reply())."""
         if set(args) != set(ARGS[name]):
             raise TypeError(f"script {name} takes {ARGS[name]}, not {tuple(args)}")
         if name not in self._scripts:
             self._scripts[name] = self.redis.register_script(script_source(name))
         argv = [self.channel, self.host, *(str(args[a]) for a in ARGS[name])]
-        reply = await self.guard(self._scripts[name](keys=keys, args=argv))
-        if not isinstance(reply, list) or not reply or not isinstance(reply[0], str):
-            raise CorruptState(f"script {name} returned {str(reply)[:80]!r}")
-        return reply
+        if client is not None:
+            return await self._scripts[name](keys=keys, args=argv, client=client)
+        return _reply(name, await self.guard(self._scripts[name](keys=keys, args=argv)))
 
     async def guard(self, awaitable):
         """Await a Redis call; every Redis failure becomes one line naming the URL."""
@@ -327,8 +329,32 @@ class Store:
         round trip, routed by key on a cluster): the views across hosts read each host so.
         The snapshot is None when there is none, a CorruptState when it cannot be read
         (raised by the caller that needs it: the state is still good)."""
-        reply = await self._eval("view", self.keys_for(0),
-                                 {"lease_prefix": self.key("lease:")})
+        return self._decode_view(await self._eval("view", self.keys_for(0),
+                                                  {"lease_prefix": self.key("lease:")}))
+
+    async def read_views(self, hosts: list[str]) -> dict:
+        """read_view() of every host in `hosts`, on one Redis in one pipeline (one round
+        trip for them all); host -> its read_view(), or the CorruptState of a host whose
+        state cannot be read. Not on a cluster (its hosts live on several nodes)."""
+        stores = [self.for_host(h) for h in hosts]
+
+        async def queue_all():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for store in stores:
+                    await store._eval("view", store.keys_for(0),
+                                      {"lease_prefix": store.key("lease:")}, client=pipe)
+                return await pipe.execute(raise_on_error=False)
+        out: dict = {}
+        for store, reply in zip(stores, await self.guard(queue_all())):
+            try:
+                if isinstance(reply, Exception):
+                    raise CorruptState(f"script view on host {store.host!r} failed: {reply}")
+                out[store.host] = store._decode_view(_reply("view", reply))
+            except CorruptState as err:
+                out[store.host] = err
+        return out
+
+    def _decode_view(self, reply: list) -> tuple[State, Usage | CorruptState | None]:
         try:
             (_, now, pool, holds, released, order, waiters, deadlines, leases,
              (doc, scanned)) = reply
@@ -492,6 +518,12 @@ class Store:
     async def daemon_holder(self) -> str | None:
         """What the host's daemon wrote into its lock (machine, PID, start), or None."""
         return await self.guard(self.redis.get(self.key("daemon")))
+
+
+def _reply(name: str, reply) -> list:
+    if not isinstance(reply, list) or not reply or not isinstance(reply[0], str):
+        raise CorruptState(f"script {name} returned {str(reply)[:80]!r}")
+    return reply
 
 
 async def _raise(err: BaseException):
