@@ -301,14 +301,12 @@ class ApiServer:
     async def op_host_views(self, conn, caller: Caller, args) -> list:
         now, found = await hosts.views(self.core_for(args, "memory_threshold"),
                                        protocol.host_names(args.get("hosts")))
-        return [now, [protocol.encode(replace(hv, view=seen_by(hv.view, caller.user,
-                                                               caller.is_admin))
-                                      if hv.view else hv) for hv in found]]
+        return [now, [replace(hv, view=seen_by(hv.view, caller.user, caller.is_admin))
+                      if hv.view else hv for hv in found]]
 
     async def op_host_queues(self, conn, caller, args) -> list:
         found = await hosts.queues(self.core, protocol.host_names(args.get("hosts")))
-        return [[host, now, [protocol.encode(w) for w in waiters]]
-                for host, now, waiters in found]
+        return [[host, now, waiters] for host, now, waiters in found]
 
     async def op_host_report(self, conn, caller, args) -> dict:
         return await hosts.report(self.core, _days(args.get("days")),
