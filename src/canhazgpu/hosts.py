@@ -167,14 +167,13 @@ async def views(core: Core, names: list[str] | None = None) -> tuple[int, list[H
     names = sorted(entries) if names is None else list(names)
     now = await core.store.time_ms()
 
-    # one read per host: all in one pipeline on one Redis, each on its node on a cluster
-    reads = {} if core.store.cluster else await core.store.read_views(names)
+    reads = await core.store.read_views(names)  # one read per host, a pipeline per node
 
     async def read(name: str) -> HostView:
         entry = entries.get(name, {})
         hcore = host_core(core, name)
         try:
-            view = await hcore.host_view(here=hcore is core, read=reads.get(name))
+            view = await hcore.host_view(here=hcore is core, read=reads[name])
         except BackendUnavailable:
             raise  # Redis itself: one line for the whole command
         except CanHazGpuError as err:  # no pool there, corrupt state: this host only
@@ -189,16 +188,11 @@ async def queues(core: Core, names: list[str] | None = None) -> list[tuple[str, 
     """(host, Redis time, its waiters) for each host."""
     names = await host_names(core, names)
 
-    reads = {} if core.store.cluster else await core.store.read_views(names)
-
-    async def read(name: str) -> tuple[int, tuple]:
-        got = reads.get(name)  # one read per host, as views() reads them
-        if isinstance(got, CanHazGpuError):
-            raise got
-        state, _ = got or await host_core(core, name).store.read_view()
-        return state.now_ms, state.queue
-    found = await _each(names, read)
-    return [(n, *found[n]) for n in names]
+    reads = await core.store.read_views(names)  # one read per host, as views() reads them
+    for name in names:
+        if isinstance(reads[name], CanHazGpuError):
+            raise reads[name]
+    return [(n, reads[n][0].now_ms, reads[n][0].queue) for n in names]
 
 
 async def report(core: Core, days: float, names: list[str] | None = None) -> dict:

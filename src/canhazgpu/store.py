@@ -7,6 +7,7 @@ from functools import cache
 from importlib import resources
 from urllib.parse import urlsplit
 
+import anyio
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
 from redis.asyncio.cluster import RedisCluster
@@ -333,25 +334,42 @@ class Store:
                                                   {"lease_prefix": self.key("lease:")}))
 
     async def read_views(self, hosts: list[str]) -> dict:
-        """read_view() of every host in `hosts`, on one Redis in one pipeline (one round
-        trip for them all); host -> its read_view(), or the CorruptState of a host whose
-        state cannot be read. Not on a cluster (its hosts live on several nodes)."""
-        stores = [self.for_host(h) for h in hosts]
+        """read_view() of every host in `hosts`: one pipeline (one round trip) per Redis
+        node, the nodes at once; host -> its read_view(), or the CorruptState of a host
+        whose state cannot be read. On a cluster, a host whose slot moved meanwhile is
+        read again through the cluster client (which follows the move)."""
+        by_node: dict[int, tuple] = {}
+        for store in (self.for_host(h) for h in hosts):
+            client = await store.node()  # the one client when not on a cluster
+            by_node.setdefault(id(client), (client, []))[1].append(store)
+        out: dict = {}
 
-        async def queue_all():
-            async with self.redis.pipeline(transaction=False) as pipe:
+        async def one_node(client, stores: list[Store]) -> None:
+            async with client.pipeline(transaction=False) as pipe:
                 for store in stores:
                     await store._eval("view", store.keys_for(0),
                                       {"lease_prefix": store.key("lease:")}, client=pipe)
-                return await pipe.execute(raise_on_error=False)
-        out: dict = {}
-        for store, reply in zip(stores, await self.guard(queue_all())):
-            try:
-                if isinstance(reply, Exception):
-                    raise CorruptState(f"script view on host {store.host!r} failed: {reply}")
-                out[store.host] = store._decode_view(_reply("view", reply))
-            except CorruptState as err:
-                out[store.host] = err
+                try:
+                    replies = await pipe.execute(raise_on_error=False)
+                except (rexc.RedisError, *_CLUSTER_DOWN) as err:
+                    if not self.cluster:
+                        await self.guard(_raise(err))  # one line naming the URL
+                    await self.forget_node()  # a node gone: each host read on its own
+                    replies = [err] * len(stores)
+            for store, reply in zip(stores, replies):
+                try:
+                    if isinstance(reply, Exception) and self.cluster and _slot_trouble(reply):
+                        out[store.host] = await store.read_view()
+                        continue
+                    if isinstance(reply, Exception):
+                        raise CorruptState(f"script view on host {store.host!r} failed: "
+                                           f"{str(reply)[:200]}")
+                    out[store.host] = store._decode_view(_reply("view", reply))
+                except CorruptState as err:
+                    out[store.host] = err
+        async with anyio.create_task_group() as tg:
+            for client, stores in by_node.values():
+                tg.start_soon(one_node, client, stores)
         return out
 
     def _decode_view(self, reply: list) -> tuple[State, Usage | CorruptState | None]:
