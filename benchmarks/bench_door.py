@@ -51,10 +51,12 @@ async def request(op, args, until):
 async def main():
     ask = {"request": {"count": 1, "duration_s": 600}, "wait_s": "inf"}
     queued = [await request("acquire", ask, lambda d: "enqueued" in d) for _ in range(waiters)]
+    print(f"flood: {len(queued)} waiters queued", file=sys.stderr, flush=True)
     subs = []
     for start in range(0, subscribers, 256):  # within the listen backlog
         subs += await asyncio.gather(*(request("events", {}, lambda d: d.get("event", 1) is None)
                                        for _ in range(min(256, subscribers - start))))
+    print(f"flood: {len(subs)} subscribers", file=sys.stderr, flush=True)
     print("ready", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     for _, w, _ in subs:
@@ -137,6 +139,11 @@ async def main(waiters: int, subscribers: int) -> None:
             assert flood.stdout.readline().strip() == "ready", "the flood failed"
             opened = time.perf_counter() - started
             rss1 = psutil.Process(daemon.pid).memory_info().rss
+            if os.environ.get("BENCH_PYSPY"):  # where the flooded daemon spends its time
+                subprocess.Popen([shutil.which("py-spy") or "py-spy", "record", "-p",
+                                  str(daemon.pid), "-d", "10", "-f", "raw", "-o",
+                                  os.environ["BENCH_PYSPY"]], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
             clients1 = (await core.store.redis.info("clients"))["connected_clients"]
             views = await timed_views(remote, 200)
             status = timed_status(env, 20)

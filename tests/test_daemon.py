@@ -10,6 +10,7 @@ import signal
 import stat
 import subprocess
 import time
+from dataclasses import replace
 
 import anyio
 import psutil
@@ -54,6 +55,16 @@ async def test_every_event_type_in_order_with_consecutive_sequence_numbers(
             supervisor.kill()
             await rec.expect("reclaimed")
             await supervisor.aclose()
+
+            server, kernel = await sleeper(), await sleeper()  # a Jupyter kernel's hold
+            res = await core.allocate(Request(ids=(2,), kind="kernel"), caller(process=server))
+            await rec.expect("reserved")
+            await core.heartbeat(replace(res, record={**res.record, "pid": kernel.pid,
+                                                      "pid_start": process_start(kernel.pid)}))
+            await rec.expect("owner")
+            kernel.kill()
+            await rec.expect("reclaimed")
+            await reap(server, kernel)
 
             await core.allocate(Request(count=4), me)
             waiter = core.new_reservation(Request(count=1), me)

@@ -95,6 +95,8 @@ SAMPLES = {
         "GPU 2 1069MB used (in use): PID 12345 (python3, bob)"),
     "gpu_error": ({"gpus": [3], "error": "GPU is lost"}, "GPU 3 error: GPU is lost"),
     "gpu_recovered": ({"gpus": [3]}, "GPU 3 readable again"),
+    "owner": ({"gpus": [1], "user": "alice", "kind": "kernel", "pid": 4242},
+              "GPU 1 now held by PID 4242 (alice, kernel)"),
     "idle_warning": ({"gpus": [1, 2], "user": "alice", "kind": "manual", "idle_ms": 3_600_000,
                       "release_in_ms": 10_800_000},
                      "GPU 1,2 (alice, manual) idle for 1h 0m: released in 3h 0m unless used"),
@@ -102,6 +104,13 @@ SAMPLES = {
                  "GPU 1 (alice, manual) expires in 10m"),
     "foreign_use": ({"gpus": [3], "user": "alice", "users": ["bob"]},
                     "GPU 3 reserved by alice is used by bob"),
+    "job_submitted": ({"job": 7, "name": "lr0.1", "user": "alice"},
+                      "job 7 (lr0.1) submitted by alice"),
+    "job_started": ({"job": 7, "user": "alice", "gpus": [0, 1]},
+                    "job 7 of alice started on GPU 0,1"),
+    "job_ended": ({"job": 7, "user": "alice", "state": "cancelled",
+                   "reason": "dependency 6 failed (exit 3)"},
+                  "job 7 of alice cancelled: dependency 6 failed (exit 3)"),
 }
 
 

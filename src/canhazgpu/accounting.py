@@ -22,8 +22,9 @@ def summarize(rows: list[dict], since_ms: int, now_ms: int, days: float) -> dict
         key = (row["rid"], row.get("start_ms"))
         if key not in seen:
             seen.add(key)
-            if row.get("kind") in ("run", "manual"):
-                entry[row["kind"]] += 1
+            kind = "run" if row.get("kind") == "job" else row.get("kind")  # a detached run
+            if kind in ("run", "manual"):
+                entry[kind] += 1
             if row.get("reason") == "idle":  # released by the idle policy (docs/idle.md)
                 entry["idle_released"] += 1
     # Shares of the hours as reported (6 decimals: 3.6 ms), so that no one has 0 hours and a

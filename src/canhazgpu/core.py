@@ -36,11 +36,13 @@ __all__ = ["Core", "QueueStatus", "Request", "Reservation", "Usage", "parse_coun
 class Core:
     """The async service API for the pool of one host."""
 
-    def __init__(self, config: Config, store: Store | None = None, hub=None) -> None:
+    def __init__(self, config: Config, store: Store | None = None, hub=None,
+                 beats=None) -> None:
         self.config = config
-        # The process's one event subscription (the daemon's), shared by every waiter;
-        # None: each waiter subscribes for itself (a CLI process waits once).
-        self.hub = hub
+        # The process's one event subscription and its waiters' heartbeats (the daemon's:
+        # waitqueue.QueueBeats), shared by every waiter; None: each waiter subscribes and
+        # beats for itself (a CLI process waits once).
+        self.hub, self.beats = hub, beats
         if store is None:
             redis = config.redis  # the URL and where it came from, for "cannot reach" lines
             store = Store(redis.url, config.host_name, explain=redis.unreachable)
@@ -177,12 +179,14 @@ class Core:
         return json.loads(data)["dropped"]
 
     # ------------------------------------------------------------------ views
-    async def view(self, usage: Usage | None = None, state: State | None = None) -> PoolView:
+    async def view(self, usage: Usage | None = None, queue: bool = True,
+                   state: State | None = None) -> PoolView:
         """Holds, releases and usage of every GPU, as status shows them. A GPU whose
         stored state cannot be read is shown in error (naming the key); when the provider
-        fails, the GPUs are shown unreadable and the reservations still listed."""
+        fails, the GPUs are shown unreadable and the reservations still listed.
+        queue=False: without the waiters (PoolView.queue empty). state: already read."""
         if state is None:
-            state = await self.store.read_state()
+            state = await self.store.read_state(queue)
         if state.count < 1:
             await self.pool()  # raises PoolNotInitialized
         if usage is None:
@@ -216,10 +220,10 @@ class Core:
         state, snap = read or await self.store.read_view()
         if here:
             fresh = not isinstance(snap, CanHazGpuError) and self.fresh(state.now_ms, snap)
-            return await self.view(snap if fresh else None, state)
+            return await self.view(snap if fresh else None, state=state)
         if isinstance(snap, CanHazGpuError):
             raise snap
-        return await self.view(snap or Usage(state.now_ms, (), "none"), state)
+        return await self.view(snap or Usage(state.now_ms, (), "none"), state=state)
 
     async def queue(self) -> tuple[int, tuple[Waiter, ...]]:
         """(Redis time, the live waiters in arrival order with what each holds so far)."""
@@ -388,16 +392,28 @@ class Core:
 
     async def queue_heartbeat(self, wid: str) -> QueueStatus | None:
         """Keep a waiter's place; None when it is no longer in the queue nor granted."""
-        status, data = await self._script(
-            "queue_heartbeat", ("OK", "GONE"), wid=wid,
-            ttl_ms=int(self.config.seconds("queue_lease") * 1000))
-        return None if status == "GONE" else QueueStatus.decode(data)
+        return (await self.queue_heartbeats([wid]))[wid]
+
+    async def queue_heartbeats(self, wids: list[str]) -> dict[str, QueueStatus | None]:
+        """Keep many waiters' places in one script (the daemon's): each one's status, None
+        for those no longer in the queue nor granted."""
+        _, data = await self._script("queue_heartbeat", wids=",".join(wids),
+                                     ttl_ms=int(self.config.seconds("queue_lease") * 1000))
+        found = {}
+        for wid, doc in json.loads(data).items():
+            st = QueueStatus.from_doc(doc)
+            found[wid] = None if st.position == 0 and not st.done else st
+        return found
 
     async def leave(self, wid: str, reason: str) -> list[int]:
         """Leave the queue, giving back whatever was granted so far (also a grant that
         completed just before)."""
         _, data = await self._script("leave", wid=wid, reason=reason)
         return json.loads(data)
+
+    async def job_event(self, event: dict) -> None:
+        """Publish a detached job's step (job_submitted/started/ended, docs/jobs.md)."""
+        await self._script("job_event", event=json.dumps(event))
 
     # ------------------------------------------------------------------ notifications
     async def notify(self, caller: Caller, op: str, **args):

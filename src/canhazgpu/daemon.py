@@ -39,6 +39,7 @@ from .render import line
 from .scanner import Scanner
 from .store import HostLock, redacted
 from .text import printable
+from .waitqueue import QueueBeats
 from .watch import Owner, OwnerWatcher, exited, pidfd, same_process
 
 log = logging.getLogger("canhazgpu.serve")
@@ -89,6 +90,7 @@ class Daemon:
         await self._take_lock()
         try:
             hub = self.core.hub = EventHub(store, (store.expired_channel,))
+            self.core.beats = QueueBeats(self.core)
             async with hub.running():
                 await self._prepare(hub)
                 async with anyio.create_task_group() as tg:
@@ -97,6 +99,7 @@ class Daemon:
                     await tg.start(self._listening, hub, self.watcher.run)
                     await tg.start(self._listening, hub, self.notifier.run)  # notify/
                     await tg.start(self.scanner.run)
+                    await tg.start(self.core.beats.run)
                     await tg.start(ApiServer(self.core, hub).serve, self.config.api_path)
                     tg.start_soon(self._keep_lock)
                     await tg.start(self._keep_registered)

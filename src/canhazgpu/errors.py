@@ -93,6 +93,23 @@ def without_loop() -> bool:
     return asyncio is None or asyncio._get_running_loop() is None
 
 
+class WaitTimedOut(CanHazGpuError):
+    """Gave up waiting (--timeout / --wait D); the place in the queue was given back.
+    (Here, not in waitqueue.py: so it keeps its class through the daemon.)"""
+
+
+class LostPlace(CanHazGpuError):
+    """The queue entry vanished (Redis lost its data, or the entry expired)."""
+
+
+class Interrupted(CanHazGpuError):
+    """Ctrl+C or SIGTERM while waiting; the place in the queue was given back."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__("stopped waiting; left the queue")
+        self.exit_code = 128 + signum
+
+
 # ---------------------------------------------------------------------- the edge
 def expected(exc: BaseException) -> CanHazGpuError | None:
     """The one error a user should read for `exc`, or None when it is a bug (or a

@@ -23,9 +23,11 @@ KEEPALIVE_S = 15.0  # ping an idle subscription this often; twice that silent = 
 FOLLOW_SLOT_S = 1.0  # on a cluster: look this often whether the host's slot moved
 TYPES = (
     # reservations (published by the Lua scripts)
-    "reserved", "released", "expired", "reclaimed", "forced", "pool_changed",
+    "reserved", "released", "expired", "reclaimed", "forced", "pool_changed", "owner",
     # the queue
     "queued", "granted", "left",
+    # detached jobs (canhazgpu submit, docs/jobs.md)
+    "job_submitted", "job_started", "job_ended",
     # GPU truth (published by the daemon's scanner)
     "unreserved_detected", "unreserved_cleared", "usage_changed", "gpu_error", "gpu_recovered",
     # reservations as the scanner sees them (idle.py): use it or lose it, expiry, intruders

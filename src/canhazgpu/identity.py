@@ -34,6 +34,16 @@ def process_start(pid: int) -> float:
         return 0.0
 
 
+def process_owner(pid: int) -> tuple[int | None, float]:
+    """(real uid, start time) of a process; (None, 0.0) when there is none."""
+    import psutil
+    try:
+        proc = psutil.Process(pid)
+        return proc.uids().real, proc.create_time()
+    except (psutil.Error, OSError):
+        return None, 0.0
+
+
 def current(admin_group: str = "", pid: int | None = None) -> Caller:
     uid = os.getuid()
     name = user_name(uid)

@@ -50,7 +50,7 @@ class Hold:
     gpu: int
     rid: str  # reservation id, shared by all GPUs of one reservation
     user: str
-    kind: str  # "run" or "manual"
+    kind: str  # one of request.KINDS
     start_ms: int
     uid: int = -1
     host: str = ""
@@ -61,6 +61,7 @@ class Hold:
     note: str = ""
     waiting: bool = False  # granted to a queued request that still waits for the rest
     machine: str = ""  # the real machine that made it (a daemon judges only its own PIDs)
+    name: str = ""  # a detached job's name (kind "job")
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,7 @@ class Waiter:
 
     wid: str
     user: str
-    kind: str  # what it becomes once granted: "run" or "manual"
+    kind: str  # what it becomes once granted: one of request.KINDS
     enqueued_ms: int
     deadline_ms: int  # its heartbeat moves this; past it, the waiter leaves
     count: int | None = None

@@ -9,7 +9,13 @@ from .errors import InvalidRequest
 from .text import check_note
 from .timefmt import MAX_DURATION_S
 
-KINDS = ("manual", "run")  # what a reservation is held by
+# What a reservation is: manual (a duration), or held by a living process's heartbeat: a
+# `run` supervisor, a Python program (the Python API) or a Jupyter kernel (its provisioner).
+# A detached `job` (docs/jobs.md) is held by its runner's heartbeat too, but the pid in its
+# record is its agent's (which may die while the job runs): only its lease ends it.
+KINDS = ("run", "job", "manual", "python", "kernel")
+HELD_BY_PROCESS = ("run", "python", "kernel")  # heartbeat leases; the owner pid is watched
+HEARTBEAT = (*HELD_BY_PROCESS, "job")  # leases kept by a heartbeat, not by a duration
 
 
 @dataclass(frozen=True)
@@ -18,7 +24,7 @@ class Request:
 
     count: int | None = None
     ids: tuple[int, ...] | None = None
-    kind: str = "manual"  # "run" or "manual"
+    kind: str = "manual"  # one of KINDS
     duration_s: float = 1800.0  # manual: the reservation's length
     note: str = ""
     claim_own: bool = False  # GPUs in unreserved use by the caller's own processes too
@@ -73,7 +79,10 @@ class QueueStatus:
 
     @classmethod
     def decode(cls, data: str) -> QueueStatus:
-        doc = json.loads(data)
+        return cls.from_doc(json.loads(data))
+
+    @classmethod
+    def from_doc(cls, doc: dict) -> QueueStatus:
         gpus = doc.get("gpus") or []
         return cls(int(doc["position"]), tuple(gpus if isinstance(gpus, list) else ()),
                    bool(doc["done"]), int(doc.get("queued", 0)))

@@ -141,7 +141,7 @@ class Scanner:
             return []
         self.trouble("scan", None)
         try:
-            view = await self.core.view(usage)
+            view = await self.core.view(usage, queue=False)  # GPUs only: not the waiters
             idle, noticed, idle_rids = track(view, self.idle, self.policy)
             events = diff(self.published, view) + noticed
             dropped = await self.core.publish_usage(replace(usage, idle=idle), events)

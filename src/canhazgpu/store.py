@@ -30,9 +30,10 @@ ARGS = {
     "sweep": (),
     "pool": ("count", "provider", "force"),
     "enqueue": ("waiter", "ttl_ms"),
-    "queue_heartbeat": ("wid", "ttl_ms"),
+    "queue_heartbeat": ("wids", "ttl_ms"),
     "leave": ("wid", "reason"),
     "usage": ("snapshot", "busy", "events"),
+    "job_event": ("event",),
     "register": ("op", "entry"),  # the one script on REGISTRY_KEY instead of the host's keys
     "notify": ("op", "uid", "user", "rule"),  # on the host's notify key alone (notify/)
     "view": ("lease_prefix",),  # read-only: one host's state and snapshot in one reply
@@ -302,8 +303,10 @@ class Store:
     async def read_pool(self) -> dict:
         return await self.guard(self.redis.hgetall(self.key("pool")))
 
-    async def read_state(self) -> State:
-        """Pool, holds, releases and queue at one instant (one transaction), decoded."""
+    async def read_state(self, queue: bool = True) -> State:
+        """Pool, holds, releases and queue at one instant (one transaction), decoded.
+        queue=False: without the waiters (State.queue empty), for what shows only the GPUs:
+        a status of a host with thousands queued need not decode them."""
         count = _int(self.key("pool"), (await self.read_pool()).get("count", "0"))
 
         def build(pipe):
@@ -311,19 +314,26 @@ class Store:
             pipe.hgetall(self.key("pool"))
             pipe.hgetall(self.key("holds"))
             pipe.hgetall(self.key("released"))
-            pipe.zrange(self.key("q:order"), 0, -1)
-            pipe.hgetall(self.key("q:waiters"))
-            pipe.zrange(self.key("q:deadlines"), 0, -1, withscores=True)
+            if queue:
+                pipe.zrange(self.key("q:order"), 0, -1)
+                pipe.hgetall(self.key("q:waiters"))
+                pipe.zrange(self.key("q:deadlines"), 0, -1, withscores=True)
+            else:  # which reservations are still waiting: their ids are enough
+                pipe.hkeys(self.key("q:waiters"))
             if count:
                 pipe.mget([self.lease_key(i) for i in range(count)])
         replies = await self.at_once(build)
-        now, pool, holds, released, order, waiters, deadlines = replies[:7]
-        leases = replies[7] if count else []
+        now, pool, holds, released = replies[:4]
+        if queue:
+            order, waiters, deadlines = replies[4:7]
+        else:
+            order, waiters, deadlines = replies[4], {}, []
+        leases = replies[-1] if count else []
         if _int(self.key("pool"), pool.get("count", "0")) != count:  # resized meanwhile
-            return await self.read_state()
+            return await self.read_state(queue)
         now_ms = int(now[0]) * 1000 + int(now[1]) // 1000
         return self._decode_state(now_ms, count, pool, holds, released, order, waiters,
-                                  dict(deadlines), leases)
+                                  dict(deadlines), leases, queue)
 
     async def read_view(self) -> tuple[State, Usage | CorruptState | None]:
         """read_state() and read_usage() at one instant, in one read (view.lua: one
@@ -398,10 +408,10 @@ class Store:
             raise CorruptState(_corrupt(self.key("snapshot"), "doc", doc)) from None
 
     def _decode_state(self, now_ms, count, pool, holds, released, order, waiters,
-                      deadlines, leases) -> State:
+                      deadlines, leases, queue: bool = True) -> State:
         corrupt: dict[int, str] = {}
         live: dict[int, Hold] = {}
-        waiting = {w for w in order if w in waiters}
+        waiting = {w for w in order if w in waiters} if queue else set(order)
         for field, raw in holds.items():
             gpu = _gpu_field(field, count)
             if gpu is None:
@@ -587,7 +597,7 @@ def _hold(gpu: int, raw: dict, waiting: set) -> Hold:
                 heartbeat_ms=int(raw.get("heartbeat_ms", 0)),
                 expires_ms=int(expires) if expires else None,
                 note=str(raw.get("note") or ""), waiting=raw["rid"] in waiting,
-                machine=str(raw.get("machine", "")))
+                machine=str(raw.get("machine", "")), name=str(raw.get("name") or ""))
 
 
 def _waiter(wid: str, raw: dict, deadline_ms: int, granted: tuple[int, ...]) -> Waiter:

@@ -41,14 +41,24 @@ class Supervisor:
     timeout_s: float | None = None
     kill_grace_s: float = 10.0
     renew_at_start: bool = False  # a queue grant holds GPUs on the short queue lease
+    # a detached job (jobs/runner.py): its own environment, directory and output, and a
+    # SIGTERM (cancel) followed by SIGKILL after kill_grace_s
+    env: dict | None = None
+    cwd: str | None = None
+    output: int | None = None
+    term_grace: bool = False
+    terminated: Callable[[], bool] | None = None  # a SIGTERM came before forwarding began
+    group: bool = False  # the command in a process group of its own, signalled whole
 
     async def run(self, argv: list[str]) -> int:
         """Run argv to completion; returns its exit code (128+N when killed by signal N)."""
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": self.res.env_value()}
+        env = {**(os.environ if self.env is None else self.env),
+               "CUDA_VISIBLE_DEVICES": self.res.env_value()}
         try:
             try:
-                proc = await anyio.open_process(argv, stdin=None, stdout=None, stderr=None,
-                                                env=env)
+                proc = await anyio.open_process(argv, stdin=None, stdout=self.output,
+                                                stderr=self.output, env=env, cwd=self.cwd,
+                                                start_new_session=self.group)
             except FileNotFoundError:
                 raise CommandFailed(f"command not found: {argv[0]}", 127) from None
             except PermissionError:
@@ -57,7 +67,7 @@ class Supervisor:
                 raise CommandFailed(f"cannot start {argv[0]}: {err.strerror}") from None
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._keep_alive)
-                tg.start_soon(self._forward_signals, proc)
+                tg.start_soon(self._forward_signals, proc, tg)
                 if self.timeout_s:
                     tg.start_soon(self._enforce_timeout, proc)
                 code = await proc.wait()
@@ -96,22 +106,40 @@ class Supervisor:
                           "command: released by its owner or an admin, or taken by someone "
                           "else while our lease had lapsed")
 
-    async def _forward_signals(self, proc) -> None:
+    async def _forward_signals(self, proc, tg) -> None:
         with anyio.open_signal_receiver(*FORWARDED) as signals:
+            if self.terminated is not None and self.terminated():
+                self._signal(proc, signal.SIGTERM)
+                tg.start_soon(self._kill_after_grace, proc)
             async for signum in signals:
                 # Ctrl+C at the terminal already reached the command (same process group).
                 if signum in (signal.SIGINT, signal.SIGQUIT) and _keyboard_signal():
                     continue
                 if proc.returncode is None:
-                    proc.send_signal(signum)
+                    self._signal(proc, signum)
+                    if signum == signal.SIGTERM and self.term_grace:
+                        tg.start_soon(self._kill_after_grace, proc)
+
+    def _signal(self, proc, signum: int) -> None:
+        """The command (with `group`: its whole process group, what it started too)."""
+        if not self.group:
+            proc.send_signal(signum)
+            return
+        try:
+            os.killpg(proc.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    async def _kill_after_grace(self, proc) -> None:
+        await anyio.sleep(self.kill_grace_s)
+        if proc.returncode is None:
+            self._signal(proc, signal.SIGKILL)
 
     async def _enforce_timeout(self, proc) -> None:
         await anyio.sleep(self.timeout_s)
         self.warn(f"time limit reached; sending SIGTERM (SIGKILL in {self.kill_grace_s:g}s)")
-        proc.send_signal(signal.SIGTERM)
-        await anyio.sleep(self.kill_grace_s)
-        if proc.returncode is None:
-            proc.kill()
+        self._signal(proc, signal.SIGTERM)
+        await self._kill_after_grace(proc)
 
     async def _release(self) -> None:
         with anyio.move_on_after(10):

@@ -8,14 +8,15 @@ through a callback; never prints.
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import anyio
 
-from .errors import BackendUnavailable, CanHazGpuError
+from .errors import (BackendUnavailable, CanHazGpuError, Interrupted,  # noqa: F401 (theirs)
+                     LostPlace, WaitTimedOut)
 from .events import Disconnected, Event, EventHub, Message, Resync
 from .identity import Caller
 from .model import PoolView
@@ -32,22 +33,6 @@ LEFT = {  # why a waiter was taken out of the queue by someone else
     "expired": "our place in the queue expired (no heartbeat in time): run the command again",
     None: "taken out of the queue: run the command again",
 }
-
-
-class WaitTimedOut(CanHazGpuError):
-    """Gave up waiting (--timeout / --wait D); the place in the queue was given back."""
-
-
-class LostPlace(CanHazGpuError):
-    """The queue entry vanished (Redis lost its data, or the entry expired)."""
-
-
-class Interrupted(CanHazGpuError):
-    """Ctrl+C or SIGTERM while waiting; the place in the queue was given back."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__("stopped waiting; left the queue")
-        self.exit_code = 128 + signum
 
 
 @dataclass(frozen=True)
@@ -92,7 +77,8 @@ class Waiter:
                     async with anyio.create_task_group() as tg:
                         self.tg = tg
                         await self._update(status)
-                        tg.start_soon(self._heartbeat)
+                        tg.start_soon(self._heartbeat if self.core.beats is None
+                                      else self._beaten)
                         if self.signals:
                             tg.start_soon(self._signals)
                         await self._follow(stream)
@@ -137,15 +123,38 @@ class Waiter:
             self.progress(await estimate(self.core, st, self.req.size, self.wid))
 
     async def _refresh(self) -> None:
+        """Where we stand now: asked for at once, or (in the daemon) with the next beat of
+        all its waiters."""
+        if self.core.beats is not None:
+            self.core.beats.soon()
+            return
         try:
             status = await self.core.queue_heartbeat(self.wid)
         except BackendUnavailable as err:
             self._trouble(str(err))
             return
+        await self._beat(status)
+
+    async def _beat(self, status: QueueStatus | None) -> None:
         if self.trouble:
             self.warn("Redis is reachable again; still in the queue")
             self.trouble = False
         await self._update(status)
+
+    async def _moved(self) -> None:
+        """Progress after a change on the host: our place read from the pool's view,
+        which the daemon reads once per event for all its waiters."""
+        if self.core.beats is None:
+            await self._refresh()
+            return
+        try:
+            view = await shared_view(self.core)
+        except CanHazGpuError:
+            return  # the next beat tells
+        for pos, w in enumerate(view.queue, 1):
+            if w.wid == self.wid:
+                await self._update(QueueStatus(pos, w.granted, False, len(view.queue)))
+                return
 
     def _trouble(self, text: str) -> None:
         if not self.trouble:
@@ -157,6 +166,22 @@ class Waiter:
         while True:
             await anyio.sleep(interval)
             await self._refresh()
+
+    async def _beaten(self) -> None:
+        """The daemon's waiters are renewed together (QueueBeats): ours is one of them."""
+        send, receive = anyio.create_memory_object_stream(1)
+
+        def deliver(status) -> None:
+            with suppress(anyio.WouldBlock):  # one waits already: the next beat is as good
+                send.send_nowait(status)
+        with self.core.beats.beating(self.wid, deliver):
+            async for status in receive:
+                if isinstance(status, BackendUnavailable):
+                    self._trouble(str(status))
+                elif isinstance(status, CanHazGpuError):
+                    raise status
+                else:
+                    await self._beat(status)
 
     async def _signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -171,7 +196,7 @@ class Waiter:
                 elif item.rid == self.wid and item.type == "left":
                     raise LostPlace(LEFT.get(item.data.get("reason"), LEFT[None]))
                 elif item.type in WAKING and self.progress is not None:
-                    await self._refresh()  # our position or estimate may have changed
+                    await self._moved()  # our position or estimate may have changed
             elif isinstance(item, Message):
                 # A lease ran out and maybe no daemon is running: the head finalizes it,
                 # which grants the queue. Grants themselves arrive as events.
@@ -191,6 +216,48 @@ class Waiter:
                 await self.core.leave(self.wid, reason)
         except CanHazGpuError:
             pass  # our entry and any partial grant expire with the queue lease anyway
+
+
+class QueueBeats:
+    """The heartbeats of every waiter of a process that has many (the daemon's): one
+    script each interval renews them all, and each waiter is told where it stands. A
+    thousand waiters cost one script per interval, not a thousand."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.waiters: dict[str, Callable] = {}  # wid -> deliver(status | None | error)
+        self._soon = anyio.Event()
+
+    @contextmanager
+    def beating(self, wid: str, deliver: Callable) -> Iterator[None]:
+        self.waiters[wid] = deliver
+        try:
+            yield
+        finally:
+            self.waiters.pop(wid, None)
+
+    def soon(self) -> None:
+        """Beat now rather than at the end of the interval (a waiter must re-read)."""
+        self._soon.set()
+
+    async def run(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
+        interval = self.core.config.seconds("queue_lease") / 3
+        task_status.started()
+        while True:
+            with anyio.move_on_after(interval):
+                await self._soon.wait()
+            self._soon = anyio.Event()
+            wids = list(self.waiters)
+            if not wids:
+                continue
+            try:
+                found = await self.core.queue_heartbeats(wids)
+            except CanHazGpuError as err:  # each waiter decides what it means for it
+                found = dict.fromkeys(wids, err)
+            for wid in wids:
+                deliver = self.waiters.get(wid)
+                if deliver is not None:
+                    deliver(found.get(wid))
 
 
 async def estimate(core: Core, st: QueueStatus, want: int, wid: str) -> Progress:

@@ -26,12 +26,13 @@ from .errors import CanHazGpuError
 from .events import Event, Resync
 from .identity import Caller
 from .model import State
+from .request import HELD_BY_PROCESS
 
 log = logging.getLogger("canhazgpu.serve")
 
 # Events after which the set of reservations may differ.
 CHANGES = ("reserved", "granted", "released", "expired", "reclaimed", "forced", "left",
-           "pool_changed")
+           "pool_changed", "owner")
 START_TOLERANCE_S = 0.5  # create times are read in clock ticks and stored as JSON floats
 POLL_S = 0.25  # without pidfds
 
@@ -128,7 +129,7 @@ class OwnerWatcher:
         reservation or a completed grant, the end of one we watch, a pool change. Manual
         reservations coming and going (most events) need no re-read of the state."""
         if event.type == "reserved":
-            return event.data.get("kind") == "run"
+            return event.data.get("kind") in HELD_BY_PROCESS
         if event.type == "granted":
             return bool(event.data.get("complete"))
         if event.type == "pool_changed":
@@ -145,7 +146,7 @@ class OwnerWatcher:
         """The live, complete `run` reservations made on this machine, by reservation id."""
         host, machine = self.core.config.host_name, socket.gethostname()
         return {h.rid: Owner(h.pid, h.pid_start) for h in state.holds.values()
-                if h.host == host and (h.machine or machine) == machine and h.kind == "run"
+                if h.host == host and (h.machine or machine) == machine and h.kind in HELD_BY_PROCESS
                 and not h.waiting and h.pid > 0}
 
     async def reconcile(self) -> None:
@@ -166,19 +167,32 @@ class OwnerWatcher:
         done, self.reconciled = self.reconciled, anyio.Event()
         done.set()
 
+    async def still_owned(self, rid: str, owner: Owner) -> bool:
+        """Whether reservation rid is still owner's (a move happens before the old owner
+        ends, so a fresh read tells); unsure (Redis away) counts as yes."""
+        try:
+            state = await self.core.store.read_state()
+        except CanHazGpuError:
+            return True
+        return any(h.rid == rid and h.pid == owner.pid for h in state.holds.values())
+
+    async def _reclaim(self, rid: str, reason: str) -> None:
+        while True:
+            try:
+                ended = await self.core.end(rid, self.caller, reason="reclaimed", force=True)
+                self.trouble("reclaim", None)
+                break
+            except CanHazGpuError as err:  # Redis away: keep trying, it is still dead
+                self.trouble("reclaim", err)
+                await anyio.sleep(1)
+        if ended:
+            log.debug("reclaimed %s (GPU %s): %s", rid, ",".join(map(str, ended)), reason)
+
     async def _watch(self, rid: str, watch: Watch) -> None:
         with watch.scope:
             reason = await wait_gone(watch.owner, watch.verified)
-            while True:
-                try:
-                    ended = await self.core.end(rid, self.caller, reason="reclaimed",
-                                                force=True)
-                    self.trouble("reclaim", None)
-                    break
-                except CanHazGpuError as err:  # Redis away: keep trying, it is still dead
-                    self.trouble("reclaim", err)
-                    await anyio.sleep(1)
-            if ended:
-                log.debug("reclaimed %s (GPU %s): %s", rid, ",".join(map(str, ended)), reason)
+            # not when it moved to another process (event `owner`) before this one ended
+            if await self.still_owned(rid, watch.owner):
+                await self._reclaim(rid, reason)
         if self.watched.get(rid) is watch:
             del self.watched[rid]

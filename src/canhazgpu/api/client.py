@@ -186,8 +186,10 @@ class RemoteCore:
         return await self.call("setup_pool", {"count": count, "provider": provider,
                                               "force": force})
 
-    async def view(self):
-        return protocol.view(await self.call("view"))
+    async def view(self, queue: bool = False):
+        """The pool's view; its queue (every waiter) only when asked for: a status of a
+        host with thousands queued need not carry them."""
+        return protocol.view(await self.call("view", {"queue": queue}))
 
     async def queue(self):
         now_ms, waiters = await self.call("queue")
@@ -197,10 +199,11 @@ class RemoteCore:
         return await self.call("report", {"days": days})
 
     async def acquire(self, req, caller=None, wait_s: float | None = None, *, progress=None,
-                      warn=lambda text: None):
+                      warn=lambda text: None, signals: bool = True):
         """Allocate now, or queue (wait_s) for as long as this connection is open. A
         queued request whose daemon goes away reconnects and follows its place again,
-        for as long as the place lasts without it (queue_lease)."""
+        for as long as the place lasts without it (queue_lease). signals=False: SIGINT and
+        SIGTERM are left alone (a caller outside the main thread: the Python API)."""
         if wait_s is not None and without_loop():
             raise NeedsEventLoop  # a place in the queue: Ctrl+C, signals, reconnects
         wid = None
@@ -222,7 +225,8 @@ class RemoteCore:
             try:
                 doc = await self.call("acquire", {
                     "request": protocol.encode(req), "wait_s": left, "resume": wid,
-                    "progress": progress is not None}, on_line, interruptible=wait_s is not None)
+                    "progress": progress is not None}, on_line,
+                    interruptible=signals and wait_s is not None)
                 return protocol.reservation(doc)
             except BackendUnavailable as err:
                 if wid is None:
@@ -248,7 +252,9 @@ class RemoteCore:
                                            "user": user, "force": force})
 
     async def heartbeat(self, res, ttl_s: float | None = None) -> list[int]:
-        return await self.call("heartbeat", {"rid": res.rid, "gpus": list(res.gpus)})
+        owner = res.record.get("pid")  # another process of ours may own it (a kernel)
+        return await self.call("heartbeat", {"rid": res.rid, "gpus": list(res.gpus),
+                                             **({"owner_pid": owner} if owner else {})})
 
     async def end(self, rid: str, caller=None, reason: str = "released") -> list[int]:
         return await self.call("end", {"rid": rid, "reason": reason})

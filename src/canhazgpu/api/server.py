@@ -168,10 +168,12 @@ class ApiServer:
         from ..config import _coerce
         config = replace(self.config, **{k: _coerce(k, v, "the request")
                                          for k, v in mine.items()})
-        return type(self.core)(config, self.core.store, self.core.hub)
+        return type(self.core)(config, self.core.store, self.core.hub, self.core.beats)
 
     async def op_view(self, conn, caller: Caller, args):
-        view = await self.core_for(args, "memory_threshold").view()
+        # status does not show the queue: not read (nor sent) unless asked for
+        view = await self.core_for(args, "memory_threshold").view(
+            queue=bool(args.get("queue")))
         return seen_by(view, caller.user, caller.is_admin)
 
     async def op_queue(self, conn, caller, args):
@@ -234,11 +236,29 @@ class ApiServer:
         return Reservation(wid, (), caller.user, req.kind, self.core.ttl_s(req), record)
 
     async def op_heartbeat(self, conn, caller: Caller, args: dict) -> list[int]:
-        """Renew a run reservation of the caller's; returns the GPUs it lost."""
+        """Renew a reservation of the caller's held by a process; returns the GPUs it lost.
+        `owner_pid` moves it to that process (of the reservation's uid): a Jupyter kernel."""
         res = await self.owned(caller, str(args.get("rid", "")))
         if res is None:
             return list(_ids(args.get("gpus")) or ())  # nothing of it left: all lost
+        if args.get("owner_pid") is not None:
+            res = await self.moved(res, args["owner_pid"])
         return await self.core.heartbeat(res)
+
+    async def moved(self, res: Reservation, pid) -> Reservation:
+        """res, owned from now on by process `pid`, which must run as the reservation's
+        uid: the daemon then watches that process instead of the caller."""
+        if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+            raise InvalidRequest(f"invalid owner_pid {str(pid)[:20]!r}: a process id")
+        if pid == res.record.get("pid"):
+            return res
+        uid, start = await anyio.to_thread.run_sync(identity.process_owner, pid)
+        if uid != res.record.get("uid"):
+            raise NotOwner(f"process {pid} is not {res.user}'s: a reservation moves only to "
+                           "a process of its own user")
+        res = replace(res, record={**res.record, "pid": pid, "pid_start": start})
+        self.granted[res.rid] = res
+        return res
 
     async def op_end(self, conn, caller: Caller, args: dict) -> list[int]:
         """End a reservation of the caller's (any, for an admin): the script decides."""
@@ -332,8 +352,8 @@ class ApiServer:
         hold = holds[0]
         if hold.uid != caller.uid and not caller.is_admin:
             raise NotOwner(f"reservation {rid} is {hold.user}'s, not yours")
-        if hold.kind != "run":
-            raise InvalidRequest("only run reservations are renewed through the API")
+        if hold.kind == "manual":
+            raise InvalidRequest("manual reservations are not renewed through the API")
         record = {"rid": rid, "user": hold.user, "uid": hold.uid, "host": hold.host,
                   "machine": hold.machine, "pid": hold.pid, "pid_start": hold.pid_start,
                   "kind": hold.kind, "note": hold.note}

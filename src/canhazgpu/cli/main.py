@@ -51,6 +51,14 @@ class Context:
             self._core = self._remote() or self._direct()
         return self._core
 
+    async def connect(self):
+        """The core, found without blocking the event loop (the daemon's handshake runs in a
+        worker thread): for callers inside a loop they share, the Python API."""
+        if self._core is None:
+            import anyio
+            self._core = await anyio.to_thread.run_sync(self._remote) or self._direct()
+        return self._core
+
     @property
     def remote(self) -> bool:
         from ..api.client import RemoteCore
@@ -196,12 +204,16 @@ class Command(click.Command):
 # A new command: its module, a row here, and the module in _register(); tests check the rows.
 COMMANDS = {
     "admin": ("admin", "Create or resize this host's GPU pool (root or the admin group)."),
+    "cancel": ("submit", "Cancel jobs: a queued one leaves the queue, a running one stops."),
     "completion": ("completion", "Print the tab completion script for bash, zsh or fish."),
     "config": ("doctor", "Show the effective settings and where each came from."),
     "doctor": ("doctor", "Check that Redis, the pool, the daemon and the GPUs answer."),
     "events": ("events", "Follow the host's events: reservations, queue, GPU usage."),
     "help": ("manual", "Read the documentation of a command or topic."),
     "hosts": ("hosts", "Every host sharing this Redis: its GPUs, queue and daemon."),
+    "kernelspec": ("kernelspec", "Jupyter kernels on GPUs reserved for the kernel's life."),
+    "jobs": ("submit", "Your detached jobs on this host: state, queue place or GPUs, exit."),
+    "logs": ("submit", "Print a job's output (the latest 4-8 MiB are kept)."),
     "notify": ("notify", "Your notifications: add, list, remove or test a channel."),
     "queue": ("queue", "Show who is waiting for GPUs, in order."),
     "release": ("reserve", "Release your reservations."),
@@ -210,6 +222,7 @@ COMMANDS = {
     "run": ("run", "Run a command on GPUs of its own; release them when it ends."),
     "serve": ("serve", "Run the daemon: scans, instant expiry, crash reclaim, events."),
     "status": ("status", "Show every GPU: available, reserved or in use unreserved."),
+    "submit": ("submit", "Queue a command to run on GPUs later, detached; prints its id."),
     "wait": ("wait", "Queue for GPUs (first come, first served), then run or reserve."),
     "web": ("web", "Serve a live web page of the GPUs, an HTTP API and /metrics."),
 }
@@ -265,8 +278,9 @@ def _closer(state: Context):
 
 def _register() -> None:
     """Every command's module (tests, and a name missing from COMMANDS)."""
-    from . import (admin, completion, doctor, events, hosts, manual, notify,  # noqa: F401
-                   queue, report, reserve, run, serve, status, wait, web)  # (commands attach)
+    from . import (admin, completion, doctor, events, hosts, kernelspec,  # noqa: F401
+                   manual, notify, queue, report, reserve, run, serve, status, submit,
+                   wait, web)  # (commands attach)
 
 
 async def _amain(args: list[str]) -> int:

@@ -53,7 +53,7 @@ async def serve(state, embedded_redis, fake, scan_interval, print_unit, web, ver
     logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("redis").setLevel(logging.WARNING)
-    caller = state.caller()
+    caller = state.local_caller()  # the daemon itself: never asks another daemon
     if embedded_redis:
         _check_one_redis(config)
         await _warn_if_clients_move(config)

@@ -1,6 +1,8 @@
 -- Keep a reservation's leases alive, and re-establish any that lapsed (Redis was
 -- unreachable, or restarted without its data) when nobody else holds the GPU now. A GPU
 -- whose reservation was ended on purpose (released by its owner or an admin) is lost.
+-- A record naming another owner process (pid, pid_start) moves the reservation to it: a
+-- Jupyter kernel's, once it runs (event 'owner', so the daemon watches the new process).
 -- ARG: rid, ids (csv), record (reservation json), ttl_ms
 -- Returns {'OK', lost ids} where lost GPUs are now held by another reservation.
 local n, bad = check_pool()
@@ -10,11 +12,15 @@ sweep(S)
 
 local rid, ttl = ARG.rid, tonumber(ARG.ttl_ms)
 local base = cjson.decode(ARG.record)
-local lost, regained = {}, {}
+local lost, regained, moved = {}, {}, {}
 local ended = was_ended(rid)
 for _, i in ipairs(csv_ids(ARG.ids)) do
   local h = S.holds[i]
   if h and h.rid == rid then
+    if base.pid and h.pid ~= base.pid then
+      h.pid, h.pid_start = base.pid, base.pid_start
+      moved[#moved + 1] = i
+    end
     put_hold(S, i, h, ttl)
   elseif h or i >= n or ended then
     lost[#lost + 1] = i
@@ -26,5 +32,9 @@ end
 if #regained > 0 then
   publish({type = 'reserved', rid = rid, user = base.user, kind = base.kind,
            gpus = regained, note = base.note, ttl_ms = ttl, reacquired = true})
+end
+if #moved > 0 then
+  publish({type = 'owner', rid = rid, user = base.user, kind = base.kind, gpus = moved,
+           pid = base.pid})
 end
 return {'OK', ids_json(lost)}

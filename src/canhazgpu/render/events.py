@@ -35,6 +35,7 @@ _DESCRIBE = {
                           + (": idle too long" if d.get("reason") == "idle" else ""),
     "expired": lambda d: f"GPU {_ids(d.get('gpus'))} expired ({_owner(d)})",
     "reclaimed": lambda d: f"GPU {_ids(d.get('gpus'))} reclaimed ({_owner(d)}): owner died",
+    "owner": lambda d: f"GPU {_ids(d.get('gpus'))} now held by PID {d.get('pid')} ({_owner(d)})",
     "forced": lambda d: f"GPU {_ids(d.get('gpus'))} ended by a pool resize ({_owner(d)})",
     "pool_changed": lambda d: f"pool is {d.get('count')} GPUs (was {d.get('old_count')}), "
                               f"provider {d.get('provider') or '?'}",
@@ -54,6 +55,11 @@ _DESCRIBE = {
                                f"{' (in use)' if d.get('in_use') else ''}: {_procs(d)}",
     "gpu_error": lambda d: f"GPU {_ids(d.get('gpus'))} error: {d.get('error')}",
     "gpu_recovered": lambda d: f"GPU {_ids(d.get('gpus'))} readable again",
+    "job_submitted": lambda d: f"{_job(d)} submitted by {d.get('user')}",
+    "job_started": lambda d: f"{_job(d)} of {d.get('user')} started on GPU {_ids(d.get('gpus'))}",
+    "job_ended": lambda d: f"{_job(d)} of {d.get('user')} {d.get('state')}"
+                           + (f" (exit {d['exit_code']})" if d.get("exit_code") is not None
+                              else "") + (f": {d['reason']}" if d.get("reason") else ""),
     "idle_warning": lambda d: f"GPU {_ids(d.get('gpus'))} ({_owner(d)}) idle for "
                               f"{hm((d.get('idle_ms') or 0) / 1000)}"
                               + (f": released in {hm(d['release_in_ms'] / 1000)} unless used"
@@ -63,6 +69,11 @@ _DESCRIBE = {
     "foreign_use": lambda d: f"GPU {_ids(d.get('gpus'))} reserved by {d.get('user')} is used "
                              f"by {', '.join(d.get('users') or []) or 'unknown'}",
 }
+
+
+def _job(doc: dict) -> str:
+    name = f" ({doc['name']})" if doc.get("name") else ""
+    return f"job {doc.get('job')}{name}"
 
 
 def line(event: Event) -> str:

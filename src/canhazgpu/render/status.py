@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from ..gpu.models import model_of, model_provider
 from ..model import DEFAULT_THRESHOLD_MB, GpuProcess, GpuState, GpuUsage, Hold, PoolView
+from ..request import HEARTBEAT
 from ..text import printable
 from ..timefmt import coarse, hm, hms, short
 from .tables import Column, fit, line, rule_cells
@@ -80,11 +81,17 @@ def _unreserved_usage(usage: GpuUsage) -> str:
     return f"{text} by {_pids(usage.processes)}" if usage.processes else text
 
 
+def _kind(hold: Hold) -> str:
+    """The TYPE: run, manual, or `job NAME` for a named detached job (docs/jobs.md)."""
+    name = printable(" ".join(hold.name.split()))[:40]
+    return f"{hold.kind} {name}" if name else hold.kind
+
+
 def _hold_detail(hold: Hold, now_ms: int, fmt) -> str:
     """What keeps a reservation alive: its heartbeat (run) or its expiry (manual)."""
     if hold.waiting:
         return "waiting for more GPUs"
-    if hold.kind == "run":
+    if hold.kind in HEARTBEAT:
         return f"heartbeat {fmt(_age_s(now_ms, _heartbeat_ms(hold)))} ago"
     if hold.expires_ms is not None:
         return f"expires in {fmt(_age_s(hold.expires_ms, now_ms))}"
@@ -117,9 +124,9 @@ def _line(g: GpuState, now_ms: int) -> str:
 def _reserved_line(g: GpuState, now_ms: int) -> str:
     hold = g.hold
     detail = _hold_detail(hold, now_ms, hms)
-    if hold.kind == "run" and not hold.waiting:
+    if hold.kind in HEARTBEAT and not hold.waiting:
         detail = "last " + detail
-    info = f"{hold.kind}, {detail}" if detail else hold.kind
+    info = f"{_kind(hold)}, {detail}" if detail else _kind(hold)
     text = f"IN USE by {hold.user} for {hms(_age_s(now_ms, hold.start_ms))} ({info})"
     seen = _validation(g, busy="validated: {mb}MB, {count} processes",
                        idle="validated: no actual usage detected",
@@ -163,7 +170,7 @@ def _cells(g: GpuState, now_ms: int) -> list[str]:
             g, busy="{mb}MB, {count} processes", idle="no usage detected",
             failed="error: {error}")
         return [str(g.gpu), "reserved", hold.user, short(_age_s(now_ms, hold.start_ms)),
-                hold.kind, model, _hold_detail(hold, now_ms, short), seen,
+                _kind(hold), model, _hold_detail(hold, now_ms, short), seen,
                 " ".join(hold.note.split())]  # one line, whatever the note holds
     if status == "error":
         # the message in DETAILS: the column that is always shown
@@ -226,7 +233,7 @@ def _gpu_json(g: GpuState, now_ms: int) -> dict:
 
 def _hold_json(g: GpuState, now_ms: int) -> dict:
     hold, idle = g.hold, g.idle_since_ms
-    beat = _heartbeat_ms(hold) if hold.kind == "run" else None
+    beat = _heartbeat_ms(hold) if hold.kind in HEARTBEAT else None
     expires = hold.expires_ms
     return {
         "id": hold.rid, "user": hold.user, "uid": hold.uid, "host": hold.host,

@@ -121,7 +121,7 @@ function gpuCard(gpu) {
     rows.push(detail('For', since(res.start_ms)));
     rows.push(detail('Type', res.type));
     if (res.waiting) rows.push(detail('Details', 'granted to a request still waiting for more GPUs'));
-    else if (res.type === 'run' && res.heartbeat_ms) rows.push(detail('Heartbeat', since(res.heartbeat_ms, '', ' ago')));
+    else if (res.heartbeat_ms) rows.push(detail('Heartbeat', since(res.heartbeat_ms, '', ' ago')));
     else if (res.expires_ms) rows.push(detail('Expires in', until(res.expires_ms)));
     if (res.idle_since_ms) rows.push(detail('Usage', since(res.idle_since_ms, 'idle ', '', 'hm')));
     if (res.note) rows.push(detail('Note', res.note));

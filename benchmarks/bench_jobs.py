@@ -1,0 +1,151 @@
+"""Detached jobs (docs/jobs.md): memory of N queued jobs, submit latency, release -> a
+queued job's first instruction.
+
+1. Memory: one GPU, held by a manual reservation so that nothing is granted; N jobs queued
+   through one agent. The agent's RSS with 1 queued job and with N, and the time the agent
+   took to place them all in the queue.
+2. Submit latency: median wall time of `canhazgpu submit -- true` as a fresh process (the
+   agent alive).
+3. Release -> start: a job queued behind the held GPU (for 2 s, so that the agent's spare
+   runner is ready, as it is behind any real queue) runs
+   `bash -c 'echo $EPOCHREALTIME > FILE'`; the GPU is released; the time from just before
+   the release call to the command's first instruction, p50/p99.
+
+Run: .venv/bin/python benchmarks/bench_jobs.py [N]   (starts its own private Redis; N=1000)
+Targets: N=1000 queued under 150 MB for the agent; submit <= 100 ms; release -> start p50
+<= 20 ms.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+import psutil
+
+from _common import bench_env, machine, percentile, wall
+from canhazgpu.config import load
+from canhazgpu.core import Core, Request
+from canhazgpu.identity import current
+from canhazgpu.jobs.files import ENDED, JobDir, job_document, jobs_root
+
+ROUNDS = 20
+
+
+async def until(predicate, what: str, timeout: float = 300.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await predicate():
+            return
+        await anyio.sleep(0.05)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+class Bench:
+    def __init__(self, core: Core, jobs: JobDir) -> None:
+        self.core, self.jobs, self.me = core, jobs, current()
+
+    def add(self, argv) -> int:
+        doc = job_document(argv, Request(count=1, kind="job"), user=self.me.user,
+                           uid=self.me.uid, host=self.core.config.host_name)
+        return self.jobs.create(doc).id
+
+    async def queued(self) -> int:
+        return len((await self.core.store.read_state()).queue)
+
+    async def wait_queued(self, n: int) -> None:
+        async def enough():
+            return await self.queued() >= n
+        await until(enough, f"{n} queued jobs")
+
+    async def cancel_all(self) -> None:
+        for job in self.jobs.all():
+            if job.state not in ENDED:
+                job.file("cancel").touch()
+        self.jobs.ensure_agent(self.core.config)
+
+        async def empty():
+            return await self.queued() == 0
+        await until(empty, "the queue to empty")
+
+    def rss_mb(self) -> float:
+        return psutil.Process(self.jobs.agent_pid()).memory_info().rss / 2**20
+
+
+def _spare_rss(agent_pid: int) -> float:
+    """RSS of the runner the agent keeps ready (its own session: found by command line)."""
+    for proc in psutil.process_iter(["cmdline", "ppid"]):
+        if proc.info["ppid"] == agent_pid and "canhazgpu.jobs.runner" in \
+                " ".join(proc.info["cmdline"] or []):
+            return proc.memory_info().rss / 2**20
+    return 0.0
+
+
+async def main(n: int) -> None:
+    with bench_env(gpus=1) as (env, _server):
+        config = load()
+        core = Core(config)
+        await core.setup_pool(1, "fake", force=False)
+        me = current()
+        hold = await core.allocate(Request(count=1, kind="manual", duration_s=3600), me)
+        bench = Bench(core, JobDir(jobs_root(config)))
+
+        bench.add(["true"])
+        bench.jobs.ensure_agent(config)
+        await bench.wait_queued(1)
+        one = bench.rss_mb()
+        t0 = time.perf_counter()
+        for _ in range(n - 1):
+            bench.add(["true"])
+        bench.jobs.wake_agent()
+        await bench.wait_queued(n)
+        placed = time.perf_counter() - t0
+        many = bench.rss_mb()
+        spare = _spare_rss(bench.jobs.agent_pid())
+        print(f"memory: agent RSS {one:.1f} MB with 1 queued job, {many:.1f} MB with {n} "
+              f"({(many - one) * 1024 / (n - 1):.1f} KB per job); {n - 1} placed in "
+              f"{placed:.1f}s; its spare runner {spare:.1f} MB")
+        await bench.cancel_all()
+
+        submit_ms = wall(["submit", "--", "true"], ROUNDS)
+        version_ms = wall(["--version"], ROUNDS)
+        print(f"submit: {submit_ms:.0f} ms median wall ({ROUNDS} fresh processes; "
+              f"`canhazgpu --version`: {version_ms:.0f} ms)")
+        await bench.cancel_all()
+
+        delays = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for i in range(ROUNDS):
+                out = Path(tmp) / f"start{i}"
+                job_id = bench.add(["bash", "--norc", "-c", f"echo $EPOCHREALTIME > {out}"])
+                bench.jobs.ensure_agent(config)
+                await bench.wait_queued(1)
+                await anyio.sleep(2)  # the spare runner warm, as behind any real queue
+                released = time.time()
+                await core.end(hold.rid, me)
+
+                async def started(out=out):
+                    return out.exists() and out.read_text().strip() != ""
+                await until(started, "the job's first instruction", 60)
+                delays.append((float(out.read_text()) - released) * 1000)
+
+                async def over(job_id=job_id):
+                    return bench.jobs.load(job_id).state in ENDED
+                await until(over, "the job to end", 60)
+                hold = await core.allocate(Request(count=1, kind="manual", duration_s=3600),
+                                           me)
+        print(f"release -> job start: p50 {percentile(delays, 50):.0f} ms, "
+              f"p99 {percentile(delays, 99):.0f} ms ({ROUNDS} rounds)")
+        agent = bench.jobs.agent_pid()
+        if agent:
+            os.kill(agent, 9)
+        await core.aclose()
+    print(f"machine: {machine()}, load {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    anyio.run(main, int(sys.argv[1]) if len(sys.argv) > 1 else 1000)

@@ -1,0 +1,325 @@
+"""The user's one job agent on this host: `python -m canhazgpu.jobs.agent`.
+
+Started (detached) by the first `submit`, it holds every queued job's place in the host's
+FIFO queue (the same queue as `wait`) through ONE event subscription shared by all its
+waiters, and starts each granted job as its own runner process. It keeps nothing that
+matters in memory: the job files say everything, so a restarted agent resumes the places
+(their queue lease outlives a restart) and never starts a job twice: a job is marked
+`starting` before its runner is spawned, and `running` by the runner before the command.
+It leaves when no job needs it; a SIGKILL or SIGTERM keeps the queue places for the next
+agent (`submit`, `jobs` and `cancel` start one).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import anyio
+
+from ..errors import BackendUnavailable, CanHazGpuError, PoolNotInitialized
+from .events import publish
+from .files import (CANCELLED, DONE, ENDED, LIVE, QUEUED, RUNNING, STARTING, FAILED, Job,
+                    JobDir, JobNotFound, jobs_root, now_ms, try_lock)
+
+QUEUE_LEASE = "2m"  # the places of a dead agent's jobs wait this long for the next agent
+RESCAN_S = 5.0  # look at the job files this often even without being woken
+IDLE_S = 30.0  # with no job to look after for this long, the agent leaves
+
+
+class Later(Exception):
+    """Redis or the pool is not there now (down, or restarted without its data): jobs stay
+    queued, and the agent tries again."""
+
+
+def log(text: str) -> None:
+    sys.stderr.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} agent {os.getpid()}: {text}\n")
+    sys.stderr.flush()
+
+
+class Agent:
+    def __init__(self, config, jobs: JobDir) -> None:
+        from ..core import Core
+        from ..identity import current
+        self.config = replace(config, queue_lease=QUEUE_LEASE)
+        self.core = Core(self.config)
+        self.jobs = jobs
+        self.caller = current(config.admin_group)
+        self.following: dict[int, anyio.CancelScope] = {}
+        self.finished: set[int] = set()
+        self.wake = anyio.Event()
+        self.trouble = ""  # what stops jobs from being queued now, said once
+        self.hub = None
+        self.runner: socket.socket | None = None  # our end of the spare runner's socket
+
+    async def main(self) -> None:
+        from ..events import EventHub
+        from ..waitqueue import QueueBeats
+        lock = try_lock(self.jobs.agent_lock)
+        if lock is None:
+            return  # another agent lives
+        (self.jobs.root / "agent.pid").write_text(str(os.getpid()))
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # runners are reaped by the kernel
+        log("started")
+        # One subscription for every waiter, routed to each by its reservation id, and one
+        # heartbeat script for all their places (as in the daemon): a queued job costs no
+        # Redis connection and no script of its own
+        store = self.core.store
+        self.hub = self.core.hub = EventHub(store, (store.expired_channel,))
+        self.core.beats = QueueBeats(self.core)
+        async with self.hub.running(), anyio.create_task_group() as tg:
+            self.tg = tg
+            await tg.start(self.core.beats.run)
+            await tg.start(self._signals)  # the wakes ignored until now: the scan covers them
+            idle_since = anyio.current_time()
+            while True:
+                needed = await self.scan()
+                if needed:
+                    idle_since = anyio.current_time()
+                elif anyio.current_time() - idle_since >= IDLE_S:
+                    # Unlocked, look once more: a job submitted after this look finds no
+                    # agent and starts one; one submitted before it is ours.
+                    os.close(lock)
+                    if not await self.scan():
+                        break
+                    lock = try_lock(self.jobs.agent_lock)
+                    if lock is None:
+                        break  # a new agent took over
+                    (self.jobs.root / "agent.pid").write_text(str(os.getpid()))
+                with anyio.move_on_after(RESCAN_S):
+                    await self.wake.wait()
+                self.wake = anyio.Event()
+            tg.cancel_scope.cancel()
+        if self.runner is not None:
+            self.runner.close()  # the spare runner leaves when it reads the end
+        log("no queued jobs left; stopped")
+
+    async def _signals(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
+        with anyio.open_signal_receiver(signal.SIGUSR1, signal.SIGTERM, signal.SIGINT) as sigs:
+            task_status.started()
+            async for signum in sigs:
+                if signum == signal.SIGUSR1:
+                    self.wake.set()
+                else:  # leave at once, keeping the queue places for the next agent
+                    log(f"stopped by signal {signum}; queue places kept for {QUEUE_LEASE}")
+                    os._exit(0)
+
+    # ------------------------------------------------------------------ the job files
+    async def scan(self) -> bool:
+        """Act on every job not known to be over; True when some job still needs us."""
+        needed = bool(self.following)
+        for n in self.jobs.ids():
+            if n in self.finished:
+                continue
+            if n in self.following:
+                if (self.jobs.root / str(n) / "cancel").exists():
+                    self.following[n].cancel()
+                continue
+            try:
+                job = self.jobs.load(n)
+            except JobNotFound:
+                continue  # being created
+            try:
+                needed |= await self.consider(job)
+            except Later as err:  # the jobs behind it wait too (first come, first served)
+                if str(err) != self.trouble:
+                    log(f"cannot queue job {job.id} now: {err}; trying again")
+                self.trouble = str(err)
+                return True
+        self.trouble = ""
+        return needed
+
+    async def consider(self, job: Job) -> bool:
+        """Move one job along; True while it needs the agent."""
+        state = job.state
+        if state in ENDED:
+            self.finished.add(job.id)
+            return False
+        if state in (STARTING, RUNNING) and job.runner_alive():
+            return False
+        if state == RUNNING:  # its runner died before recording how the command ended
+            if job.cancel_asked:
+                await self.end(job, CANCELLED, "cancelled while running")
+            else:
+                await self.end(job, FAILED, "its runner stopped (killed, or the machine "
+                                            "restarted) before the command's exit was recorded")
+            return False
+        # queued, or `starting` with no runner: the command never started
+        if job.cancel_asked:
+            await self.leave(job)
+            await self.end(job, CANCELLED, "cancelled while queued")
+            return False
+        verdict = self.dependencies(job)
+        if verdict is None:
+            return True  # waits for its dependencies
+        if verdict:
+            await self.end(job, CANCELLED, verdict)
+            return False
+        try:
+            res, req = await self.place(job)
+        except (BackendUnavailable, PoolNotInitialized) as err:
+            raise Later(str(err)) from None
+        except CanHazGpuError as err:
+            await self.end(job, FAILED, str(err))
+            return False
+        scope = anyio.CancelScope()
+        self.following[job.id] = scope
+        self.tg.start_soon(self.follow, job, req, res, scope)
+        self.spare()  # warm before the grant comes
+        return True
+
+    def dependencies(self, job: Job) -> str | None:
+        """None: wait; "": all ended successfully; else why the job cannot run."""
+        for dep in job.doc.get("after") or []:
+            try:
+                other = self.jobs.load(dep)
+            except JobNotFound:
+                return f"dependency {dep} is gone"
+            if other.state in LIVE:
+                return None
+            if other.state != DONE:
+                code = other.doc.get("exit_code")
+                return f"dependency {dep} {other.state}" + \
+                    (f" (exit {code})" if code is not None else "")
+        return ""
+
+    async def end(self, job: Job, state: str, reason: str) -> None:
+        job.ended(state, reason)
+        self.finished.add(job.id)
+        log(f"job {job.id} {state}: {reason}")
+        await publish(self.core, job, "job_ended")
+
+    # ------------------------------------------------------------------ the queue
+    def request(self, job: Job):
+        from ..request import Request
+        doc = job.doc
+        ids = doc.get("ids")
+        return Request(count=None if ids else doc.get("count", 1),
+                       ids=tuple(ids) if ids else None, kind="job", note=doc.get("note", ""))
+
+    async def place(self, job: Job):
+        """Keep the job's place in the queue, or join it: one job at a time, in id order,
+        so that the queue's order is the order of submission."""
+        from ..request import Reservation
+        req = self.request(job)
+        rid = job.doc.get("rid")
+        if rid and await self.core.queue_heartbeat(rid) is not None:
+            log(f"job {job.id}: resumed its place ({rid})")
+            return self.reservation(job), req
+        res = self.core.new_reservation(req, self.caller)
+        record = {**res.record, "name": job.doc.get("name", ""), "job": job.id}
+        res = Reservation(res.rid, (), res.user, "job", res.ttl_s, record)
+        job.save(state=QUEUED, rid=res.rid, record=record)  # before: a restart finds it
+        await self.core.enqueue(res, req)
+        log(f"job {job.id}: queued ({res.rid})")
+        return res, req
+
+    def reservation(self, job: Job):
+        from ..request import Reservation
+        record = job.doc["record"]
+        return Reservation(record["rid"], (), record["user"], "job",
+                           self.core.ttl_s(self.request(job)), record)
+
+    async def follow(self, job: Job, req, res, scope: anyio.CancelScope) -> None:
+        from ..waitqueue import LostPlace, Waiter
+        granted = None
+        try:
+            with scope:
+                waiter = Waiter(self.core, req, self.caller, signals=False, reservation=res,
+                                resume=True)
+                granted = await waiter.wait(None)
+        except (LostPlace, BackendUnavailable, PoolNotInitialized) as err:
+            log(f"job {job.id}: {err}; queueing it again")
+        except CanHazGpuError as err:
+            await self.end(job, FAILED, str(err))
+        finally:
+            del self.following[job.id]
+        if granted is not None:
+            await self.launch(job, granted)
+        elif scope.cancelled_caught:
+            await self.end(job, CANCELLED, "cancelled while queued")
+        self.wake.set()
+
+    async def leave(self, job: Job) -> None:
+        if job.doc.get("rid"):
+            try:
+                await self.core.leave(job.doc["rid"], "cancelled")
+            except CanHazGpuError:
+                pass  # the place expires with its lease
+
+    # ------------------------------------------------------------------ starting
+    async def launch(self, job: Job, res) -> None:
+        """Hand the granted GPUs to the job's own runner process."""
+        if job.cancel_asked:
+            await self.leave(job)
+            await self.end(job, CANCELLED, "cancelled while queued")
+            return
+        lock = try_lock(job.file("lock"))
+        if lock is None:
+            log(f"job {job.id}: granted GPU {res.env_value()}, but a runner holds it already")
+            return  # (never start a job twice)
+        try:
+            job.save(state=STARTING, gpus=list(res.gpus), granted_ms=now_ms())
+            self.hand_over(job, lock)
+            log(f"job {job.id}: started on GPU {res.env_value()}")
+        except OSError as err:
+            log(f"job {job.id}: cannot start its runner: {err}")
+            await self.leave(job)
+            await self.end(job, FAILED, f"cannot start its runner: {err}")
+        finally:
+            os.close(lock)
+        if self.following:
+            self.spare()  # ready for the next grant
+
+    def hand_over(self, job: Job, lock: int) -> None:
+        """Give the job and its lock to a waiting runner (a fresh one if the spare died).
+        While the message is in flight the lock stays held, so a restarted agent never
+        takes the job for one that did not start."""
+        for attempt in range(2):
+            sock = self.spare()
+            self.runner = None
+            try:
+                socket.send_fds(sock, [str(job.path).encode()], [lock])
+                return
+            except OSError:
+                if attempt:
+                    raise
+            finally:
+                sock.close()
+
+    def spare(self) -> socket.socket:
+        """The runner waiting for the next job, started now if there is none."""
+        if self.runner is None:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            with open(self.jobs.root / "agent.log", "ab") as err:
+                subprocess.Popen(
+                    [sys.executable, "-m", "canhazgpu.jobs.runner", str(theirs.fileno())],
+                    pass_fds=(theirs.fileno(),), start_new_session=True,
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+            theirs.close()
+            self.runner = ours
+        return self.runner
+
+
+def main() -> None:
+    # A wake (SIGUSR1, from a submit or a runner) before we listen must not kill us
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    from ..config import load
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    config = load()
+    jobs = JobDir(jobs_root(config))
+    jobs.ensure()
+    try:
+        anyio.run(Agent(config, jobs).main)
+    except KeyboardInterrupt:
+        pass
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,10 @@
+-- Announce a detached job's step (job_submitted, job_started, job_ended): the job itself
+-- lives in its owner's files, not in Redis; its reservation is an ordinary hold.
+-- ARG: event (json: type, job, name, user, uid, rid, gpus, state, exit_code, reason)
+-- Returns {'OK', ''}
+local ev = cjson.decode(ARG.event)
+if ev.type ~= 'job_submitted' and ev.type ~= 'job_started' and ev.type ~= 'job_ended' then
+  return {'BADTYPE', tostring(ev.type)}
+end
+publish(ev)
+return {'OK', ''}
