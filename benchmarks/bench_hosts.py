@@ -3,8 +3,14 @@ entry, a daemon-style usage snapshot, 3 reservations each) plus 3 real `canhazgp
 daemons, on one Redis and on a 3-master Redis Cluster; wall time of `status --all-hosts
 --json` and `hosts` as fresh processes, and Redis memory per host.
 
-Run: .venv/bin/python benchmarks/bench_hosts.py [--hosts 100] [--runs 10]
-Targets: `status --all-hosts --json` median <= 300 ms wall, `hosts` <= 200 ms.
+Each command runs in direct mode (CANHAZGPU_CLIENT=direct: this process reads Redis) and,
+for the views across hosts, through a daemon (=daemon: the daemon of h002, whose socket the
+three share, reads Redis and sends the views).
+
+Run: PYTHONPATH=src:benchmarks .venv/bin/python benchmarks/bench_hosts.py [--hosts 100]
+     [--runs 20] [--old ../main/src]  (--old: the old code's figures beside, run by run)
+Targets (issue 16): `status --all-hosts --json` median <= 150 ms wall, `hosts` <= 100 ms on
+one Redis; <= 250 / 150 ms on the 3-master cluster.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from canhazgpu.core import Core, Request  # noqa: E402
 from canhazgpu.identity import current  # noqa: E402
 
 REAL_DAEMONS = 3
+# label -> (target ms of `status --all-hosts --json`, of `hosts`)
+targets = {"one redis-server": (150, 100), "cluster, 3 masters + 3 replicas": (250, 150)}
 
 
 def staged() -> list[dict]:
@@ -86,7 +94,26 @@ def used_memory(clients: list[redis.Redis]) -> int:
     return sum(int(c.info("memory")["used_memory"]) for c in clients)
 
 
-def measure(label: str, env: dict, clients, n_hosts: int, runs: int) -> list[str]:
+def interleaved(args: list[str], runs: int, old_src: str | None) -> tuple[float, str]:
+    """Median wall ms of `canhazgpu ARGS` with this checkout's code and, run by run in
+    turn (the same machine load for both), with the code in old_src ("" without one)."""
+    if not old_src:
+        return wall(args, runs), ""
+    new_times, old_times = [], []
+    mine = os.environ.get("PYTHONPATH", "")
+    try:
+        for _ in range(runs):
+            os.environ["PYTHONPATH"] = old_src
+            old_times.append(wall(args, 1))
+            os.environ["PYTHONPATH"] = mine
+            new_times.append(wall(args, 1))
+    finally:
+        os.environ["PYTHONPATH"] = mine
+    return median(new_times), f"{median(old_times):.0f}"
+
+
+def measure(label: str, env: dict, clients, n_hosts: int, runs: int,
+            old_src: str | None) -> list[str]:
     names = [f"h{i:03d}" for i in range(n_hosts)]
     before = used_memory(clients)
     anyio.run(populate, env, names)
@@ -96,19 +123,26 @@ def measure(label: str, env: dict, clients, n_hosts: int, runs: int) -> list[str
         for name in names[:REAL_DAEMONS]:
             stack.enter_context(daemon({**env, "CANHAZGPU_HOST": name}))
         os.environ["CANHAZGPU_HOST"] = names[0]
-        for args, target in ((["status", "--all-hosts", "--json"], 300), (["hosts"], 200),
-                             (["hosts", "--json"], 200), (["status", "--json"], 200),
-                             (["--version"], None)):
-            ms = wall(args, runs)
-            goal = f"<= {target}" if target else "(Python start-up)"
-            rows.append(f"| {label} | `{' '.join(args)}` | {ms:.0f} | {goal} |")
-            print(rows[-1], flush=True)
+        views, hosts_goal = targets[label]
+        for args, target, modes in (
+                (["status", "--all-hosts", "--json"], views, ("direct", "daemon")),
+                (["hosts"], hosts_goal, ("direct", "daemon")),
+                (["hosts", "--json"], None, ("direct", "daemon")),
+                (["status", "--json"], None, ("direct",)), (["--version"], None, ("direct",))):
+            for mode in modes:
+                os.environ["CANHAZGPU_CLIENT"] = mode
+                new, old = interleaved(args, runs, old_src)
+                goal = f"<= {target}" if target else ""
+                rows.append(f"| {label} | `{' '.join(args)}` | {mode} | {old} | {new:.0f} | "
+                            f"{goal} |")
+                print(rows[-1], flush=True)
+        os.environ.pop("CANHAZGPU_CLIENT")
         ms = anyio.run(in_process, env, names[0], runs)
         rows.append(f"| {label} | every host's view in a warm process (`hosts.views`) | "
-                    f"{ms:.0f} | |")
+                    f"direct | | {ms:.0f} | |")
         print(rows[-1], flush=True)
     rows.append(f"| {label} | Redis memory per host (8 GPUs, 3 reservations, snapshot, "
-                f"registry entry) | {per_host / 1024:.1f} KiB | |")
+                f"registry entry) | | | {per_host / 1024:.1f} KiB | |")
     print(rows[-1], flush=True)
     return rows
 
@@ -116,20 +150,25 @@ def measure(label: str, env: dict, clients, n_hosts: int, runs: int) -> list[str
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--hosts", type=int, default=100)
-    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--old", metavar="SRC", help="Also time the code in SRC (e.g. the "
+                        "src/ of a checkout of main), run by run in turn with ours")
     opts = parser.parse_args()
     print(f"machine: {machine()}; {opts.hosts} hosts x 8 GPUs, {REAL_DAEMONS} real daemons, "
           f"median of {opts.runs} fresh processes; load average {os.getloadavg()[0]:.1f}")
-    print("| Redis | command | median wall ms | target |\n|---|---|---:|---:|")
+    print("| Redis | command | client | old: median wall ms | new | target |\n"
+          "|---|---|---|---:|---:|---:|")
     with bench_env(gpus=8, processes=staged()) as (env, server):
         client = redis.Redis(unix_socket_path=str(server.socket))
-        measure("one redis-server", env, [client], opts.hosts, opts.runs)
+        measure("one redis-server", env, [client], opts.hosts, opts.runs, opts.old)
         client.close()
         with tempfile.TemporaryDirectory() as tmp, Cluster(Path(tmp)) as cluster:
             masters = [n.client() for n in cluster.nodes[:3]]
             cenv = {**env, "CANHAZGPU_REDIS_URL": cluster.url}
             os.environ["CANHAZGPU_REDIS_URL"] = cluster.url
-            measure("cluster, 3 masters + 3 replicas", cenv, masters, opts.hosts, opts.runs)
+            measure("cluster, 3 masters + 3 replicas", cenv, masters, opts.hosts, opts.runs,
+                    opts.old)
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

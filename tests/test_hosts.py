@@ -14,7 +14,7 @@ import pytest
 
 from canhazgpu import hosts
 from canhazgpu.core import Core, Request
-from canhazgpu.errors import NotOwner
+from canhazgpu.errors import CorruptState, NotOwner
 from clustertools import cluster, patterns_subscribed  # noqa: F401 (the fixture)
 from conftest import Cli, redis_client, wait_until
 from eventtools import Lines, reap, running_daemon
@@ -190,3 +190,41 @@ async def test_reserving_a_host_served_by_another_machine_is_refused(three, cli)
     listed = cli("admin", "--gpus", "2", "--host", "alpha,beta")  # no pool named "alpha,beta"
     assert listed.returncode == 2 and "a list of hosts is for" in listed.stderr
     cli("reserve", "--gpus", "1", "--host", "beta", check=0)  # registered from here
+
+
+async def test_one_read_of_a_host_gives_what_read_state_and_read_usage_give(three, me):
+    """store.read_view (view.lua, one round trip) decodes into the same State and Usage as
+    the single-host reads: holds, a release, a waiter, a corrupt entry, the snapshot."""
+    core = three["gamma"]
+    await core.allocate(Request(ids=(0, 1), duration_s=600, note="mine"), me)
+    await core.release(me, ids=(1,))
+    req = Request(ids=(0,), duration_s=600)  # waits for mine
+    await core.enqueue(core.new_reservation(req, me), req)
+    await core.publish_usage(await core.scan(source="daemon"), [])
+    await core.store.redis.hset(core.store.key("released"), "3", "garbage")
+
+    async def both():
+        state, snap = await core.store.read_view()
+        old = await core.store.read_state()
+        assert replace(state, now_ms=0) == replace(old, now_ms=0)
+        assert abs(state.now_ms - old.now_ms) < 5000
+        return state, snap
+    state, snap = await both()
+    _, usage = await core.store.read_usage()
+    assert set(state.holds) == {0} and 1 in state.released and 3 in state.corrupt
+    assert len(state.queue) == 1 and snap == usage and snap.source == "daemon"
+    assert (await core.host_view(here=False)).gpus[0].hold.note == "mine"
+
+    await core.store.redis.hset(core.store.key("snapshot"), "doc", "{not json")
+    state, snap = await both()  # the state still reads; the snapshot is its error
+    assert "snapshot" in str(snap) and set(state.holds) == {0}
+    _, found = await hosts.views(three["alpha"], ["gamma", "beta"])
+    assert "snapshot" in found[0].error and found[1].view is not None
+
+    await core.store.redis.hset(core.store.key("pool"), "count", "abc")
+    with pytest.raises(CorruptState, match="pool"):
+        await core.store.read_view()
+    with pytest.raises(CorruptState, match="pool"):
+        await core.store.read_state()
+    _, found = await hosts.views(three["alpha"], ["gamma", "beta"])
+    assert "canhazgpu:{gamma}:pool" in found[0].error and found[1].view is not None

@@ -22,7 +22,7 @@ from .errors import (CanHazGpuError, CorruptState, GpusUnavailable, InvalidReque
                      PoolNotInitialized, ProviderUnavailable, boundary)
 from .identity import Caller
 from .idle import idle_since
-from .model import GpuState, GpuUsage, PoolView, Record, Usage, Waiter
+from .model import GpuState, GpuUsage, PoolView, Record, State, Usage, Waiter
 from .request import QueueStatus, Request, Reservation, parse_count, parse_ids
 from .store import Store
 from .timefmt import hms
@@ -157,10 +157,13 @@ class Core:
         """Current GPU usage: the daemon's snapshot while fresh (by Redis's clock), else a
         scan of our own."""
         now_ms, snap = await self.store.read_usage()
+        return snap if self.fresh(now_ms, snap) else await self.scan(now_ms)
+
+    def fresh(self, now_ms: int, snap: Usage | None) -> bool:
+        """Whether a stored snapshot is the daemon's and young enough to show as is."""
         max_age_ms = self.config.seconds("snapshot_max_age") * 1000
-        if snap is not None and snap.source == "daemon" and now_ms - snap.scanned_ms <= max_age_ms:
-            return snap
-        return await self.scan(now_ms)
+        return snap is not None and snap.source == "daemon" and \
+            now_ms - snap.scanned_ms <= max_age_ms
 
     async def scan(self, now_ms: int = 0, source: str = "cli") -> Usage:
         """Read every GPU now (stored by the allocate or usage script, stamped there)."""
@@ -176,12 +179,14 @@ class Core:
         return json.loads(data)["dropped"]
 
     # ------------------------------------------------------------------ views
-    async def view(self, usage: Usage | None = None, queue: bool = True) -> PoolView:
+    async def view(self, usage: Usage | None = None, queue: bool = True,
+                   state: State | None = None) -> PoolView:
         """Holds, releases and usage of every GPU, as status shows them. A GPU whose
         stored state cannot be read is shown in error (naming the key); when the provider
         fails, the GPUs are shown unreadable and the reservations still listed.
-        queue=False: without the waiters (PoolView.queue empty)."""
-        state = await self.store.read_state(queue)
+        queue=False: without the waiters (PoolView.queue empty). state: already read."""
+        if state is None:
+            state = await self.store.read_state(queue)
         if state.count < 1:
             await self.pool()  # raises PoolNotInitialized
         if usage is None:
@@ -203,6 +208,22 @@ class Core:
             for i in range(state.count))
         return PoolView(now_ms=state.now_ms, gpus=gpus, provider=state.provider,
                         scanned_ms=usage.scanned_ms or state.now_ms, queue=state.queue)
+
+    async def host_view(self, here: bool, read=None) -> PoolView:
+        """The view as the views across hosts show it, from one read (store.read_view, or
+        `read`: what store.read_views() read of this host). here: our own host, viewed as
+        `view()` does; another host's usage is its daemon's last snapshot, whatever its age
+        (this machine cannot see that host's GPUs), or unknown without one; a corrupt
+        snapshot there is that host's error."""
+        if isinstance(read, CanHazGpuError):
+            raise read
+        state, snap = read or await self.store.read_view()
+        if here:
+            fresh = not isinstance(snap, CanHazGpuError) and self.fresh(state.now_ms, snap)
+            return await self.view(snap if fresh else None, state=state)
+        if isinstance(snap, CanHazGpuError):
+            raise snap
+        return await self.view(snap or Usage(state.now_ms, (), "none"), state=state)
 
     async def queue(self) -> tuple[int, tuple[Waiter, ...]]:
         """(Redis time, the live waiters in arrival order with what each holds so far)."""

@@ -12,14 +12,17 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, replace
 from importlib import metadata
+from typing import TYPE_CHECKING
 
 import anyio
 
 from .accounting import summarize
-from .core import Core
 from .errors import BackendUnavailable, CanHazGpuError, InvalidRequest, NotOwner
 from .identity import Caller
 from .model import PoolView, Usage
+
+if TYPE_CHECKING:
+    from .core import Core
 
 HEARTBEAT_S = 5.0  # a serving daemon refreshes its entry this often
 STALE_MS = 15_000  # a daemon silent this long is shown down (killed, or cut off from Redis)
@@ -82,10 +85,12 @@ async def register(core: Core, op: str) -> None:
         "machine": socket.gethostname()})
 
 
-async def retire(core: Core, caller: Caller) -> str:
-    """Take the core's host out of the registry (admin only; its daemon must be stopped).
-    Its pool and history stay in Redis: `admin --gpus N` on it registers it again."""
-    host = core.config.host_name
+async def retire(core: Core, caller: Caller, host: str | None = None) -> str:
+    """Take `host` (default: the core's) out of the registry (admin only; its daemon must
+    be stopped). Its pool and history stay in Redis: `admin --gpus N` on it registers it
+    again."""
+    host = host or core.config.host_name
+    core = host_core(core, host)
     if not caller.is_admin:
         raise NotOwner("admin --retire is for root or the admin group only")
     entries = await core.store.registry()
@@ -98,10 +103,10 @@ async def retire(core: Core, caller: Caller) -> str:
     return host
 
 
-def one_host(core: Core) -> None:
+def one_host(config) -> None:
     """A command that changes a pool works on one host: --host a,b is for the views."""
-    if "," in core.config.host_name:
-        raise InvalidRequest(f"invalid --host {core.config.host_name!r}: a list of hosts is "
+    if "," in config.host_name:
+        raise InvalidRequest(f"invalid --host {config.host_name!r}: a list of hosts is "
                              "for status, queue and report; name one host here")
 
 
@@ -109,7 +114,7 @@ async def check_here(core: Core) -> None:
     """Refuse to reserve GPUs of a host registered from another machine: CUDA_VISIBLE_DEVICES,
     the job's PID and the caller's account only mean something on the machine that runs
     the job (docs/hosts.md). A host not registered, or registered from here, is ours."""
-    one_host(core)
+    one_host(core.config)
     entry = await core.store.registry_entry()
     machine = entry.get("machine") if entry else None
     if machine and machine != socket.gethostname():
@@ -130,6 +135,7 @@ def host_core(core: Core, host: str) -> Core:
     """The Core of `host` on `core`'s connections (core itself for its own host)."""
     if host == core.config.host_name:
         return core
+    from .core import Core  # (imported here: a client of the daemon never needs it)
     return Core(replace(core.config, host=host), store=core.store.for_host(host))
 
 
@@ -161,14 +167,13 @@ async def views(core: Core, names: list[str] | None = None) -> tuple[int, list[H
     names = sorted(entries) if names is None else list(names)
     now = await core.store.time_ms()
 
+    reads = await core.store.read_views(names)  # one read per host, a pipeline per node
+
     async def read(name: str) -> HostView:
         entry = entries.get(name, {})
         hcore = host_core(core, name)
         try:
-            if hcore is core:
-                view = await core.view()
-            else:
-                view = await hcore.view(await snapshot_usage(hcore))
+            view = await hcore.host_view(here=hcore is core, read=reads[name])
         except BackendUnavailable:
             raise  # Redis itself: one line for the whole command
         except CanHazGpuError as err:  # no pool there, corrupt state: this host only
@@ -182,8 +187,12 @@ async def views(core: Core, names: list[str] | None = None) -> tuple[int, list[H
 async def queues(core: Core, names: list[str] | None = None) -> list[tuple[str, int, tuple]]:
     """(host, Redis time, its waiters) for each host."""
     names = await host_names(core, names)
-    found = await _each(names, lambda n: host_core(core, n).queue())
-    return [(n, *found[n]) for n in names]
+
+    reads = await core.store.read_views(names)  # one read per host, as views() reads them
+    for name in names:
+        if isinstance(reads[name], CanHazGpuError):
+            raise reads[name]
+    return [(n, reads[n][0].now_ms, reads[n][0].queue) for n in names]
 
 
 async def report(core: Core, days: float, names: list[str] | None = None) -> dict:
@@ -194,6 +203,29 @@ async def report(core: Core, days: float, names: list[str] | None = None) -> dic
     now = max((found[n][2] for n in names), default=await core.store.time_ms())
     since = min((found[n][1] for n in names), default=now - int(days * 86400 * 1000))
     return {**summarize(rows, since, now, days), "hosts": names}
+
+
+class DirectHosts:
+    """The views across hosts read here, on the connections of `core` (direct mode); a
+    daemon answers the same calls for its clients (api/client.py RemoteHosts)."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    async def document(self, names: list[str] | None = None) -> dict:
+        return await document(self.core, names)
+
+    async def views(self, names: list[str] | None = None) -> tuple[int, list[HostView]]:
+        return await views(self.core, names)
+
+    async def queues(self, names: list[str] | None = None) -> list[tuple[str, int, tuple]]:
+        return await queues(self.core, names)
+
+    async def report(self, days: float, names: list[str] | None = None) -> dict:
+        return await report(self.core, days, names)
+
+    async def retire(self, caller: Caller, host: str | None = None) -> str:
+        return await retire(self.core, caller, host)
 
 
 HOSTS_JSON_VERSION = 1

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from functools import cache
 from importlib import resources
 from urllib.parse import urlsplit
 
+import anyio
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
 from redis.asyncio.cluster import RedisCluster
@@ -34,6 +36,7 @@ ARGS = {
     "job_event": ("event",),
     "register": ("op", "entry"),  # the one script on REGISTRY_KEY instead of the host's keys
     "notify": ("op", "uid", "user", "rule"),  # on the host's notify key alone (notify/)
+    "view": ("lease_prefix",),  # read-only: one host's state and snapshot in one reply
 }
 # The registry of hosts (hosts.py): one hash, host -> its entry, outside every host's slot.
 REGISTRY_KEY = "canhazgpu:hosts"
@@ -82,6 +85,7 @@ def _prelude(name: str) -> str:
     ])
 
 
+@cache
 def script_source(name: str) -> str:
     lua = resources.files("canhazgpu") / "lua"
     return "\n".join([_prelude(name), (lua / "_lib.lua").read_text(),
@@ -96,7 +100,7 @@ class Store:
     keyspace notifications of the host's keys need the node serving that slot (node())."""
 
     def __init__(self, url: str, host: str, *, client=None, nodes: dict | None = None,
-                 explain=None) -> None:
+                 explain=None, scripts: dict | None = None) -> None:
         self.url = check_url(url)
         self._explain = explain  # err -> the "cannot reach" line naming where the URL came from
         self.host = host
@@ -106,12 +110,12 @@ class Store:
         self.cluster = isinstance(self.redis, RedisCluster)
         self._nodes = {} if nodes is None else nodes  # cluster: node name -> its own client
         self._owner = client is None  # close() closes what we opened, not a shared client
-        self._scripts: dict = {}
+        self._scripts: dict = {} if scripts is None else scripts  # shared with for_host()
 
     def for_host(self, host: str) -> Store:
         """The store of another host, on this store's connections (closed with this one)."""
         return Store(self.url, host, client=self.redis, nodes=self._nodes,
-                     explain=self._explain)
+                     explain=self._explain, scripts=self._scripts)
 
     async def node(self) -> aioredis.Redis:
         """The client of the node serving this host's slot: the one client when not on a
@@ -194,15 +198,20 @@ class Store:
         return await self._call(name, self.keys_for(span), args)
 
     async def _call(self, name: str, keys: list[str], args: dict) -> tuple[str, str]:
+        reply = await self._eval(name, keys, args)
+        return reply[0], (reply[1] if len(reply) > 1 else "")
+
+    async def _eval(self, name: str, keys: list[str], args: dict, client=None) -> list:
+        """Script `name`'s whole reply: a list whose first item is its status. client: a
+        pipeline to queue it on (the reply then comes from its execute(): _reply())."""
         if set(args) != set(ARGS[name]):
             raise TypeError(f"script {name} takes {ARGS[name]}, not {tuple(args)}")
         if name not in self._scripts:
             self._scripts[name] = self.redis.register_script(script_source(name))
         argv = [self.channel, self.host, *(str(args[a]) for a in ARGS[name])]
-        reply = await self.guard(self._scripts[name](keys=keys, args=argv))
-        if not isinstance(reply, list) or not reply or not isinstance(reply[0], str):
-            raise CorruptState(f"script {name} returned {reply!r}")
-        return reply[0], (reply[1] if len(reply) > 1 else "")
+        if client is not None:
+            return await self._scripts[name](keys=keys, args=argv, client=client)
+        return _reply(name, await self.guard(self._scripts[name](keys=keys, args=argv)))
 
     async def guard(self, awaitable):
         """Await a Redis call; every Redis failure becomes one line naming the URL."""
@@ -326,6 +335,78 @@ class Store:
         return self._decode_state(now_ms, count, pool, holds, released, order, waiters,
                                   dict(deadlines), leases, queue)
 
+    async def read_view(self) -> tuple[State, Usage | CorruptState | None]:
+        """read_state() and read_usage() at one instant, in one read (view.lua: one
+        round trip, routed by key on a cluster): the views across hosts read each host so.
+        The snapshot is None when there is none, a CorruptState when it cannot be read
+        (raised by the caller that needs it: the state is still good)."""
+        return self._decode_view(await self._eval("view", self.keys_for(0),
+                                                  {"lease_prefix": self.key("lease:")}))
+
+    async def read_views(self, hosts: list[str]) -> dict:
+        """read_view() of every host in `hosts`: one pipeline (one round trip) per Redis
+        node, the nodes at once; host -> its read_view(), or the CorruptState of a host
+        whose state cannot be read. On a cluster, a host whose slot moved meanwhile is
+        read again through the cluster client (which follows the move)."""
+        by_node: dict[int, tuple] = {}
+        for store in (self.for_host(h) for h in hosts):
+            client = await store.node()  # the one client when not on a cluster
+            by_node.setdefault(id(client), (client, []))[1].append(store)
+        out: dict = {}
+
+        async def one_node(client, stores: list[Store]) -> None:
+            async with client.pipeline(transaction=False) as pipe:
+                for store in stores:
+                    await store._eval("view", store.keys_for(0),
+                                      {"lease_prefix": store.key("lease:")}, client=pipe)
+                try:
+                    replies = await pipe.execute(raise_on_error=False)
+                except (rexc.RedisError, *_CLUSTER_DOWN) as err:
+                    if not self.cluster:
+                        await self.guard(_raise(err))  # one line naming the URL
+                    await self.forget_node()  # a node gone: each host read on its own
+                    replies = [err] * len(stores)
+            for store, reply in zip(stores, replies):
+                try:
+                    if isinstance(reply, Exception) and self.cluster and _slot_trouble(reply):
+                        out[store.host] = await store.read_view()
+                        continue
+                    if isinstance(reply, Exception):
+                        raise CorruptState(f"script view on host {store.host!r} failed: "
+                                           f"{str(reply)[:200]}")
+                    out[store.host] = store._decode_view(_reply("view", reply))
+                except CorruptState as err:
+                    out[store.host] = err
+        async with anyio.create_task_group() as tg:
+            for client, stores in by_node.values():
+                tg.start_soon(one_node, client, stores)
+        return out
+
+    def _decode_view(self, reply: list) -> tuple[State, Usage | CorruptState | None]:
+        try:
+            (_, now, pool, holds, released, order, waiters, deadlines, leases,
+             (doc, scanned)) = reply
+            now_ms = int(now)
+            pool, holds, released, waiters = map(_pairs, (pool, holds, released, waiters))
+            deadlines = {w: float(s) for w, s in _pairs(deadlines).items()}
+        except (TypeError, ValueError):
+            raise CorruptState(f"script view returned {str(reply)[:80]!r}") from None
+        count = _int(self.key("pool"), pool.get("count", "0"))
+        state = self._decode_state(now_ms, count, pool, holds, released, order, waiters,
+                                   deadlines, leases)
+        try:
+            return state, self._snapshot(doc, scanned)
+        except CorruptState as err:
+            return state, err
+
+    def _snapshot(self, doc, scanned) -> Usage | None:
+        if not doc:
+            return None
+        try:
+            return Usage.from_json({**json.loads(doc), "scanned_ms": int(scanned)})
+        except (TypeError, ValueError, KeyError, AttributeError):
+            raise CorruptState(_corrupt(self.key("snapshot"), "doc", doc)) from None
+
     def _decode_state(self, now_ms, count, pool, holds, released, order, waiters,
                       deadlines, leases, queue: bool = True) -> State:
         corrupt: dict[int, str] = {}
@@ -391,13 +472,7 @@ class Store:
         """(Redis time now, the daemon's last snapshot or None), both in Redis's clock."""
         (secs, micros), (doc, scanned) = await self.at_once(
             lambda pipe: pipe.time().hmget(self.key("snapshot"), "doc", "scanned_ms"))
-        now_ms = int(secs) * 1000 + int(micros) // 1000
-        if not doc:
-            return now_ms, None
-        try:
-            return now_ms, Usage.from_json({**json.loads(doc), "scanned_ms": int(scanned)})
-        except (TypeError, ValueError, KeyError, AttributeError):
-            raise CorruptState(_corrupt(self.key("snapshot"), "doc", doc)) from None
+        return int(secs) * 1000 + int(micros) // 1000, self._snapshot(doc, scanned)
 
     async def events_since(self, seq: int, limit: int = 10000) -> list[dict]:
         """The host's events after `seq`, oldest first, from its capped stream (the newest
@@ -473,6 +548,12 @@ class Store:
         return await self.guard(self.redis.get(self.key("daemon")))
 
 
+def _reply(name: str, reply) -> list:
+    if not isinstance(reply, list) or not reply or not isinstance(reply[0], str):
+        raise CorruptState(f"script {name} returned {str(reply)[:80]!r}")
+    return reply
+
+
 async def _raise(err: BaseException):
     raise err
 
@@ -488,6 +569,11 @@ def _slot_trouble(err: BaseException) -> bool:
 # ---------------------------------------------------------------------- decoding
 def _corrupt(key: str, field: str, raw) -> str:
     return f"corrupt value in Redis key {key} field {field}: {str(raw)[:60]!r}"
+
+
+def _pairs(flat: list) -> dict:
+    """A hash as a script returns it (HGETALL's field, value, ...) as a dict."""
+    return dict(zip(flat[::2], flat[1::2]))
 
 
 def _int(key: str, raw) -> int:

@@ -27,24 +27,25 @@ def answering(config) -> str | None:
     return find_daemon(config)[0]
 
 
-def find_daemon(config) -> tuple[str | None, str | None]:
+def find_daemon(config, any_host: bool = False) -> tuple[str | None, str | None]:
     """(the socket of a daemon that serves our settings, None), else (None, why the
     daemons that answered do not: another host, or another Redis than the one our
-    settings name explicitly). An explicit setting always wins over a daemon that answers."""
+    settings name explicitly). An explicit setting always wins over a daemon that answers.
+    any_host: for the views across hosts, a daemon of any host on our Redis will do."""
     why = None
     for path in config.api_paths():
         hello = _hello(path)
         if hello is None:
             continue
-        why = _mismatch(config, path, hello)
+        why = _mismatch(config, path, hello, any_host)
         if why is None:
             return str(path), None
     return None, why
 
 
-def _mismatch(config, path, hello: dict) -> str | None:
+def _mismatch(config, path, hello: dict, any_host: bool = False) -> str | None:
     host = str(hello.get("host", ""))
-    if host != config.host_name:
+    if host != config.host_name and not any_host:
         return (f"the daemon at {path} serves host {host[:80]!r}, not "
                 f"{config.host_name!r} ({config.origin('host')})")
     if "redis_url" in config.origins:
@@ -276,6 +277,32 @@ class RemoteStore:
 
     async def events_since(self, seq: int) -> list[dict]:
         return await self.remote.call("events_since", {"since": seq})
+
+
+class RemoteHosts:
+    """The views across the hosts of the daemon's Redis, and retiring a host, answered by
+    the daemon (the methods of hosts.DirectHosts): a user who cannot reach that Redis sees
+    what direct mode shows, other users' command lines cut (model.seen_by)."""
+
+    def __init__(self, remote: RemoteCore) -> None:
+        self.remote = remote
+
+    async def document(self, names: list[str] | None = None) -> dict:
+        return await self.remote.call("hosts", {"hosts": names})
+
+    async def views(self, names: list[str] | None = None) -> tuple[int, list]:
+        now, found = await self.remote.call("host_views", {"hosts": names})
+        return now, [protocol.host_view(doc) for doc in found]
+
+    async def queues(self, names: list[str] | None = None) -> list[tuple[str, int, tuple]]:
+        return [(host, now, tuple(protocol.waiter(w) for w in waiters)) for host, now, waiters
+                in await self.remote.call("host_queues", {"hosts": names})]
+
+    async def report(self, days: float, names: list[str] | None = None) -> dict:
+        return await self.remote.call("host_report", {"days": days, "hosts": names})
+
+    async def retire(self, caller=None, host: str | None = None) -> str:
+        return await self.remote.call("retire", {"host": host or self.remote.config.host_name})
 
 
 async def _interrupt_on_signal() -> None:

@@ -16,6 +16,7 @@ from .. import errors
 from ..model import GpuProcess, GpuState, GpuUsage, Hold, PoolView, Waiter
 
 if TYPE_CHECKING:
+    from ..hosts import HostView
     from ..request import QueueStatus, Request, Reservation
 
 VERSION = 1
@@ -23,7 +24,11 @@ MAX_LINE = 64 * 1024  # a request or reply line longer than this is refused
 OPS = ("hello", "pool_size", "setup_pool", "view", "queue", "report", "acquire", "heartbeat",
        "end", "release", "events", "events_since",
        # notifications (issue 20): the caller's own rules
-       "notify_add", "notify_list", "notify_remove", "notify_test")
+       "notify_add", "notify_list", "notify_remove", "notify_test",
+       # the views across the hosts of the daemon's Redis (docs/hosts.md), and retiring one
+       "hosts", "host_views", "host_queues", "host_report", "retire")
+MAX_HOSTS = 10000  # host names in one request
+MAX_HOST_NAME = 200
 
 
 class ProtocolError(errors.CanHazGpuError):
@@ -146,3 +151,30 @@ def request(doc: dict) -> Request:
 def queue_status(doc: dict) -> QueueStatus:
     from ..request import QueueStatus
     return _build(QueueStatus, doc)
+
+
+# ---------------------------------------------------------------------- across hosts
+def host_name(value) -> str:
+    """One host name as a client sends it (checked once, here)."""
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_HOST_NAME \
+            or not value.isprintable() or "," in value:
+        raise errors.InvalidRequest(f"invalid host {str(value)[:80]!r}: one host name, "
+                                    f"printable, up to {MAX_HOST_NAME} characters")
+    return value
+
+
+def host_names(value) -> list[str] | None:
+    """The hosts a view across hosts spans: None (every registered host) or names."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) > MAX_HOSTS:
+        raise errors.InvalidRequest(f"invalid hosts {str(value)[:80]!r}: a list of up to "
+                                    f"{MAX_HOSTS} host names, or null for every host")
+    return [host_name(h) for h in value]
+
+
+def host_view(doc: dict) -> HostView:
+    from ..hosts import HostView
+    return HostView(host=str(doc["host"]), entry=dict(doc["entry"]), daemon=str(doc["daemon"]),
+                    view=view(doc["view"]) if doc.get("view") else None,
+                    error=doc.get("error"))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import anyio
 
-from .. import identity
+from .. import hosts, identity
 from ..errors import (CanHazGpuError, InvalidRequest, LimitReached, NotHeld, NotOwner,
                       boundary)
 from ..identity import Caller
@@ -181,10 +181,7 @@ class ApiServer:
         return [now_ms, [protocol.encode(w) for w in waiters]]
 
     async def op_report(self, conn, caller, args) -> dict:
-        days = args.get("days")
-        if not isinstance(days, (int, float)) or not 0 < days <= MAX_DAYS:
-            raise InvalidRequest(f"invalid days {days!r}: above 0, up to {MAX_DAYS}")
-        return await self.core.report(float(days))
+        return await self.core.report(_days(args.get("days")))
 
     async def op_acquire(self, conn: Connection, caller: Caller, args: dict) -> Reservation:
         """Allocate now, or (wait_s) queue while the connection is open: hanging up
@@ -315,6 +312,30 @@ class ApiServer:
     async def op_notify_test(self, conn, caller: Caller, args: dict) -> list[dict]:
         return await self.core.notify(caller, "test")
 
+    # ------------------------------------------------------------------ across hosts
+    # The views that span the hosts of the daemon's Redis (any host on it, not only ours),
+    # for users who cannot reach that Redis: what direct mode reads (hosts.py).
+    async def op_hosts(self, conn, caller, args) -> dict:
+        return await hosts.document(self.core, protocol.host_names(args.get("hosts")))
+
+    async def op_host_views(self, conn, caller: Caller, args) -> list:
+        now, found = await hosts.views(self.core_for(args, "memory_threshold"),
+                                       protocol.host_names(args.get("hosts")))
+        return [now, [replace(hv, view=seen_by(hv.view, caller.user, caller.is_admin))
+                      if hv.view else hv for hv in found]]
+
+    async def op_host_queues(self, conn, caller, args) -> list:
+        found = await hosts.queues(self.core, protocol.host_names(args.get("hosts")))
+        return [[host, now, waiters] for host, now, waiters in found]
+
+    async def op_host_report(self, conn, caller, args) -> dict:
+        return await hosts.report(self.core, _days(args.get("days")),
+                                  protocol.host_names(args.get("hosts")))
+
+    async def op_retire(self, conn, caller: Caller, args) -> str:
+        """Root or the admin group only: the core checks the caller the kernel named."""
+        return await hosts.retire(self.core, caller, protocol.host_name(args.get("host")))
+
     # ------------------------------------------------------------------ ownership
     async def owned(self, caller: Caller, rid: str) -> Reservation | None:
         """The caller's live reservation `rid` (NotOwner when it is someone else's): as
@@ -377,6 +398,13 @@ def _ids(value) -> tuple[int, ...] | None:
     except (TypeError, ValueError):
         raise InvalidRequest(f"invalid GPU ids {str(value)[:40]!r}: a list of numbers") \
             from None
+
+
+def _days(days) -> float:
+    if not isinstance(days, (int, float)) or isinstance(days, bool) or \
+            not 0 < days <= MAX_DAYS:
+        raise InvalidRequest(f"invalid days {days!r}: above 0, up to {MAX_DAYS}")
+    return float(days)
 
 
 def _opt_str(value) -> str | None:

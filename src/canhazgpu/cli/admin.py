@@ -30,11 +30,11 @@ async def admin(state, count, provider, force, as_json, retire):
     """Initialise or resize the GPU pool of this host (root or the admin group)."""
     from .. import hosts
     from ..request import parse_count
-    hosts.one_host(state.core)
+    hosts.one_host(state.config)  # (no core yet: --retire may go through a daemon)
     if retire:
         if count is not None or provider or force:
             raise click.UsageError("--retire takes no --gpus, --provider or --force")
-        host = await hosts.retire(state.direct, state.local_caller())
+        host = await state.hosts.retire(state.local_caller(), state.config.host_name)
         if as_json:
             output.emit_json({"retired": host})
         else:

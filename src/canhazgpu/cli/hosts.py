@@ -54,8 +54,7 @@ Set-up for a team and failure modes: canhazgpu help hosts
 @click.pass_obj
 async def hosts(state, as_json):
     """Every host sharing this Redis: GPUs available/reserved/unreserved, queue, daemon."""
-    from .. import hosts as registry
-    doc = await registry.document(state.direct)
+    doc = await state.hosts.document()
     if as_json:
         output.emit_json(doc)
         return
@@ -90,7 +89,7 @@ async def status_of_hosts(state, span: list[str], fmt, as_json: bool, summary: b
     each entry the single-host document (docs/status.md) with host, daemon and last seen."""
     from .. import hosts as registry
     from .. import render
-    now, found = await registry.views(state.direct, names(span))
+    now, found = await state.hosts.views(names(span))
     if as_json:
         docs = []
         for hv in found:
@@ -119,10 +118,9 @@ async def status_of_hosts(state, span: list[str], fmt, as_json: bool, summary: b
 
 async def queue_of_hosts(state, span: list[str], as_json: bool) -> None:
     """`queue --all-hosts`: each host's queue; JSON {"hosts": [{"host", "queue": [...]}]}."""
-    from .. import hosts as registry
     from ..render import queue_json, render_queue
     found = [(host, queue_json(now, waiters))
-             for host, now, waiters in await registry.queues(state.direct, names(span))]
+             for host, now, waiters in await state.hosts.queues(names(span))]
     if as_json:
         output.emit_json({"hosts": [{"host": h, "queue": rows} for h, rows in found]})
         return
@@ -133,9 +131,8 @@ async def queue_of_hosts(state, span: list[str], as_json: bool) -> None:
 
 async def report_of_hosts(state, span: list[str], days: float, as_json: bool) -> None:
     """`report --all-hosts`: GPU hours per user over all the hosts together."""
-    from .. import hosts as registry
     from ..render import render_report
-    data = await registry.report(state.direct, days, names(span))
+    data = await state.hosts.report(days, names(span))
     if as_json:
         output.emit_json(data)
     else:

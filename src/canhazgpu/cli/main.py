@@ -34,6 +34,7 @@ class Context:
         self._config = None
         self._core = None
         self._direct_core = None
+        self._hosts = None
 
     @property
     def config(self):
@@ -63,11 +64,11 @@ class Context:
         from ..api.client import RemoteCore
         return isinstance(self.core, RemoteCore)
 
-    def _remote(self):
+    def _remote(self, any_host: bool = False):
         if self.config.client == "direct":
             return None
         from ..api.client import RemoteCore, find_daemon
-        path, why = find_daemon(self.config)
+        path, why = find_daemon(self.config, any_host)
         if path is not None:
             return RemoteCore(self.config, path)
         if self.config.client == "daemon":
@@ -88,13 +89,29 @@ class Context:
 
     @property
     def direct(self):
-        """The core over Redis itself, whatever the mode: for what spans hosts (the views of
-        every host, the registry), which the daemon of one host does not serve."""
+        """The core over Redis itself, whatever the mode: for what no daemon serves (the
+        events of every host, the views across hosts when no daemon answers)."""
         if self._core is not None and not self.remote:
             return self._core  # direct already: the same connections
         if self._direct_core is None:  # no need to ask for a daemon first
             self._direct_core = self._direct()
         return self._direct_core
+
+    @property
+    def hosts(self):
+        """The views across hosts (`hosts`, --all-hosts, --host a,b) and `admin --retire`:
+        asked of a daemon on our Redis, whichever host it serves (a user of a secured host
+        cannot reach its Redis), else read over Redis here (docs/hosts.md)."""
+        if self._hosts is None:
+            remote = self._core if self._core is not None and self.remote \
+                else self._remote(any_host=True)
+            if remote is not None:
+                from ..api.client import RemoteHosts
+                self._hosts = RemoteHosts(remote)
+            else:
+                from ..hosts import DirectHosts
+                self._hosts = DirectHosts(self.direct)
+        return self._hosts
 
     def local_caller(self, pid: int | None = None):
         """Who we are, looked up here (direct mode's identity, for direct operations)."""
