@@ -353,3 +353,16 @@ async def test_redis_restart_under_a_daemon_and_a_follower(tmp_path, env, fake_g
         await reap(*procs)
         await core.aclose()
         server.stop()
+
+
+async def test_a_failed_scan_is_shown_and_said_at_once(pool, config, fake_gpus):
+    """Issue 17: after a scan failure, status does not show the last scan's usage until
+    it ages; every GPU reads as unreadable, and a gpu_error event says why."""
+    async with running_daemon(config), Recorder(pool.store).running() as rec:
+        fake_gpus.path.write_text("{not json")
+        event = await rec.until(lambda e: e.type == "gpu_error", timeout=10)
+        assert "scan failed" in event.data["error"]
+        view = await pool.view()
+        assert all(g.status == "error" and "scan failed" in g.error for g in view.gpus)
+        fake_gpus.write()
+        await rec.until(lambda e: e.type == "gpu_recovered", timeout=10)

@@ -16,7 +16,7 @@ import anyio
 from .core import Core
 from .errors import CanHazGpuError, PoolNotInitialized
 from .idle import Policy, track
-from .model import GpuState, PoolView
+from .model import GpuState, GpuUsage, PoolView, Usage
 
 log = logging.getLogger("canhazgpu.serve")
 
@@ -136,10 +136,19 @@ class Scanner:
         """One scan; returns the events published (none when the scan or Redis failed)."""
         try:
             usage = await self.core.scan(source="daemon")
-        except CanHazGpuError as err:
-            self.trouble("scan", err)
+            self.trouble("scan", None)
+        except PoolNotInitialized:
             return []
-        self.trouble("scan", None)
+        except CanHazGpuError as err:
+            # Every GPU unreadable, at once: status shows why instead of the last scan's
+            # usage until it ages, and each GPU's gpu_error event says the scan failed.
+            self.trouble("scan", err)
+            try:
+                size = await self.core.pool_size()
+            except CanHazGpuError:
+                return []
+            usage = Usage(0, tuple(GpuUsage(index=i, error=f"scan failed: {err}")
+                                   for i in range(size)), "daemon")
         try:
             view = await self.core.view(usage, queue=False)  # GPUs only: not the waiters
             idle, noticed, idle_rids = track(view, self.idle, self.policy)
