@@ -172,3 +172,29 @@ async def test_a_deep_json_request_is_one_protocol_error(pool, config):
                 reply = json.loads(await buffered.receive_until(b"\n", 1 << 20))
         assert reply["error"]["type"] == "ProtocolError"
         assert "nested too deeply" in reply["error"]["message"]
+
+
+async def test_a_heartbeat_of_another_uid_renews_and_moves_nothing(pool, caller):
+    from canhazgpu.errors import NotOwner
+    mine = await pool.allocate(Request(count=1, kind="run"), caller())
+    namesake = replace(caller(), uid=caller().uid + 4242, is_admin=False, pid=1)
+    forged = replace(mine, record={**mine.record, "uid": namesake.uid, "pid": 1})
+    with pytest.raises(NotOwner, match="only its owner can renew it"):
+        await pool.heartbeat(forged)
+    [hold] = (await pool.store.read_state()).holds.values()
+    assert hold.pid == mine.record["pid"] and hold.uid == mine.record["uid"]
+    assert await pool.heartbeat(mine) == []
+
+
+async def test_user_gpus_is_checked_where_the_gpus_are_taken(pool, caller):
+    from canhazgpu.core import Core
+    from canhazgpu.errors import LimitReached
+    limited = Core(replace(pool.config, user_gpus=3), pool.store)
+    alice = replace(caller("alice"), is_admin=False)
+    await limited.allocate(Request(count=2), alice)
+    with pytest.raises(LimitReached, match=r"would make 4, the limit is 3 .* you hold 2"):
+        await limited.allocate(Request(count=2), alice)
+    with pytest.raises(LimitReached, match="user_gpus 3"):
+        await limited.acquire(Request(count=4), alice, 60.0, signals=False)
+    await limited.allocate(Request(count=1), alice)  # 3: at the limit, not over it
+    await limited.allocate(Request(count=4), replace(alice, is_admin=True))  # admins: none

@@ -90,6 +90,7 @@ class Config:
     # per-user limits the daemon enforces (0: none); root is never limited
     user_connections: int = 12000  # API connections open at once (a wait, `events`: one each)
     user_waiters: int = 2500  # requests queued at once through the daemon
+    user_gpus: int = 0  # GPUs held at once (checked in the allocate script)
     max_duration: str = "366d"  # the longest manual reservation
     # use it or lose it (docs/idle.md): off unless idle_warn_after / idle_release_after is set
     idle_utilization_pct: int = 5  # below this (and no holder process in use) a GPU is idle
@@ -170,7 +171,8 @@ class Config:
         """A duration that may be left empty (a policy that is off): None then."""
         return self.seconds(name) if getattr(self, name) else None
 
-_INT_KEYS = {"memory_threshold", "user_connections", "user_waiters", "idle_utilization_pct"}
+_INT_KEYS = {"memory_threshold", "user_connections", "user_waiters", "user_gpus",
+             "idle_utilization_pct"}
 _BOOL_KEYS = {"idle_kernels"}
 _DURATION_KEYS = {"default_duration", "run_lease", "heartbeat_interval", "kill_grace",
                   "scan_interval", "snapshot_max_age", "queue_lease", "max_duration",

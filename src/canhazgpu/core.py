@@ -259,6 +259,9 @@ class Core:
 
     def within_limits(self, req: Request, caller: Caller) -> None:
         """The admin's per-user limits on a request (root and the admin group: none)."""
+        if self.config.user_gpus and req.size > self.config.user_gpus and not caller.is_admin:
+            raise LimitReached(f"{req.size} GPUs is more than one user may hold at once here "
+                               f"(user_gpus {self.config.user_gpus}): ask for fewer")
         longest = self.config.seconds("max_duration")
         if req.kind == "manual" and req.duration_s > longest and not caller.is_admin:
             raise LimitReached(f"a reservation of {hms(req.duration_s)} is longer than this "
@@ -278,13 +281,19 @@ class Core:
         own = {g.index for g in usage.gpus  # reserve --force: claim our own stray job
                if req.claim_own and set(g.users) == {caller.user}}
         status, data = await self._script(
-            "allocate", ("OK", "SHORT", "UNAVAILABLE"), check=self.check(req),
+            "allocate", ("OK", "SHORT", "UNAVAILABLE", "LIMIT"), check=self.check(req),
             mode=mode, want=want,
             unreserved=",".join(str(i) for i in usage.busy(threshold) if i not in own),
             errored=",".join(map(str, usage.errors())), record=json.dumps(record),
             ttl_ms=int(ttl * 1000), strategy=self.config.strategy,
             # our own scan tells the queue which GPUs are busy (the daemon's is stored)
-            busy="-" if usage.source == "daemon" else usage.busy_csv(threshold))
+            busy="-" if usage.source == "daemon" else usage.busy_csv(threshold),
+            limit=0 if caller.is_admin else self.config.user_gpus)
+        if status == "LIMIT":
+            held, limit = data.split(",")
+            raise LimitReached(f"{req.size} more GPUs would make {int(held) + req.size}, the "
+                               f"limit is {limit} at once (set by the admin: user_gpus); you "
+                               f"hold {held}: release some first")
         if status == "OK":
             return Reservation(record["rid"], tuple(json.loads(data)), caller.user, req.kind,
                                ttl, record)
@@ -328,9 +337,8 @@ class Core:
             ids = ", ".join(map(str, json.loads(data)))
             raise NotHeld(f"GPU {ids} is not reserved: nothing to release "
                           "(see 'canhazgpu status')")
-        who = "; ".join(f"GPU {r['gpu']} is reserved by {r['user']}" for r in json.loads(data))
-        raise NotOwner(f"{who}: only its owner can release it "
-                       "(an admin can use 'release --user NAME --force')")
+        raise NotOwner(_not_yours(data, "release") +
+                       " (an admin can use 'release --user NAME --force')")
 
     async def release(self, caller: Caller, ids: tuple[int, ...] | None = None,
                       user: str | None = None, force: bool = False) -> list[int]:
@@ -361,9 +369,11 @@ class Core:
 
     async def heartbeat(self, res: Reservation, ttl_s: float | None = None) -> list[int]:
         """Refresh a reservation's leases (re-establishing lapsed ones); returns lost GPUs."""
-        _, data = await self._script("heartbeat", rid=res.rid, ids=res.env_value(),
-                                     record=json.dumps(res.record),
-                                     ttl_ms=int((ttl_s or res.ttl_s) * 1000))
+        status, data = await self._script("heartbeat", ("OK", "NOTOWNER"), rid=res.rid,
+                                          ids=res.env_value(), record=json.dumps(res.record),
+                                          ttl_ms=int((ttl_s or res.ttl_s) * 1000))
+        if status == "NOTOWNER":
+            raise NotOwner(_not_yours(data, "renew"))
         return json.loads(data)
 
     async def sweep(self) -> list[int]:
@@ -443,3 +453,9 @@ class Core:
         rows += [Record(gpu=h.gpu, rid=h.rid, user=h.user, kind=h.kind, start_ms=h.start_ms,
                         end_ms=now) for h in state.holds.values()]
         return [asdict(r) for r in rows], since, now
+
+
+def _not_yours(data: str, verb: str) -> str:
+    """The NOTOWNER reply of a script ([{gpu, user}]) as one line."""
+    who = "; ".join(f"GPU {r['gpu']} is reserved by {r['user']}" for r in json.loads(data))
+    return f"{who}: only its owner can {verb} it"

@@ -24,7 +24,7 @@ KEYS = ("pool", "holds", "released", "history", "seq", "ended", "snapshot", "str
 # After KEYS, per GPU i of the pool: lease:<i> for every i, then q:wants:<i> for every i.
 ARGS = {
     "allocate": ("mode", "want", "unreserved", "errored", "record", "ttl_ms", "strategy",
-                 "busy"),
+                 "busy", "limit"),
     "release": ("mode", "target", "caller", "force", "reason"),
     "heartbeat": ("rid", "ids", "record", "ttl_ms"),
     "sweep": (),

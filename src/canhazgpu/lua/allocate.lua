@@ -2,9 +2,10 @@
 -- or by ids (all or nothing). GPUs in unreserved use or in error are never handed out.
 -- ARG: mode ('count'|'ids'), want (count or ids csv), unreserved (ids csv), errored (ids
 --      csv), record (reservation json), ttl_ms, strategy ('lru'|'mru'), busy (the caller's
---      own scan as busy ids csv, '-' when the daemon's snapshot was used)
+--      own scan as busy ids csv, '-' when the daemon's snapshot was used), limit (the
+--      most GPUs the record's uid may hold at once; 0: no limit)
 -- Returns {'OK', ids} | {'SHORT', 'available,unreserved'} | {'UNAVAILABLE', reasons} |
---         {'NOPOOL'|'STALE', ...}
+--         {'LIMIT', 'held,limit'} | {'NOPOOL'|'STALE', ...}
 local n, bad = check_pool()
 if bad then return bad end
 if ARG.busy ~= '-' then
@@ -25,6 +26,16 @@ local function blocked(i)
   if errored[i] then return 'in error' end
   if promised[i] then return 'promised to the queue' end
   return nil
+end
+
+local limit = tonumber(ARG.limit)
+if limit > 0 then  -- the admin's user_gpus, checked where the GPUs are taken
+  local held = 0
+  for i = 0, n - 1 do
+    if S.rids[i] and tostring(S.holds[i].uid) == tostring(base.uid) then held = held + 1 end
+  end
+  local want = ARG.mode == 'ids' and #csv_ids(ARG.want) or tonumber(ARG.want)
+  if held + want > limit then return {'LIMIT', held .. ',' .. limit} end
 end
 
 local chosen = {}

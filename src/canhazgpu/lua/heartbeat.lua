@@ -3,8 +3,10 @@
 -- whose reservation was ended on purpose (released by its owner or an admin) is lost.
 -- A record naming another owner process (pid, pid_start) moves the reservation to it: a
 -- Jupyter kernel's, once it runs (event 'owner', so the daemon watches the new process).
+-- Authority by uid: a record of another uid than the holds' renews and moves nothing.
 -- ARG: rid, ids (csv), record (reservation json), ttl_ms
--- Returns {'OK', lost ids} where lost GPUs are now held by another reservation.
+-- Returns {'OK', lost ids} where lost GPUs are now held by another reservation,
+-- {'NOTOWNER', [{gpu, user}]} when the holds of rid are another uid's.
 local n, bad = check_pool()
 if bad then return bad end
 local S = load_state(n)
@@ -12,8 +14,15 @@ sweep(S)
 
 local rid, ttl = ARG.rid, tonumber(ARG.ttl_ms)
 local base = cjson.decode(ARG.record)
-local lost, regained, moved = {}, {}, {}
+local lost, regained, moved, foreign = {}, {}, {}, {}
 local ended = was_ended(rid)
+for _, i in ipairs(csv_ids(ARG.ids)) do
+  local h = S.holds[i]
+  if h and h.rid == rid and tostring(h.uid) ~= tostring(base.uid) then
+    foreign[#foreign + 1] = {gpu = i, user = h.user}
+  end
+end
+if #foreign > 0 then return {'NOTOWNER', cjson.encode(foreign)} end
 for _, i in ipairs(csv_ids(ARG.ids)) do
   local h = S.holds[i]
   if h and h.rid == rid then
