@@ -84,6 +84,11 @@ async def main(waiters: int) -> None:
             chain = subprocess.Popen([sys.executable, "-c", CHAIN, str(config.api_path),
                                       str(waiters)], stdout=subprocess.PIPE, text=True)
             assert chain.stdout.readline().strip() == "ready"
+            if os.environ.get("BENCH_PYSPY"):  # where the daemon spends a hand-over
+                subprocess.Popen(["py-spy", "record", "-p", str(daemon.pid), "-d", "8", "-f",
+                                  "raw", "-o", os.environ["BENCH_PYSPY"]],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                await anyio.sleep(0.5)
             started = time.perf_counter()
             await core.release(current())
             wake = json.loads(chain.stdout.readline())

@@ -446,7 +446,7 @@ class Core:
     async def records(self, days: float) -> tuple[list[dict], int, int]:
         """(per-GPU reservation records of the last `days`, in-progress ones up to now;
         since_ms; now_ms): what a report sums, also over several hosts (hosts.py)."""
-        state = await self.store.read_state()
+        state = await self.store.read_state(queue=False)  # holds only
         now = state.now_ms
         since = now - int(days * 86400 * 1000)
         rows = await self.store.history(since)

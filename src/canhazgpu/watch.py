@@ -152,7 +152,7 @@ class OwnerWatcher:
     async def reconcile(self) -> None:
         """Watch exactly the reservations that need it, from a fresh read of the state."""
         try:
-            state = await self.core.store.read_state()
+            state = await self.core.store.read_state(queue=False)  # holds only
         except CanHazGpuError as err:
             self.trouble("owner watcher", err)
             return  # the next Resync reads again
@@ -171,7 +171,7 @@ class OwnerWatcher:
         """Whether reservation rid is still owner's (a move happens before the old owner
         ends, so a fresh read tells); unsure (Redis away) counts as yes."""
         try:
-            state = await self.core.store.read_state()
+            state = await self.core.store.read_state(queue=False)  # holds only
         except CanHazGpuError:
             return True
         return any(h.rid == rid and h.pid == owner.pid for h in state.holds.values())

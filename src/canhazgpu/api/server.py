@@ -345,7 +345,7 @@ class ApiServer:
             if res.record["uid"] != caller.uid and not caller.is_admin:
                 raise NotOwner(f"reservation {rid} is {res.user}'s, not yours")
             return res
-        state = await self.core.store.read_state()
+        state = await self.core.store.read_state(queue=False)  # holds only
         holds = [h for h in state.holds.values() if h.rid == rid]
         if not holds:
             return None

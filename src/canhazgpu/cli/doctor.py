@@ -140,7 +140,7 @@ async def _pool_and_daemon(core, checks: dict) -> None:
         checks["pool"] = _check("fail", str(err))
     try:
         holder = await core.store.daemon_holder()
-        now_ms = (await core.store.read_state()).now_ms if holder else 0
+        now_ms = (await core.store.read_state(queue=False)).now_ms if holder else 0
     except CanHazGpuError as err:
         checks["daemon"] = _check("fail", str(err))
         return
