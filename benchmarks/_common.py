@@ -94,3 +94,39 @@ def daemon(env: dict):
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=15)
+
+
+# The start of a raw API client run as its own process (as another uid, in the door and
+# wake-up benchmarks): `request(op, args, until)` opens a connection to sys.argv[1], sends
+# one request, and returns (reader, writer, the first reply line that satisfies `until`).
+RAW_CLIENT = r"""
+import asyncio, json, sys, time
+path = sys.argv[1]
+
+async def request(op, args, until):
+    reader, writer = await asyncio.open_unix_connection(path, limit=1 << 20)
+    writer.write(json.dumps({"v": 1, "op": op, "args": args}).encode() + b"\n")
+    while True:
+        doc = json.loads(await reader.readline())
+        if "error" in doc:
+            raise SystemExit(f"{op}: {doc['error']['message']}")
+        if until(doc):
+            return reader, writer, doc
+"""
+
+
+def kill(*procs) -> None:
+    """Kill and reap the processes a benchmark started (None: never started)."""
+    for proc in procs:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def profile(pid: int, seconds: float = 8) -> None:
+    """With BENCH_PYSPY=FILE: record where process `pid` spends the next `seconds` (py-spy,
+    raw folded stacks), in the background."""
+    if os.environ.get("BENCH_PYSPY"):
+        subprocess.Popen(["py-spy", "record", "-p", str(pid), "-d", str(seconds), "-f", "raw",
+                          "-o", os.environ["BENCH_PYSPY"]], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)

@@ -27,26 +27,15 @@ from pathlib import Path
 import anyio
 import psutil
 
-from _common import bench_env, machine, percentile
+from _common import RAW_CLIENT, bench_env, kill, machine, percentile, profile
 from canhazgpu.api.client import RemoteCore, answering
 from canhazgpu.config import load
 from canhazgpu.core import Core, Request
 from canhazgpu.errors import NotEnoughGpus
 from canhazgpu.identity import current
 
-FLOOD = r"""
-import asyncio, json, sys
-path, waiters, subscribers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-
-async def request(op, args, until):
-    reader, writer = await asyncio.open_unix_connection(path, limit=1 << 20)
-    writer.write(json.dumps({"v": 1, "op": op, "args": args}).encode() + b"\n")
-    while True:
-        doc = json.loads(await reader.readline())
-        if "error" in doc:
-            raise SystemExit(f"{op}: {doc['error']['message']}")
-        if until(doc):
-            return reader, writer, doc
+FLOOD = RAW_CLIENT + r"""
+waiters, subscribers = int(sys.argv[2]), int(sys.argv[3])
 
 async def main():
     ask = {"request": {"count": 1, "duration_s": 600}, "wait_s": "inf"}
@@ -139,11 +128,7 @@ async def main(waiters: int, subscribers: int) -> None:
             assert flood.stdout.readline().strip() == "ready", "the flood failed"
             opened = time.perf_counter() - started
             rss1 = psutil.Process(daemon.pid).memory_info().rss
-            if os.environ.get("BENCH_PYSPY"):  # where the flooded daemon spends its time
-                subprocess.Popen([shutil.which("py-spy") or "py-spy", "record", "-p",
-                                  str(daemon.pid), "-d", "10", "-f", "raw", "-o",
-                                  os.environ["BENCH_PYSPY"]], stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL)
+            profile(daemon.pid, 10)  # BENCH_PYSPY=FILE: where the flooded daemon spends it
             clients1 = (await core.store.redis.info("clients"))["connected_clients"]
             views = await timed_views(remote, 200)
             status = timed_status(env, 20)
@@ -166,10 +151,7 @@ async def main(waiters: int, subscribers: int) -> None:
             result = json.loads(flood.stdout.readline())
             drain_s = time.perf_counter() - drain0
         finally:
-            for proc in (flood, daemon):
-                if proc is not None and proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+            kill(flood, daemon)
             await core.aclose()
             shutil.rmtree(sock_dir, ignore_errors=True)
     print(f"machine: {machine()}, load average {os.getloadavg()[0]:.2f}")

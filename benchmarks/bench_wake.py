@@ -19,31 +19,20 @@ import time
 
 import anyio
 
-from _common import bench_env, machine, percentile
+from _common import RAW_CLIENT, bench_env, kill, machine, percentile, profile
 from canhazgpu.api.client import answering
 from canhazgpu.config import load
 from canhazgpu.core import Core, Request
 from canhazgpu.identity import current
 
-CHAIN = r"""
-import asyncio, json, sys, time
-path, waiters = sys.argv[1], int(sys.argv[2])
-
-async def call(op, args, until):
-    reader, writer = await asyncio.open_unix_connection(path, limit=1 << 20)
-    writer.write(json.dumps({"v": 1, "op": op, "args": args}).encode() + b"\n")
-    while True:
-        doc = json.loads(await reader.readline())
-        if "error" in doc:
-            raise SystemExit(f"{op}: {doc['error']['message']}")
-        if until(doc):
-            return reader, writer, doc
+CHAIN = RAW_CLIENT + r"""
+waiters = int(sys.argv[2])
 
 async def main():
     ask = {"request": {"count": 1, "duration_s": 600}, "wait_s": "inf"}
     queued = []
     for _ in range(waiters):
-        queued.append(await call("acquire", ask, lambda d: "enqueued" in d))
+        queued.append(await request("acquire", ask, lambda d: "enqueued" in d))
     granted, ended = {}, {}
 
     async def follow(k, reader, writer):
@@ -51,7 +40,7 @@ async def main():
             pass
         granted[k] = time.perf_counter()
         ended[k] = time.perf_counter()
-        await call("end", {"rid": line["ok"]["rid"]}, lambda d: "ok" in d)
+        await request("end", {"rid": line["ok"]["rid"]}, lambda d: "ok" in d)
         writer.close()
 
     print("ready", flush=True)
@@ -84,20 +73,13 @@ async def main(waiters: int) -> None:
             chain = subprocess.Popen([sys.executable, "-c", CHAIN, str(config.api_path),
                                       str(waiters)], stdout=subprocess.PIPE, text=True)
             assert chain.stdout.readline().strip() == "ready"
-            if os.environ.get("BENCH_PYSPY"):  # where the daemon spends a hand-over
-                subprocess.Popen(["py-spy", "record", "-p", str(daemon.pid), "-d", "8", "-f",
-                                  "raw", "-o", os.environ["BENCH_PYSPY"]],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                await anyio.sleep(0.5)
+            profile(daemon.pid)  # BENCH_PYSPY=FILE: where the daemon spends a hand-over
             started = time.perf_counter()
             await core.release(current())
             wake = json.loads(chain.stdout.readline())
             took = time.perf_counter() - started
         finally:
-            for proc in (chain, daemon):
-                if proc is not None and proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+            kill(chain, daemon)
             await core.aclose()
     print(f"machine: {machine()}, load average {os.getloadavg()[0]:.2f}")
     print(f"{waiters} waiters queued on 1 GPU through the daemon: {len(wake)} hand-overs "
