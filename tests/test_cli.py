@@ -174,9 +174,10 @@ def test_run_forwards_sigterm_and_releases(admin, tmp_path):
 
 def test_run_forwards_sigint_when_not_from_a_terminal(admin, tmp_path):
     ready = tmp_path / "ready"
+    # ready is written inside the try: a SIGINT right after it is still the child's
     child = (f"import pathlib, time\n"
-             f"pathlib.Path({str(ready)!r}).write_text('x')\n"
-             f"try:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    raise SystemExit(3)\n")
+             f"try:\n    pathlib.Path({str(ready)!r}).write_text('x')\n    time.sleep(60)\n"
+             f"except KeyboardInterrupt:\n    raise SystemExit(3)\n")
     proc = admin.popen("run", "--", sys.executable, "-c", child)
     wait_until(ready.exists)
     proc.send_signal(signal.SIGINT)
