@@ -56,7 +56,6 @@ this directory, with this environment. You may log out: your job agent keeps its
 @click.pass_obj
 async def submit(state, count, gpu_ids, note, name, after, timeout_text, command):
     """Queue a command to run on GPUs later, detached; prints its id."""
-    from ..jobs.events import publish
     from ..jobs.files import job_document
     from ..text import check_note
     if not command:
@@ -71,8 +70,7 @@ async def submit(state, count, gpu_ids, note, name, after, timeout_text, command
     job = jobs.create(job_document(command, req, user=user_name(uid), uid=uid,
                                    host=state.config.host_name, name=check_note(name, "name")[:100],
                                    after=deps, timeout_s=timeout_s))
-    jobs.ensure_agent(state.config)
-    await publish(state.direct, job, "job_submitted")
+    jobs.ensure_agent(state.config)  # which announces it (job_submitted): no Redis here
     output.emit(str(job.id))
 
 

@@ -150,6 +150,9 @@ class Agent:
                                             "restarted) before the command's exit was recorded")
             return False
         # queued, or `starting` with no runner: the command never started
+        if not job.doc.get("announced"):  # submit writes the file only: it stays quick
+            await publish(self.core, job, "job_submitted")
+            job.save(announced=True)
         if job.cancel_asked:
             await self.leave(job)
             await self.end(job, CANCELLED, "cancelled while queued")
