@@ -130,3 +130,15 @@ def profile(pid: int, seconds: float = 8) -> None:
         subprocess.Popen(["py-spy", "record", "-p", str(pid), "-d", str(seconds), "-f", "raw",
                           "-o", os.environ["BENCH_PYSPY"]], stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL)
+
+
+async def held_pool(env: dict, gpus: int):
+    """The Core of a pool of `gpus` fake GPUs, every one held by us for an hour: nothing is
+    granted from the queue until we release them."""
+    from canhazgpu.config import load
+    from canhazgpu.core import Core, Request
+    from canhazgpu.identity import current
+    core = Core(load(env=env))
+    await core.setup_pool(gpus, "fake", force=False)
+    await core.allocate(Request(count=gpus, duration_s=3600), current())
+    return core

@@ -27,10 +27,10 @@ from pathlib import Path
 import anyio
 import psutil
 
-from _common import RAW_CLIENT, bench_env, kill, machine, percentile, profile
-from canhazgpu.api.client import RemoteCore, answering
-from canhazgpu.config import load
-from canhazgpu.core import Core, Request
+from _common import (RAW_CLIENT, bench_env, daemon, held_pool, kill, machine, percentile,
+                     profile)
+from canhazgpu.api.client import RemoteCore
+from canhazgpu.core import Request
 from canhazgpu.errors import NotEnoughGpus
 from canhazgpu.identity import current
 
@@ -104,54 +104,47 @@ async def main(waiters: int, subscribers: int) -> None:
                                f"user_waiters = {waiters + 10}\n")
         env = {**os.environ, **env, "CANHAZGPU_API_SOCKET": str(sock_dir / "api.sock"),
                "CANHAZGPU_CLIENT": "daemon"}
-        config = load(env=env)
-        core = Core(config)
-        await core.setup_pool(8, "fake", force=False)
-        await core.allocate(Request(count=8, duration_s=3600), current())
-        daemon = subprocess.Popen([sys.executable, "-m", "canhazgpu", "serve"],
-                                  env={**env, "CANHAZGPU_CLIENT": "auto"},
-                                  stderr=subprocess.DEVNULL)
+        core = await held_pool(env, 8)
+        config = core.config
         flood = None
         try:
-            with anyio.fail_after(30):
-                while answering(config) is None:
-                    await anyio.sleep(0.05)  # the socket does not exist yet: nothing to wait on
-            remote = RemoteCore(config, str(config.api_path))
-            quiet_views = await timed_views(remote, 200)
-            quiet_status = timed_status(env, 20)
-            rss0 = psutil.Process(daemon.pid).memory_info().rss
-            clients0 = (await core.store.redis.info("clients"))["connected_clients"]
-            started = time.perf_counter()
-            flood = subprocess.Popen([*as_other_uid(), sys.executable, "-c", FLOOD,
-                                      str(config.api_path), str(waiters), str(subscribers)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-            assert flood.stdout.readline().strip() == "ready", "the flood failed"
-            opened = time.perf_counter() - started
-            rss1 = psutil.Process(daemon.pid).memory_info().rss
-            profile(daemon.pid, 10)  # BENCH_PYSPY=FILE: where the flooded daemon spends it
-            clients1 = (await core.store.redis.info("clients"))["connected_clients"]
-            views = await timed_views(remote, 200)
-            status = timed_status(env, 20)
-            # the other uid's changes answer too: a reserve (refused: the queue is first)
-            # and a release (its GPU goes to the head of the queue)
-            start = time.perf_counter()
-            try:
-                await remote.acquire(Request(count=1, duration_s=60))
-                refused = "granted"
-            except NotEnoughGpus:
-                refused = "refused: the queue comes first"
-            reserve_ms = (time.perf_counter() - start) * 1000
-            start = time.perf_counter()
-            await remote.release(ids=(7,))
-            release_ms = (time.perf_counter() - start) * 1000
-            drain0 = time.perf_counter()
-            flood.stdin.write("drain\n")
-            flood.stdin.flush()
-            await core.release(current())
-            result = json.loads(flood.stdout.readline())
-            drain_s = time.perf_counter() - drain0
+            with daemon({**env, "CANHAZGPU_CLIENT": "auto"}) as served:
+                remote = RemoteCore(config, str(config.api_path))
+                quiet_views = await timed_views(remote, 200)
+                quiet_status = timed_status(env, 20)
+                rss0 = psutil.Process(served.pid).memory_info().rss
+                clients0 = (await core.store.redis.info("clients"))["connected_clients"]
+                started = time.perf_counter()
+                flood = subprocess.Popen([*as_other_uid(), sys.executable, "-c", FLOOD,
+                                          str(config.api_path), str(waiters), str(subscribers)],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                assert flood.stdout.readline().strip() == "ready", "the flood failed"
+                opened = time.perf_counter() - started
+                rss1 = psutil.Process(served.pid).memory_info().rss
+                profile(served.pid, 10)  # BENCH_PYSPY=FILE: where the flooded daemon spends it
+                clients1 = (await core.store.redis.info("clients"))["connected_clients"]
+                views = await timed_views(remote, 200)
+                status = timed_status(env, 20)
+                # the other uid's changes answer too: a reserve (refused: the queue is first)
+                # and a release (its GPU goes to the head of the queue)
+                start = time.perf_counter()
+                try:
+                    await remote.acquire(Request(count=1, duration_s=60))
+                    refused = "granted"
+                except NotEnoughGpus:
+                    refused = "refused: the queue comes first"
+                reserve_ms = (time.perf_counter() - start) * 1000
+                start = time.perf_counter()
+                await remote.release(ids=(7,))
+                release_ms = (time.perf_counter() - start) * 1000
+                drain0 = time.perf_counter()
+                flood.stdin.write("drain\n")
+                flood.stdin.flush()
+                await core.release(current())
+                result = json.loads(flood.stdout.readline())
+                drain_s = time.perf_counter() - drain0
         finally:
-            kill(flood, daemon)
+            kill(flood)
             await core.aclose()
             shutil.rmtree(sock_dir, ignore_errors=True)
     print(f"machine: {machine()}, load average {os.getloadavg()[0]:.2f}")

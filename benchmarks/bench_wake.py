@@ -19,10 +19,8 @@ import time
 
 import anyio
 
-from _common import RAW_CLIENT, bench_env, kill, machine, percentile, profile
-from canhazgpu.api.client import answering
-from canhazgpu.config import load
-from canhazgpu.core import Core, Request
+from _common import (RAW_CLIENT, bench_env, daemon, held_pool, kill, machine, percentile,
+                     profile)
 from canhazgpu.identity import current
 
 CHAIN = RAW_CLIENT + r"""
@@ -59,27 +57,21 @@ async def main(waiters: int) -> None:
         env = {**os.environ, **env}
         with open(env["CANHAZGPU_CONFIG"], "w") as out:
             out.write(f"user_waiters = {waiters + 10}\n")
-        config = load(env=env)
-        core = Core(config)
-        await core.setup_pool(1, "fake", force=False)
-        await core.allocate(Request(count=1, duration_s=3600), current())
-        daemon = subprocess.Popen([sys.executable, "-m", "canhazgpu", "serve"], env=env,
-                                  stderr=subprocess.DEVNULL)
+        core = await held_pool(env, 1)
+        config = core.config
         chain = None
         try:
-            with anyio.fail_after(30):
-                while answering(config) is None:
-                    await anyio.sleep(0.05)  # the socket does not exist yet: nothing to wait on
-            chain = subprocess.Popen([sys.executable, "-c", CHAIN, str(config.api_path),
-                                      str(waiters)], stdout=subprocess.PIPE, text=True)
-            assert chain.stdout.readline().strip() == "ready"
-            profile(daemon.pid)  # BENCH_PYSPY=FILE: where the daemon spends a hand-over
-            started = time.perf_counter()
-            await core.release(current())
-            wake = json.loads(chain.stdout.readline())
-            took = time.perf_counter() - started
+            with daemon(env) as served:
+                chain = subprocess.Popen([sys.executable, "-c", CHAIN, str(config.api_path),
+                                          str(waiters)], stdout=subprocess.PIPE, text=True)
+                assert chain.stdout.readline().strip() == "ready"
+                profile(served.pid)  # BENCH_PYSPY=FILE: where the daemon spends a hand-over
+                started = time.perf_counter()
+                await core.release(current())
+                wake = json.loads(chain.stdout.readline())
+                took = time.perf_counter() - started
         finally:
-            kill(chain, daemon)
+            kill(chain)
             await core.aclose()
     print(f"machine: {machine()}, load average {os.getloadavg()[0]:.2f}")
     print(f"{waiters} waiters queued on 1 GPU through the daemon: {len(wake)} hand-overs "
