@@ -120,3 +120,31 @@ async def test_the_quick_start_is_private_and_nobody_works_through_the_daemon(
         await stop(daemon)
         await reap(daemon)
 
+
+
+async def test_thousands_from_one_uid_and_another_uid_still_answers(pool, config, env,
+                                                                      open_dir, me):
+    """Within the default limits: nobody holds 1,000 queued requests and 1,000 event
+    subscriptions open at once; root's status, queue and release answer meanwhile, the
+    daemon keeps its bounded Redis pool, and hanging up gives every place back."""
+    config = replace(config, api_socket=str(open_dir / "api.sock"))
+    await pool.allocate(Request(count=8, duration_s=600), me)
+    async with running_daemon(config) as daemon, Recorder(pool.store).running() as rec:
+        async with await anyio.open_process(
+                [*NOBODY, sys.executable, "-c", FLOOD, config.api_socket, "1000", "1000"],
+                env=env) as flood:
+            with anyio.fail_after(120):
+                out = json.loads(await flood.stdout.receive())
+            assert out == {"acquire": {"ok": 1000}, "events": {"ok": 1000}}, out
+            remote = RemoteCore(config, config.api_socket)
+            with anyio.fail_after(10):
+                assert len((await remote.view()).gpus) == 8
+                assert len((await remote.queue())[1]) == 1000
+            assert daemon.core.store.redis.connection_pool.max_connections <= 32
+            await flood.stdin.aclose()
+            await flood.wait()
+            # every place given back with its connection: woken by the `left` events (the
+            # recorder may have dropped some of 2,000 events: the queue itself decides)
+            with anyio.fail_after(60):
+                while (await pool.queue())[1]:
+                    await rec.until(lambda e: e.type == "left", timeout=60)
