@@ -125,7 +125,8 @@ class Config:
         for directory in dict.fromkeys((self.state_path, SYSTEM_STATE)):  # in this order
             found = directory / URL_FILE
             try:
-                text = _read(found, "the canhazgpu daemon's URL file", "")
+                text = _read(found, "the canhazgpu daemon's URL file",
+                             "or set redis_url (CANHAZGPU_REDIS_URL)", private=True)
             except PermissionError:
                 raise BackendUnavailable(
                     f"the canhazgpu daemon's Redis (its URL in {found}) is private to the "
@@ -223,16 +224,18 @@ def _coerce(key: str, value, origin: str):
     return value
 
 
-def _read(path: Path, what: str, fix: str) -> str | None:
+def _read(path: Path, what: str, fix: str, private: bool = False) -> str | None:
     """A file's text; None when it does not exist. Any other failure is one line (exit 1):
-    a file we cannot read is never silently skipped, or the settings would depend on who asks."""
+    a file we cannot read is never silently skipped, or the settings would depend on who asks.
+    private: a file others may not read by design (the daemon's URL file): PermissionError
+    goes to the caller, which says why, never "fix its permissions"."""
     try:
         return path.read_text(encoding="utf-8")
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as err:
-        if isinstance(err, PermissionError) and not fix:
-            raise  # a file private by design (the daemon's URL file): the caller says why
+        if isinstance(err, PermissionError) and private:
+            raise
         raise FileUnreadable(f"cannot read {what} {path} ({err.strerror or err}): fix its "
                              f"permissions, {fix}") from None
 
