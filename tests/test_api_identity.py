@@ -65,13 +65,18 @@ async def test_the_api_socket_is_open_to_every_user(daemon):
 
 
 async def test_reservations_are_recorded_as_the_kernel_says(daemon, pool, nobody_env):
-    hello = await raw_as_nobody(nobody_env, "hello", {"user": "root", "uid": 0})
+    hello = await raw_as_nobody(nobody_env, "hello", {})
     assert hello["ok"]["user"] == "nobody" and hello["ok"]["uid"] == 65534
     assert hello["ok"]["admin"] is False
+    # who asks is not an argument: naming one is refused, whatever the operation
+    for op in ("hello", "acquire"):
+        forged = await raw_as_nobody(nobody_env, op, {
+            "user": "root", "request": {"ids": [2], "duration_s": 60}})
+        assert forged["error"]["type"] == "InvalidRequest" and "'user'" in \
+            forged["error"]["message"], forged
     await as_nobody(nobody_env, "reserve", "--gpu-ids", "1", "--note", "mine", check=0)
     forged = await raw_as_nobody(nobody_env, "acquire", {
-        "user": "root", "uid": 0, "pid": 1,
-        "request": {"ids": [2], "duration_s": 60, "user": "root", "uid": 0}})
+        "request": {"ids": [2], "duration_s": 60, "user": "root", "uid": 0, "pid": 1}})
     assert forged["ok"]["user"] == "nobody"
     holds = (await pool.store.read_state()).holds
     assert {(g, h.user, h.uid) for g, h in holds.items()} == \
@@ -89,11 +94,10 @@ async def test_nobody_cannot_release_roots_reservation(daemon, pool, nobody_env,
     assert code == 1 and f"reserved by {me.user}" in err
     code, _, err = await as_nobody(nobody_env, "release", "--user", me.user, "--force")
     assert code == 1 and "--force is for root or the admin group only" in err
-    for op in ("end", "heartbeat"):
-        reply = await raw_as_nobody(nobody_env, op, {"rid": res.rid, "gpus": [0]})
+    for op, args in (("end", {"rid": res.rid}), ("heartbeat", {"rid": res.rid, "gpus": [0]})):
+        reply = await raw_as_nobody(nobody_env, op, args)
         assert reply["error"]["type"] == "NotOwner", reply
-    reply = await raw_as_nobody(nobody_env, "release", {"user": me.user, "force": True,
-                                                        "caller": me.user})
+    reply = await raw_as_nobody(nobody_env, "release", {"user": me.user, "force": True})
     assert reply["error"]["type"] == "NotOwner"
     holds = (await pool.store.read_state()).holds
     assert holds[0].rid == res.rid and holds[0].user == me.user
@@ -134,3 +138,18 @@ async def test_direct_redis_is_out_of_nobodys_reach(daemon, nobody_env):
     code, _, err = await as_nobody({**nobody_env, "CANHAZGPU_CLIENT": "direct"}, "status")
     assert code == 1 and err.startswith("Error: ") and err.count("\n") == 1
     assert "Traceback" not in err
+
+
+async def test_admin_rights_come_from_the_kernels_groups(pool, config, open_dir, nobody_env):
+    """admin_group by gid among the peer's supplementary groups (SO_PEERGROUPS): nobody
+    with group 65534 (nogroup) among them is an admin; nobody whose only group is its
+    primary 65534 is not."""
+    config = replace(config, api_socket=str(open_dir / "api.sock"), admin_group="nogroup")
+    doc = json.dumps({"v": protocol.VERSION, "op": "hello", "args": {}})
+    async with running_daemon(config):
+        for groups, admin in ((["--clear-groups"], False), (["--groups", "65534"], True)):
+            who = ["setpriv", "--reuid", str(NOBODY_UID), "--regid", str(NOBODY_UID), *groups]
+            proc = await anyio.run_process([*who, sys.executable, "-c", RAW,
+                                            str(config.api_path), doc], env=nobody_env)
+            hello = json.loads(proc.stdout)[-1]["ok"]
+            assert (hello["uid"], hello["admin"]) == (NOBODY_UID, admin), groups

@@ -166,11 +166,18 @@ class Config:
         return list(dict.fromkeys([self.api_path, *SYSTEM_API_SOCKETS]))
 
     def seconds(self, name: str) -> float:
-        return parse_duration(getattr(self, name), what=name.replace("_", "-"))
+        value = getattr(self, name)
+        found = _SECONDS.get((name, value))
+        if found is None:
+            found = _SECONDS[name, value] = parse_duration(value, what=name.replace("_", "-"))
+        return found
 
     def optional_seconds(self, name: str) -> float | None:
         """A duration that may be left empty (a policy that is off): None then."""
         return self.seconds(name) if getattr(self, name) else None
+
+
+_SECONDS: dict[tuple[str, str], float] = {}  # (key, its text) -> seconds: parsed once
 
 _INT_KEYS = {"memory_threshold", "user_connections", "user_waiters", "user_gpus",
              "idle_utilization_pct"}

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import secrets
 import socket
-from dataclasses import asdict
+import time
+from dataclasses import asdict, replace
 
 import anyio
 
@@ -27,6 +28,7 @@ from .request import QueueStatus, Request, Reservation, parse_count, parse_ids
 from .store import Store
 from .timefmt import hms
 
+MACHINE = socket.gethostname()  # this machine's name, in every record made here
 # who releases a reservation by the idle policy (the daemon, on nobody's behalf)
 IDLE_POLICY = Caller(user="(idle policy)", uid=0, pid=0, pid_start=0.0, is_admin=True)
 
@@ -49,6 +51,8 @@ class Core:
         self.store = store
         self._provider = None
         self._size: int | None = None  # cached; every script says STALE if it changed
+        # (the daemon's) the snapshot its scanner stored last, and when (time.monotonic)
+        self.snapshot: tuple[float, Usage] | None = None
 
     async def aclose(self) -> None:
         await self.store.close()
@@ -106,12 +110,7 @@ class Core:
         process). The provider must read this machine; it gives the count when none is."""
         if caller is None:
             caller = await anyio.to_thread.run_sync(identity.current, self.config.admin_group)
-        if not caller.is_admin:
-            group = self.config.admin_group
-            who = f"root or members of group {group!r} (admin_group)" if group else \
-                "root (no admin_group is configured)"
-            raise NotOwner(f"only {who} may change the pool; you are {caller.user}: "
-                           "ask an admin, or run it with sudo")
+        identity.require_admin(caller, self.config.admin_group, "change the pool")
         pool = await self.store.read_pool()
         # a re-run keeps the provider the pool was made with (docs/admin.md)
         prov = self.provider_named(provider or self.config.provider or pool.get("provider")
@@ -154,8 +153,12 @@ class Core:
         return self._provider
 
     async def usage(self) -> Usage:
-        """Current GPU usage: the daemon's snapshot while fresh (by Redis's clock), else a
-        scan of our own."""
+        """Current GPU usage: the daemon's snapshot while fresh (by Redis's clock; in the
+        daemon, the one its scanner stored, without reading it back), else a scan of our
+        own."""
+        if self.snapshot is not None and time.monotonic() - self.snapshot[0] <= \
+                self.config.seconds("snapshot_max_age"):
+            return self.snapshot[1]
         now_ms, snap = await self.store.read_usage()
         return snap if self.fresh(now_ms, snap) else await self.scan(now_ms)
 
@@ -176,7 +179,10 @@ class Core:
         threshold = self.config.memory_threshold
         _, data = await self._script("usage", snapshot=json.dumps(usage.to_json(threshold)),
                                      busy=usage.busy_csv(threshold), events=json.dumps(events))
-        return json.loads(data)["dropped"]
+        reply = json.loads(data)
+        self.snapshot = (time.monotonic(), replace(usage, scanned_ms=reply["scanned_ms"],
+                                                       source="daemon"))
+        return reply["dropped"]
 
     # ------------------------------------------------------------------ views
     async def view(self, usage: Usage | None = None, queue: bool = True,
@@ -235,7 +241,7 @@ class Core:
         # machine: the real one, so a daemon never judges PIDs of another machine that
         # shares this host name
         return {"rid": rid or secrets.token_hex(8), "user": caller.user, "uid": caller.uid,
-                "host": self.config.host_name, "machine": socket.gethostname(),
+                "host": self.config.host_name, "machine": MACHINE,
                 "pid": caller.pid, "pid_start": caller.pid_start, "kind": req.kind,
                 "note": req.note}
 
@@ -369,11 +375,23 @@ class Core:
 
     async def heartbeat(self, res: Reservation, ttl_s: float | None = None) -> list[int]:
         """Refresh a reservation's leases (re-establishing lapsed ones); returns lost GPUs."""
-        status, data = await self._script("heartbeat", ("OK", "NOTOWNER"), rid=res.rid,
-                                          ids=res.env_value(), record=json.dumps(res.record),
-                                          ttl_ms=int((ttl_s or res.ttl_s) * 1000))
+        return await self.renew(res.rid, res.gpus, res.record, ttl_s or res.ttl_s)
+
+    async def renew(self, rid: str, gpus, record: dict, ttl_s: float | None = None,
+                    regain: bool = True) -> list[int]:
+        """Refresh the leases of reservation `rid` on `gpus` for the uid of `record`;
+        returns the GPUs lost. regain: re-establish a lapsed lease when nobody else took
+        the GPU (the core's own callers; never a client of the API)."""
+        status, data = await self._script(
+            "heartbeat", ("OK", "NOTOWNER", "MANUAL"), rid=rid,
+            ids=",".join(map(str, gpus)), record=json.dumps(record),
+            ttl_ms=int((ttl_s or self.config.seconds("run_lease")) * 1000),
+            regain=int(regain))
         if status == "NOTOWNER":
             raise NotOwner(_not_yours(data, "renew"))
+        if status == "MANUAL":
+            raise InvalidRequest(f"reservation {rid} is manual: it lasts its duration, "
+                                 "and is not renewed by heartbeats")
         return json.loads(data)
 
     async def sweep(self) -> list[int]:

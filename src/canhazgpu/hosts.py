@@ -18,7 +18,7 @@ import anyio
 
 from .accounting import summarize
 from .errors import BackendUnavailable, CanHazGpuError, InvalidRequest, NotOwner
-from .identity import Caller
+from .identity import Caller, require_admin
 from .model import PoolView, Usage
 
 if TYPE_CHECKING:
@@ -91,8 +91,7 @@ async def retire(core: Core, caller: Caller, host: str | None = None) -> str:
     again."""
     host = host or core.config.host_name
     core = host_core(core, host)
-    if not caller.is_admin:
-        raise NotOwner("admin --retire is for root or the admin group only")
+    require_admin(caller, core.config.admin_group, "retire a host")
     entries = await core.store.registry()
     if host not in entries:
         raise HostUnknown(f"host {host!r} is not registered: see 'canhazgpu hosts'")
@@ -203,29 +202,6 @@ async def report(core: Core, days: float, names: list[str] | None = None) -> dic
     now = max((found[n][2] for n in names), default=await core.store.time_ms())
     since = min((found[n][1] for n in names), default=now - int(days * 86400 * 1000))
     return {**summarize(rows, since, now, days), "hosts": names}
-
-
-class DirectHosts:
-    """The views across hosts read here, on the connections of `core` (direct mode); a
-    daemon answers the same calls for its clients (api/client.py RemoteHosts)."""
-
-    def __init__(self, core: Core) -> None:
-        self.core = core
-
-    async def document(self, names: list[str] | None = None) -> dict:
-        return await document(self.core, names)
-
-    async def views(self, names: list[str] | None = None) -> tuple[int, list[HostView]]:
-        return await views(self.core, names)
-
-    async def queues(self, names: list[str] | None = None) -> list[tuple[str, int, tuple]]:
-        return await queues(self.core, names)
-
-    async def report(self, days: float, names: list[str] | None = None) -> dict:
-        return await report(self.core, days, names)
-
-    async def retire(self, caller: Caller, host: str | None = None) -> str:
-        return await retire(self.core, caller, host)
 
 
 HOSTS_JSON_VERSION = 1

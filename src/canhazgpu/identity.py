@@ -70,11 +70,22 @@ def current(admin_group: str = "", pid: int | None = None) -> Caller:
     uid = os.getuid()
     name = user_name(uid)
     admin = uid == 0
-    if not admin and admin_group:
+    if not admin and admin_group:  # by gid, among the groups the kernel gives: not by name
         try:
-            group = grp.getgrnam(admin_group)
-            admin = group.gr_gid in os.getgroups() or name in group.gr_mem
+            admin = grp.getgrnam(admin_group).gr_gid in os.getgroups()
         except KeyError:
             admin = False
     pid = os.getpid() if pid is None else pid
     return Caller(user=name, uid=uid, pid=pid, pid_start=process_start(pid), is_admin=admin)
+
+
+def require_admin(caller: Caller, admin_group: str, action: str) -> None:
+    """Root, or a member of the admin group (by gid, from the kernel): else NotOwner
+    naming who may `action`."""
+    if caller.is_admin:
+        return
+    from .errors import NotOwner
+    who = f"root or members of group {admin_group!r} (admin_group)" if admin_group else \
+        "root (no admin_group is configured)"
+    raise NotOwner(f"only {who} may {action}; you are {caller.user}: ask an admin, or run "
+                   "it with sudo")

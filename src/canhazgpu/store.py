@@ -14,6 +14,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import LockError
 
 from .errors import BackendUnavailable, CorruptState
+from .lane import Lane
 from .model import Hold, Record, State, Usage, Waiter
 from .urls import check_url, redacted  # noqa: F401 (redacted: used by the daemon, tests)
 
@@ -26,7 +27,7 @@ ARGS = {
     "allocate": ("mode", "want", "unreserved", "errored", "record", "ttl_ms", "strategy",
                  "busy", "limit"),
     "release": ("mode", "target", "caller", "force", "reason"),
-    "heartbeat": ("rid", "ids", "record", "ttl_ms"),
+    "heartbeat": ("rid", "ids", "record", "ttl_ms", "regain"),
     "sweep": (),
     "pool": ("count", "provider", "force"),
     "enqueue": ("waiter", "ttl_ms"),
@@ -100,7 +101,7 @@ class Store:
     keyspace notifications of the host's keys need the node serving that slot (node())."""
 
     def __init__(self, url: str, host: str, *, client=None, nodes: dict | None = None,
-                 explain=None, scripts: dict | None = None) -> None:
+                 explain=None, scripts: dict | None = None, lane: Lane | None = None) -> None:
         self.url = check_url(url)
         self._explain = explain  # err -> the "cannot reach" line naming where the URL came from
         self.host = host
@@ -111,11 +112,15 @@ class Store:
         self._nodes = {} if nodes is None else nodes  # cluster: node name -> its own client
         self._owner = client is None  # close() closes what we opened, not a shared client
         self._scripts: dict = {} if scripts is None else scripts  # shared with for_host()
+        self._keys: dict[int, list[str]] = {}  # pool size -> keys_for(it)
+        # the scripts of this process, pipelined on one connection (a single Redis; shared
+        # with for_host())
+        self._lane = lane if lane is not None or self.cluster else Lane(self.redis.connection_pool)
 
     def for_host(self, host: str) -> Store:
         """The store of another host, on this store's connections (closed with this one)."""
         return Store(self.url, host, client=self.redis, nodes=self._nodes,
-                     explain=self._explain, scripts=self._scripts)
+                     explain=self._explain, scripts=self._scripts, lane=self._lane)
 
     async def node(self) -> aioredis.Redis:
         """The client of the node serving this host's slot: the one client when not on a
@@ -170,8 +175,12 @@ class Store:
 
     def keys_for(self, count: int) -> list[str]:
         """Every key a script over a pool of `count` GPUs may touch, in the KEYS order."""
-        return ([self.key(k) for k in KEYS] + [self.lease_key(i) for i in range(count)]
+        keys = self._keys.get(count)
+        if keys is None:
+            keys = self._keys[count] = (
+                [self.key(k) for k in KEYS] + [self.lease_key(i) for i in range(count)]
                 + [self.key(f"q:wants:{i}") for i in range(count)])
+        return keys
 
     @property
     def expired_channel(self) -> str:
@@ -211,7 +220,23 @@ class Store:
         argv = [self.channel, self.host, *(str(args[a]) for a in ARGS[name])]
         if client is not None:
             return await self._scripts[name](keys=keys, args=argv, client=client)
+        if self._lane is not None:
+            return _reply(name, await self.guard(self._on_lane(self._scripts[name], keys, argv)))
         return _reply(name, await self.guard(self._scripts[name](keys=keys, args=argv)))
+
+    async def _on_lane(self, script, keys: list[str], argv: list[str]):
+        """A script on this process's lane (lane.py); loaded first where Redis lost it, and
+        sent again once on a new connection when the lane's was lost (a Redis restart), as
+        redis-py's own retry does."""
+        for attempt in (1, 2):
+            try:
+                return await self._lane.call("EVALSHA", script.sha, len(keys), *keys, *argv)
+            except rexc.NoScriptError:
+                await self.redis.script_load(script.script)
+            except rexc.ConnectionError:
+                if attempt == 2:
+                    raise
+        return await self._lane.call("EVALSHA", script.sha, len(keys), *keys, *argv)
 
     async def guard(self, awaitable):
         """Await a Redis call; every Redis failure becomes one line naming the URL."""
@@ -525,6 +550,8 @@ class Store:
 
     async def close(self) -> None:
         if self._owner:
+            if self._lane is not None:
+                await self._lane.aclose()
             for client in self._nodes.values():
                 await client.aclose()
             await self.redis.aclose()

@@ -16,6 +16,7 @@ import anyio
 
 from ..errors import BackendUnavailable, NeedsEventLoop, boundary, without_loop
 from . import protocol
+from .doors import Door
 
 MAX_REPLY = 64 * 1024 * 1024  # a status of many GPUs with their processes is one line
 MAX_HELLO = 64 * 1024
@@ -78,19 +79,35 @@ def _hello(path) -> dict | None:
         sock.close()
 
 
-class RemoteCore:
-    """Core's operations, answered by the daemon for the caller the kernel names."""
+class RemoteCore(Door):
+    """The operation table (ops.py), answered by the daemon for the caller the kernel
+    names: its methods are bound from the table (doors.Door)."""
 
-    def __init__(self, config, path: str) -> None:
+    def __init__(self, config, path: str, kind: str = "core") -> None:
         self.config = config
         self.path = path
+        self.kind = kind
 
     async def aclose(self) -> None:
         pass
 
     @property
-    def store(self) -> RemoteStore:
-        return RemoteStore(self)
+    def store(self) -> RemoteCore:
+        """The reads of the store that the event commands make (events_since, ping)."""
+        return RemoteCore(self.config, self.path, "store")
+
+    @property
+    def hosts(self) -> RemoteCore:
+        """The views across the hosts of the daemon's Redis, and retiring a host: what
+        direct mode reads, other users' command lines cut (model.seen_by)."""
+        return RemoteCore(self.config, self.path, "hosts")
+
+    async def ping(self) -> None:
+        await self.call("hello")
+
+    async def _call(self, op, bound: dict):
+        result = await self.call(op.name, op.pack(bound))
+        return result if op.decode is None else op.decode(result)
 
     # ------------------------------------------------------------------ the wire
     async def call(self, op: str, args: dict | None = None, on_line=None,
@@ -174,30 +191,7 @@ class RemoteCore:
         return (f"cannot reach the canhazgpu daemon at {self.path} ({err.strerror or err}): "
                 "start it with 'canhazgpu serve', or set client = direct to use Redis")
 
-    # ------------------------------------------------------------------ operations
-    async def hello(self) -> dict:
-        return await self.call("hello")
-
-    async def pool_size(self) -> int:
-        return int(await self.call("pool_size"))
-
-    async def setup_pool(self, count: int | None, provider: str | None, force: bool,
-                         caller=None) -> dict:
-        return await self.call("setup_pool", {"count": count, "provider": provider,
-                                              "force": force})
-
-    async def view(self, queue: bool = False):
-        """The pool's view; its queue (every waiter) only when asked for: a status of a
-        host with thousands queued need not carry them."""
-        return protocol.view(await self.call("view", {"queue": queue}))
-
-    async def queue(self):
-        now_ms, waiters = await self.call("queue")
-        return now_ms, tuple(protocol.waiter(w) for w in waiters)
-
-    async def report(self, days: float) -> dict:
-        return await self.call("report", {"days": days})
-
+    # ------------------------------------------------------------------ a wait
     async def acquire(self, req, caller=None, wait_s: float | None = None, *, progress=None,
                       warn=lambda text: None, signals: bool = True):
         """Allocate now, or queue (wait_s) for as long as this connection is open. A
@@ -245,64 +239,6 @@ class RemoteCore:
                 delay = min(delay * 2, 0.5)
         raise BackendUnavailable(f"the canhazgpu daemon at {self.path} did not come back "
                                  f"within {within_s:g}s: our place in the queue is lost")
-
-    async def release(self, caller=None, ids=None, user: str | None = None,
-                      force: bool = False) -> list[int]:
-        return await self.call("release", {"ids": None if ids is None else list(ids),
-                                           "user": user, "force": force})
-
-    async def heartbeat(self, res, ttl_s: float | None = None) -> list[int]:
-        owner = res.record.get("pid")  # another process of ours may own it (a kernel)
-        return await self.call("heartbeat", {"rid": res.rid, "gpus": list(res.gpus),
-                                             **({"owner_pid": owner} if owner else {})})
-
-    async def end(self, rid: str, caller=None, reason: str = "released") -> list[int]:
-        return await self.call("end", {"rid": rid, "reason": reason})
-
-    async def notify(self, caller, op: str, **args):
-        """The caller's own notification rules, kept by the daemon (Core.notify)."""
-        if "rule_id" in args:
-            args = {"id": args["rule_id"]}
-        return await self.call(f"notify_{op}", args)
-
-
-class RemoteStore:
-    """The two reads of the store that the event commands make, answered by the daemon."""
-
-    def __init__(self, remote: RemoteCore) -> None:
-        self.remote = remote
-
-    async def ping(self) -> None:
-        await self.remote.hello()
-
-    async def events_since(self, seq: int) -> list[dict]:
-        return await self.remote.call("events_since", {"since": seq})
-
-
-class RemoteHosts:
-    """The views across the hosts of the daemon's Redis, and retiring a host, answered by
-    the daemon (the methods of hosts.DirectHosts): a user who cannot reach that Redis sees
-    what direct mode shows, other users' command lines cut (model.seen_by)."""
-
-    def __init__(self, remote: RemoteCore) -> None:
-        self.remote = remote
-
-    async def document(self, names: list[str] | None = None) -> dict:
-        return await self.remote.call("hosts", {"hosts": names})
-
-    async def views(self, names: list[str] | None = None) -> tuple[int, list]:
-        now, found = await self.remote.call("host_views", {"hosts": names})
-        return now, [protocol.host_view(doc) for doc in found]
-
-    async def queues(self, names: list[str] | None = None) -> list[tuple[str, int, tuple]]:
-        return [(host, now, tuple(protocol.waiter(w) for w in waiters)) for host, now, waiters
-                in await self.remote.call("host_queues", {"hosts": names})]
-
-    async def report(self, days: float, names: list[str] | None = None) -> dict:
-        return await self.remote.call("host_report", {"days": days, "hosts": names})
-
-    async def retire(self, caller=None, host: str | None = None) -> str:
-        return await self.remote.call("retire", {"host": host or self.remote.config.host_name})
 
 
 async def _interrupt_on_signal() -> None:

@@ -1,15 +1,20 @@
-"""One API connection on the daemon's side: who is there (SO_PEERCRED), its request line,
-its reply lines, its hang-up. A bad client costs a bounded time: REQUEST_TIMEOUT_S to send
-its request, MAX_LINE bytes at most, SEND_TIMEOUT_S for each reply line it does not read."""
+"""One API connection on the daemon's side: who is there (SO_PEERCRED, SO_PEERGROUPS), its
+request line, its reply lines, its hang-up. A bad client costs a bounded time:
+REQUEST_TIMEOUT_S to send its request, MAX_LINE bytes at most, SEND_TIMEOUT_S for each reply
+line it does not read.
+
+The raw non-blocking socket is read and written directly, waiting with
+wait_readable/wait_writable only when it is not ready: a short request usually costs one
+recv and one send, and no extra task."""
 
 from __future__ import annotations
 
+import errno
 import socket
 import struct
 from contextlib import suppress
 
 import anyio
-from anyio.abc import SocketAttribute
 
 from . import protocol
 from .protocol import ProtocolError
@@ -17,55 +22,104 @@ from .protocol import ProtocolError
 REQUEST_TIMEOUT_S = 5.0  # to send the request line, once connected
 SEND_TIMEOUT_S = 10.0  # for a client to take each reply line
 STREAM_BUFFER = 64  # reply lines queued for a slow reader; progress beyond it is dropped
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13
+GROUPS_MAX = 65536
 
 
-def peer_credentials(stream) -> tuple[int, int, int]:
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
     """(pid, uid, gid) of the process at the other end, from the kernel."""
-    sock = stream.extra(SocketAttribute.raw_socket)
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     return struct.unpack("3i", creds)
 
 
-class Connection:
-    """One client: its request, and a writer task that sends reply lines in order (a
-    client that stops reading is dropped after SEND_TIMEOUT_S).
+def peer_groups(sock: socket.socket) -> tuple[int, ...]:
+    """The supplementary groups of the process at the other end, from the kernel (as they
+    were when it connected); () where the kernel cannot say."""
+    for size in (256, GROUPS_MAX):
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * size)
+        except OSError as err:
+            if err.errno == errno.ERANGE:
+                continue
+            return ()
+        return struct.unpack(f"{len(raw) // 4}I", raw)
+    return ()
 
-    The raw socket is read and written with wait_readable/wait_writable: cancelling
-    anyio's own receive on a unix socket can race the peer's hang-up (a set_result on
-    a cancelled future), and hang-ups are what this class is for."""
 
-    def __init__(self, stream, tg) -> None:
-        self.stream = stream
-        self.sock = stream.extra(SocketAttribute.raw_socket)
-        self.tg = tg
-        self.scope = tg.cancel_scope  # cancelled when the client hangs up or stops reading
-        self._out, self._lines = anyio.create_memory_object_stream(STREAM_BUFFER)
-
-    async def request(self) -> dict:
-        data = b""
+async def read_request(sock: socket.socket) -> dict:
+    """The connection's one request line, as a document."""
+    data = b""
+    with suppress(BlockingIOError):
+        data = sock.recv(protocol.MAX_LINE + 1)  # usually there by the time we look
+        if not data:
+            raise ProtocolError("connection closed before a whole request line")
+    if b"\n" not in data:
         with anyio.move_on_after(REQUEST_TIMEOUT_S):
             while b"\n" not in data and len(data) <= protocol.MAX_LINE:
-                chunk = await self._receive()
+                chunk = await _receive(sock)
                 if not chunk:
                     raise ProtocolError("connection closed before a whole request line")
                 data += chunk
-        line, newline, rest = data.partition(b"\n")
-        if len(line) > protocol.MAX_LINE:
-            raise ProtocolError(f"request longer than {protocol.MAX_LINE} bytes")
-        if not newline:
-            raise ProtocolError(f"no request line within {REQUEST_TIMEOUT_S:g}s")
-        if rest:
-            raise ProtocolError("one request per connection: nothing may follow it")
-        return protocol.load(line)
+    line, newline, rest = data.partition(b"\n")
+    if len(line) > protocol.MAX_LINE:
+        _drain(sock)  # closing with unread bytes would reset the connection: no reply
+        raise ProtocolError(f"request longer than {protocol.MAX_LINE} bytes")
+    if not newline:
+        raise ProtocolError(f"no request line within {REQUEST_TIMEOUT_S:g}s")
+    if rest:
+        raise ProtocolError("one request per connection: nothing may follow it")
+    return protocol.load(line)
 
-    async def _receive(self) -> bytes:
-        while True:
-            try:
-                return self.sock.recv(65536)
-            except BlockingIOError:
-                await anyio.wait_readable(self.sock)
-            except OSError:
-                return b""
+
+def _drain(sock: socket.socket, most: int = 1 << 20) -> None:
+    """Read (and drop) what the client sent already, up to `most` bytes."""
+    with suppress(OSError):
+        while most > 0:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return
+            most -= len(chunk)
+
+
+async def _receive(sock: socket.socket) -> bytes:
+    while True:
+        try:
+            return sock.recv(65536)
+        except BlockingIOError:
+            await anyio.wait_readable(sock)
+        except OSError:
+            return b""
+
+
+async def send_all(sock: socket.socket, data: bytes) -> None:
+    """Send `data` whole; a client that does not take it within SEND_TIMEOUT_S is dropped
+    (TimeoutError)."""
+    view = memoryview(data)
+    with suppress(BlockingIOError):
+        view = view[sock.send(view):]
+    if view:
+        with anyio.fail_after(SEND_TIMEOUT_S):
+            while view:
+                try:
+                    view = view[sock.send(view):]
+                except BlockingIOError:
+                    await anyio.wait_writable(sock)
+
+
+class Connection:
+    """A request that lasts (a wait, the events): a writer task sends its reply lines in
+    order (a client that stops reading is dropped after SEND_TIMEOUT_S), and its hang-up
+    can end it.
+
+    Cancelling anyio's own receive on a unix socket can race the peer's hang-up (a
+    set_result on a cancelled future), and hang-ups are what this class is for: hence
+    wait_readable on the raw socket."""
+
+    def __init__(self, sock: socket.socket, tg) -> None:
+        self.sock = sock
+        self.tg = tg
+        self.scope = tg.cancel_scope  # cancelled when the client hangs up or stops reading
+        self._out, self._lines = anyio.create_memory_object_stream(STREAM_BUFFER)
 
     def note(self, doc: dict) -> None:
         """A stream line (progress, warn) that may be dropped when the client lags."""
@@ -82,18 +136,10 @@ class Connection:
         try:
             async with self._lines:
                 async for data in self._lines:
-                    with anyio.fail_after(SEND_TIMEOUT_S):
-                        await self._send_all(memoryview(data))
+                    await send_all(self.sock, data)
         except (TimeoutError, OSError):
             pass
         self.scope.cancel()
-
-    async def _send_all(self, data: memoryview) -> None:
-        while data:
-            try:
-                data = data[self.sock.send(data):]
-            except BlockingIOError:
-                await anyio.wait_writable(self.sock)
 
     def cancel_on_hangup(self) -> None:
         """From now on, the request ends when the client closes its end (or sends more):

@@ -1,166 +1,188 @@
 """The daemon's side of the local API (docs/api.md): a unix socket, one request per
-connection, the caller taken from the kernel (SO_PEERCRED), never from the request.
+connection, the caller taken from the kernel (SO_PEERCRED, SO_PEERGROUPS), never from the
+request.
 
-Every operation is a call of the same Core method the CLI makes in direct mode, for the
-caller the kernel names. What one connection may cost is bounded in connection.py.
+Every request is an operation of the table (ops.py), served for the caller the kernel
+names: the same code direct mode runs in-process. What one connection and one uid may cost
+is bounded here and in connection.py. A short request is one task that reads, answers and
+writes; only a request that lasts (a wait, the events) gets a writer and a hang-up watcher.
 """
 
 from __future__ import annotations
 
+import errno
 import grp
 import logging
 import os
 import socket
-from collections import OrderedDict
+import time
 from contextlib import contextmanager, suppress
 from dataclasses import replace
 from pathlib import Path
 
 import anyio
 
-from .. import hosts, identity
-from ..errors import (CanHazGpuError, InvalidRequest, LimitReached, NotHeld, NotOwner,
-                      boundary)
+from .. import identity
+from ..errors import CanHazGpuError, LimitReached, boundary
 from ..identity import Caller
-from ..model import seen_by
-from ..request import Request, Reservation
-from ..urls import store_identity
 from . import protocol
-from .connection import Connection, peer_credentials
+from .connection import Connection, peer_credentials, peer_groups, read_request, send_all
+from .ops import OPS
 from .protocol import ProtocolError
 
 log = logging.getLogger("canhazgpu.serve")
 
-GRANTED_KEPT = 10000  # reservations granted through us, remembered for heartbeats
-MAX_DAYS = 3660
-ACCOUNT_CACHE_S = 10.0  # a uid's name and admin rights, looked up again after this
+ACCOUNT_CACHE_S = 10.0  # a uid's name and the admin group's gid, looked up again after this
 ACCOUNTS_KEPT = 10000
 ACCEPT_RETRY_S = 0.1
+BACKLOG = 4096
+OUT_OF = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 class ApiServer:
-    """Answers API requests with Core calls made for the caller the kernel names."""
+    """Answers API requests: the operation table, for the caller the kernel names."""
 
     def __init__(self, core, hub=None) -> None:
         self.core = core
         self.config = core.config
         self.hub = hub  # the daemon's event subscription, for the events operation
-        self.granted: OrderedDict[str, Reservation] = OrderedDict()
         self.connections = PerUser(self.config.user_connections, "user_connections",
                                    "API connections open at once")
         self.waiters = PerUser(self.config.user_waiters, "user_waiters",
                                "requests queued at once")
-        self._accounts: dict[tuple[int, int], tuple[float, str, bool]] = {}
+        self._names: dict[int, tuple[float, str]] = {}
+        self._admin_gid: tuple[float, int | None] = (-1.0, None)
 
     # ------------------------------------------------------------------ the socket
     async def serve(self, path: Path, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
         """Listen on `path` (mode 0666: any local user may ask; the kernel says who)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         path.unlink(missing_ok=True)  # a killed daemon's: we hold the host's lock
-        listener = await anyio.create_unix_listener(path)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(path))
         os.chmod(path, 0o666)
+        listener.listen(BACKLOG)
+        listener.setblocking(False)
         inode = path.stat().st_ino
         log.info("API on %s", path)
         _more_descriptors()
         try:
-            async with listener, anyio.create_task_group() as tg:
-                task_status.started()
-                while True:
-                    try:
-                        stream = await listener.accept()
-                    except anyio.BrokenResourceError as err:  # EMFILE: out of descriptors
-                        log.warning("API: cannot accept a connection (%s)",
-                                    err.__cause__ or err)
-                        await anyio.sleep(ACCEPT_RETRY_S)  # until some connection ends
-                        continue
-                    tg.start_soon(self.handle, stream)
+            with listener:
+                async with anyio.create_task_group() as tg:
+                    task_status.started()
+                    while True:
+                        await anyio.wait_readable(listener)
+                        await self._accept(listener, tg)
         finally:
             with suppress(OSError):
                 if path.stat().st_ino == inode:  # not a successor's socket
                     path.unlink()
 
-    async def handle(self, stream) -> None:
-        """One connection; whatever goes wrong with it ends it, never the daemon."""
-        try:
-            async with stream, anyio.create_task_group() as tg:
-                conn = Connection(stream, tg)
-                tg.start_soon(conn.writer)
-                try:
-                    with self.connections.one(peer_credentials(stream)[1]):
-                        await conn.send(await self.answer(conn))
-                except LimitReached as err:
-                    await conn.send(protocol.error_doc(err))
-                conn.done()
-        except Exception:  # a bug: logged, the daemon and its other clients go on
-            log.exception("API connection failed")
+    async def _accept(self, listener: socket.socket, tg) -> None:
+        """Every connection waiting now, each its own task."""
+        while True:
+            try:
+                sock, _ = listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as err:
+                if err.errno not in OUT_OF:
+                    raise
+                log.warning("API: cannot accept a connection (%s)", err)
+                await anyio.sleep(ACCEPT_RETRY_S)  # until some connection ends
+                return
+            sock.setblocking(False)
+            tg.start_soon(self.handle, sock)
 
-    async def answer(self, conn: Connection) -> dict:
+    async def handle(self, sock: socket.socket) -> None:
+        """One connection; whatever goes wrong with it ends it, never the daemon."""
+        with sock:
+            try:
+                pid, uid, gid = peer_credentials(sock)
+                try:
+                    with self.connections.one(uid):
+                        reply = await self.answer(sock, pid, uid, gid)
+                except LimitReached as err:
+                    reply = protocol.error_doc(err)
+                if reply is not None:
+                    await send_all(sock, protocol.dump(reply))
+            except (OSError, TimeoutError):
+                pass  # the client went away
+            except Exception:  # a bug: logged, the daemon and its other clients go on
+                log.exception("API connection failed")
+
+    async def answer(self, sock, pid: int, uid: int, gid: int) -> dict | None:
+        """The reply to the connection's request; None when it was sent already (an
+        operation that lasts sends its own lines)."""
         try:
             with boundary():
-                doc = await conn.request()
-                op = doc.get("op")
-                if op not in protocol.OPS:
-                    raise ProtocolError(f"unknown operation {str(op)[:40]!r}: use one of "
-                                        f"{', '.join(protocol.OPS)}")
+                doc = await read_request(sock)
+                op = OPS.get(doc.get("op"))  # type: ignore[arg-type]
+                if op is None:
+                    raise ProtocolError(f"unknown operation {str(doc.get('op'))[:40]!r}: use "
+                                        f"one of {', '.join(OPS)}")
                 args = doc.get("args") or {}
                 if not isinstance(args, dict):
                     raise ProtocolError("args must be a JSON object")
-                caller = await self.identify(*peer_credentials(conn.stream))
-                result = await getattr(self, f"op_{op}")(conn, caller, args)
+                settings = args.pop("settings", None)
+                caller = await self.identify(pid, uid, gid, sock)
+                if op.lasting(args):
+                    await self.lasting(sock, op, caller, args, settings)
+                    return None
+                result = await op.serve(Served(self, caller, settings), args)
             return {"ok": protocol.encode(result)}
         except CanHazGpuError as err:
             return protocol.error_doc(err)
-        except Exception:  # a bug: logged, the daemon and its other clients go on
-            log.exception("API request failed")
-            return protocol.error_doc(CanHazGpuError(
-                "the daemon failed to answer (a bug: see its log)"))
+        except Exception:
+            return _bug()
+
+    async def lasting(self, sock, op, caller: Caller, args: dict, settings) -> None:
+        """An operation that streams lines (a wait, the events) until it ends or the client
+        hangs up: a writer task takes its lines, in order."""
+        async with anyio.create_task_group() as tg:
+            conn = Connection(sock, tg)
+            tg.start_soon(conn.writer)
+            try:
+                with boundary():
+                    result = await op.serve(Served(self, caller, settings, conn), args)
+                reply = {"ok": protocol.encode(result)}
+            except CanHazGpuError as err:
+                reply = protocol.error_doc(err)
+            except Exception:
+                reply = _bug()
+            await conn.send(reply)
+            conn.done()
 
     # ------------------------------------------------------------------ identity
-    async def identify(self, pid: int, uid: int, gid: int) -> Caller:
-        """The caller of a connection, from its credentials. Account name and admin
-        rights are looked up (NSS: blocking, off the loop) once per ACCOUNT_CACHE_S."""
-        now = anyio.current_time()
-        known = self._accounts.get((uid, gid))
+    async def identify(self, pid: int, uid: int, gid: int, sock) -> Caller:
+        """The caller of a connection, from its credentials: admin rights by gid (its
+        supplementary groups, from the kernel), never by name. Names are looked up (NSS: blocking, off
+        the loop) once per ACCOUNT_CACHE_S."""
+        now = time.monotonic()
+        known = self._names.get(uid)
         if known is None or known[0] < now:
-            if len(self._accounts) > ACCOUNTS_KEPT:
-                self._accounts.clear()
+            if len(self._names) > ACCOUNTS_KEPT:
+                self._names.clear()
             name = await anyio.to_thread.run_sync(identity.user_name, uid)
-            admin = await anyio.to_thread.run_sync(self.is_admin, uid, gid, name)
-            known = self._accounts[(uid, gid)] = (now + ACCOUNT_CACHE_S, name, admin)
-        return Caller(user=known[1], uid=uid, pid=pid, pid_start=0.0, is_admin=known[2])
+            known = self._names[uid] = (now + ACCOUNT_CACHE_S, name)
+        admin = uid == 0
+        if not admin and self.config.admin_group:
+            admin_gid = await self.admin_gid(now)
+            admin = admin_gid is not None and admin_gid in peer_groups(sock)
+        return Caller(user=known[1], uid=uid, pid=pid, pid_start=0.0, is_admin=admin)
 
-    def is_admin(self, uid: int, gid: int, name: str) -> bool:
-        """root, or a member of admin_group (primary group or listed member)."""
-        if uid == 0:
-            return True
-        if not self.config.admin_group:
-            return False
-        try:
-            group = grp.getgrnam(self.config.admin_group)
-            return gid == group.gr_gid or name in group.gr_mem or \
-                group.gr_gid in os.getgrouplist(name, gid)
-        except (KeyError, OSError):
-            return False
+    async def admin_gid(self, now: float) -> int | None:
+        until, gid = self._admin_gid
+        if until < now:
+            gid = await anyio.to_thread.run_sync(_group_id, self.config.admin_group)
+            self._admin_gid = (now + ACCOUNT_CACHE_S, gid)
+        return gid
 
-    # ------------------------------------------------------------------ operations
-    async def op_hello(self, conn, caller: Caller, args: dict) -> dict:
-        return {"version": protocol.VERSION, "host": self.config.host_name,
-                "redis": store_identity(self.core.store.url), "pid": os.getpid(),
-                "machine": socket.gethostname(),
-                "user": caller.user, "uid": caller.uid, "admin": caller.is_admin}
-
-    async def op_pool_size(self, conn, caller, args) -> int:
-        return await self.core.pool_size()
-
-    async def op_setup_pool(self, conn, caller: Caller, args: dict) -> dict:
-        """Root or the admin group only: the core checks the caller the kernel named."""
-        return await self.core.setup_pool(args.get("count"), _opt_str(args.get("provider")),
-                                          bool(args.get("force")), caller)
-
-    def core_for(self, args: dict, *names: str):
+    def core_for(self, settings, names: tuple[str, ...]):
         """The core, with the caller's own `settings` among `names` (a view's memory
         threshold, an allocation's strategy) where they differ from the daemon's."""
-        settings = args.get("settings") if isinstance(args.get("settings"), dict) else {}
+        if not isinstance(settings, dict):
+            return self.core
         mine = {k: settings[k] for k in names if k in settings
                 and settings[k] != getattr(self.config, k)}
         if not mine:
@@ -168,197 +190,48 @@ class ApiServer:
         from ..config import _coerce
         config = replace(self.config, **{k: _coerce(k, v, "the request")
                                          for k, v in mine.items()})
-        return type(self.core)(config, self.core.store, self.core.hub, self.core.beats)
+        core = type(self.core)(config, self.core.store, self.core.hub, self.core.beats)
+        core.snapshot = self.core.snapshot
+        return core
 
-    async def op_view(self, conn, caller: Caller, args):
-        # status does not show the queue: not read (nor sent) unless asked for
-        view = await self.core_for(args, "memory_threshold").view(
-            queue=bool(args.get("queue")))
-        return seen_by(view, caller.user, caller.is_admin)
 
-    async def op_queue(self, conn, caller, args):
-        now_ms, waiters = await self.core.queue()
-        return [now_ms, [protocol.encode(w) for w in waiters]]
+class Served:
+    """What an operation is served with over the socket: the daemon's core, the caller
+    the kernel named, and (for an operation that lasts) its connection, to which
+    progress and warnings go as reply lines (doors.Served is direct mode's)."""
 
-    async def op_report(self, conn, caller, args) -> dict:
-        return await self.core.report(_days(args.get("days")))
+    local = False
+    signals = False  # the daemon's waiters leave SIGINT/SIGTERM to the daemon
 
-    async def op_acquire(self, conn: Connection, caller: Caller, args: dict) -> Reservation:
-        """Allocate now, or (wait_s) queue while the connection is open: hanging up
-        cancels the wait, and the waiter gives its place back. A queued request is told
-        its id first ({"queued": {"wid"}}), then that it is in the queue ({"enqueued"});
-        `resume: wid` follows that place again (a client reconnecting after a daemon
-        restart). At most user_waiters queued requests per uid."""
-        req = protocol.request(args.get("request") or {})
-        # the owner process's start time: a later process reusing its pid is not it
-        caller = replace(caller, pid_start=await anyio.to_thread.run_sync(
-            identity.process_start, caller.pid))
-        wait_s = args.get("wait_s")
-        if wait_s == "inf":
-            wait_s = float("inf")
-        elif wait_s is not None and (not isinstance(wait_s, (int, float)) or wait_s <= 0):
-            raise InvalidRequest(f"invalid wait {wait_s!r}: seconds above 0, or \"inf\"")
-        core = self.core_for(args, "strategy")
-        if wait_s is None:
-            return await self._acquire(conn, core, req, caller, args, None, None)
-        with self.waiters.one(caller.uid):
-            return await self._acquire(conn, core, req, caller, args, wait_s, args.get("resume"))
+    def __init__(self, server: ApiServer, caller: Caller, settings, conn=None) -> None:
+        self.server, self.caller, self.settings, self.conn = server, caller, settings, conn
+        self.core, self.hub = server.core, server.hub
 
-    async def _acquire(self, conn, core, req, caller, args, wait_s, resume) -> Reservation:
-        queued = None
-        if wait_s is not None:
-            conn.cancel_on_hangup()  # the place in the queue lives while the client does
-            queued = await self.queued(caller, str(resume), req) if resume is not None \
-                else core.new_reservation(req, caller)
-            await conn.send({"queued": {"wid": queued.rid}})
-        progress = (lambda p: conn.note({"progress": protocol.encode(p)})) \
-            if args.get("progress") else None
-        res = await core.acquire(req, caller, wait_s, progress=progress,
-                                 warn=lambda text: conn.note({"warn": text}),
-                                 signals=False, reservation=queued, resume=resume is not None,
-                                 on_queued=lambda: conn.note({"enqueued": {"wid": queued.rid}}))
-        self.granted[res.rid] = res
-        while len(self.granted) > GRANTED_KEPT:
-            self.granted.popitem(last=False)
-        return res
+    def core_with(self, *names: str):
+        return self.server.core_for(self.settings, names)
 
-    async def queued(self, caller: Caller, wid: str, req: Request) -> Reservation:
-        """The caller's queued (or granted) reservation `wid`, to follow again."""
-        state = await self.core.store.read_state()
-        owners = {w.uid for w in state.queue if w.wid == wid} | \
-            {h.uid for h in state.holds.values() if h.rid == wid}
-        if not owners:
-            raise NotHeld(f"queue entry {wid[:40]!r} is gone (granted and ended, or it "
-                          "expired): run the command again")
-        if owners - {caller.uid} and not caller.is_admin:
-            raise NotOwner(f"queue entry {wid} is not yours")
-        record = self.core.record(caller, req, rid=wid)
-        return Reservation(wid, (), caller.user, req.kind, self.core.ttl_s(req), record)
+    async def owner(self) -> Caller:
+        """The caller with its process's start time: a later process reusing its pid is
+        not it (one read of /proc/PID/stat)."""
+        return replace(self.caller, pid_start=identity.process_start(self.caller.pid))
 
-    async def op_heartbeat(self, conn, caller: Caller, args: dict) -> list[int]:
-        """Renew a reservation of the caller's held by a process; returns the GPUs it lost.
-        `owner_pid` moves it to that process (of the reservation's uid): a Jupyter kernel."""
-        res = await self.owned(caller, str(args.get("rid", "")))
-        if res is None:
-            return list(_ids(args.get("gpus")) or ())  # nothing of it left: all lost
-        if args.get("owner_pid") is not None:
-            res = await self.moved(res, args["owner_pid"])
-        return await self.core.heartbeat(res)
+    def queued_by(self, uid: int):
+        return self.server.waiters.one(uid)
 
-    async def moved(self, res: Reservation, pid) -> Reservation:
-        """res, owned from now on by process `pid`, which must run as the reservation's
-        uid: the daemon then watches that process instead of the caller."""
-        if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
-            raise InvalidRequest(f"invalid owner_pid {str(pid)[:20]!r}: a process id")
-        if pid == res.record.get("pid"):
-            return res
-        uid, start = await anyio.to_thread.run_sync(identity.process_owner, pid)
-        if uid != res.record.get("uid"):
-            raise NotOwner(f"process {pid} is not {res.user}'s: a reservation moves only to "
-                           "a process of its own user")
-        res = replace(res, record={**res.record, "pid": pid, "pid_start": start})
-        self.granted[res.rid] = res
-        return res
+    def stay(self) -> None:
+        self.conn.cancel_on_hangup()
 
-    async def op_end(self, conn, caller: Caller, args: dict) -> list[int]:
-        """End a reservation of the caller's (any, for an admin): the script decides."""
-        rid = str(args.get("rid", ""))
-        self.granted.pop(rid, None)
-        return await self.core.end(rid, caller, reason=_reason(args.get("reason")))
+    async def line(self, doc: dict) -> None:
+        await self.conn.send(doc)
 
-    async def op_release(self, conn, caller: Caller, args: dict) -> list[int]:
-        return await self.core.release(caller, ids=_ids(args.get("ids")),
-                                       user=_opt_str(args.get("user")),
-                                       force=bool(args.get("force")))
+    def note(self, doc: dict) -> None:
+        self.conn.note(doc)
 
-    async def op_events(self, conn: Connection, caller, args: dict) -> None:
-        """The host's events as they come, until the client hangs up: first
-        {"event": null} once subscribed (nothing after it is missed), then each event."""
-        from ..events import Disconnected, Event, Resync
-        if self.hub is None:
-            raise CanHazGpuError("this daemon serves no events")
-        conn.cancel_on_hangup()
-        async with self.hub.listen() as stream:
-            await conn.send({"event": None})
-            async for item in stream:
-                if isinstance(item, Event):
-                    await conn.send({"event": item.data})
-                elif isinstance(item, Disconnected):
-                    await conn.send({"warn": item.error})
-                elif isinstance(item, Resync) and item.reconnected:
-                    await conn.send({"resync": True})
+    def progress(self, p) -> None:
+        self.conn.note({"progress": protocol.encode(p)})
 
-    async def op_events_since(self, conn, caller, args: dict) -> list[dict]:
-        """The kept events after sequence number `since`, oldest first."""
-        since = args.get("since")
-        if not isinstance(since, int) or since < 0:
-            raise InvalidRequest(f"invalid since {since!r}: an event sequence number >= 0")
-        return await self.core.store.events_since(since)
-
-    # ------------------------------------------------------------------ notifications
-    # (issue 20) The caller's own rules, for the uid the kernel named: never another's.
-    async def op_notify_add(self, conn, caller: Caller, args: dict) -> list[dict]:
-        return await self.core.notify(caller, "add", channel=_opt_str(args.get("channel")),
-                                      url=_opt_str(args.get("url")) or "",
-                                      events=args.get("events"),
-                                      everyone=args.get("everyone") is True)
-
-    async def op_notify_list(self, conn, caller: Caller, args: dict) -> list[dict]:
-        return await self.core.notify(caller, "list")
-
-    async def op_notify_remove(self, conn, caller: Caller, args: dict) -> list[dict]:
-        return await self.core.notify(caller, "remove", rule_id=str(args.get("id", "")))
-
-    async def op_notify_test(self, conn, caller: Caller, args: dict) -> list[dict]:
-        return await self.core.notify(caller, "test")
-
-    # ------------------------------------------------------------------ across hosts
-    # The views that span the hosts of the daemon's Redis (any host on it, not only ours),
-    # for users who cannot reach that Redis: what direct mode reads (hosts.py).
-    async def op_hosts(self, conn, caller, args) -> dict:
-        return await hosts.document(self.core, protocol.host_names(args.get("hosts")))
-
-    async def op_host_views(self, conn, caller: Caller, args) -> list:
-        now, found = await hosts.views(self.core_for(args, "memory_threshold"),
-                                       protocol.host_names(args.get("hosts")))
-        return [now, [replace(hv, view=seen_by(hv.view, caller.user, caller.is_admin))
-                      if hv.view else hv for hv in found]]
-
-    async def op_host_queues(self, conn, caller, args) -> list:
-        found = await hosts.queues(self.core, protocol.host_names(args.get("hosts")))
-        return [[host, now, waiters] for host, now, waiters in found]
-
-    async def op_host_report(self, conn, caller, args) -> dict:
-        return await hosts.report(self.core, _days(args.get("days")),
-                                  protocol.host_names(args.get("hosts")))
-
-    async def op_retire(self, conn, caller: Caller, args) -> str:
-        """Root or the admin group only: the core checks the caller the kernel named."""
-        return await hosts.retire(self.core, caller, protocol.host_name(args.get("host")))
-
-    # ------------------------------------------------------------------ ownership
-    async def owned(self, caller: Caller, rid: str) -> Reservation | None:
-        """The caller's live reservation `rid` (NotOwner when it is someone else's): as
-        granted through us, or rebuilt from Redis (granted before a restart)."""
-        res = self.granted.get(rid)
-        if res is not None:
-            if res.record["uid"] != caller.uid and not caller.is_admin:
-                raise NotOwner(f"reservation {rid} is {res.user}'s, not yours")
-            return res
-        state = await self.core.store.read_state(queue=False)  # holds only
-        holds = [h for h in state.holds.values() if h.rid == rid]
-        if not holds:
-            return None
-        hold = holds[0]
-        if hold.uid != caller.uid and not caller.is_admin:
-            raise NotOwner(f"reservation {rid} is {hold.user}'s, not yours")
-        if hold.kind == "manual":
-            raise InvalidRequest("manual reservations are not renewed through the API")
-        record = {"rid": rid, "user": hold.user, "uid": hold.uid, "host": hold.host,
-                  "machine": hold.machine, "pid": hold.pid, "pid_start": hold.pid_start,
-                  "kind": hold.kind, "note": hold.note}
-        return Reservation(rid, tuple(sorted(h.gpu for h in holds)), hold.user, hold.kind,
-                           self.core.ttl_s(Request(kind="run")), record)
+    def warn(self, text: str) -> None:
+        self.conn.note({"warn": text})
 
 
 class PerUser:
@@ -383,6 +256,18 @@ class PerUser:
                 del self.open[uid]
 
 
+def _bug() -> dict:
+    log.exception("API request failed")  # a bug: logged, the daemon and its clients go on
+    return protocol.error_doc(CanHazGpuError("the daemon failed to answer (a bug: see its log)"))
+
+
+def _group_id(name: str) -> int | None:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return None
+
+
 def _more_descriptors() -> None:
     """Raise the soft limit on open files to the hard one: one per connection."""
     import resource
@@ -390,26 +275,3 @@ def _more_descriptors() -> None:
     if soft != hard:
         with suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def _ids(value) -> tuple[int, ...] | None:
-    try:
-        return None if value is None else tuple(int(i) for i in value)
-    except (TypeError, ValueError):
-        raise InvalidRequest(f"invalid GPU ids {str(value)[:40]!r}: a list of numbers") \
-            from None
-
-
-def _days(days) -> float:
-    if not isinstance(days, (int, float)) or isinstance(days, bool) or \
-            not 0 < days <= MAX_DAYS:
-        raise InvalidRequest(f"invalid days {days!r}: above 0, up to {MAX_DAYS}")
-    return float(days)
-
-
-def _opt_str(value) -> str | None:
-    return None if value is None else str(value)[:200]
-
-
-def _reason(value) -> str:
-    return "reclaimed" if value == "reclaimed" else "released"

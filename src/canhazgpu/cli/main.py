@@ -82,20 +82,22 @@ class Context:
         return None
 
     def _direct(self):
+        """The operation table served in this process, over Redis (api/doors.py)."""
         if without_loop():  # redis-py is asked within an event loop: start one
             raise NeedsEventLoop
+        from ..api.doors import Local
         from ..core import Core
-        return Core(self.config)
+        return Local(Core(self.config), self.local_caller)
 
     @property
     def direct(self):
         """The core over Redis itself, whatever the mode: for what no daemon serves (the
         events of every host, the views across hosts when no daemon answers)."""
         if self._core is not None and not self.remote:
-            return self._core  # direct already: the same connections
+            return self._core.core  # direct already: the same connections
         if self._direct_core is None:  # no need to ask for a daemon first
             self._direct_core = self._direct()
-        return self._direct_core
+        return self._direct_core.core
 
     @property
     def hosts(self):
@@ -106,11 +108,10 @@ class Context:
             remote = self._core if self._core is not None and self.remote \
                 else self._remote(any_host=True)
             if remote is not None:
-                from ..api.client import RemoteHosts
-                self._hosts = RemoteHosts(remote)
+                self._hosts = remote.hosts
             else:
-                from ..hosts import DirectHosts
-                self._hosts = DirectHosts(self.direct)
+                from ..api.doors import Local
+                self._hosts = Local(self.direct, self.local_caller, "hosts")
         return self._hosts
 
     def local_caller(self, pid: int | None = None):

@@ -53,6 +53,10 @@ async def serve(state, embedded_redis, fake, scan_interval, print_unit, web, ver
     logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("redis").setLevel(logging.WARNING)
+    # one journal line per state change: no caller frame, thread or process looked up for
+    # each (the logging HOWTO's "Optimization")
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     caller = state.local_caller()  # the daemon itself: never asks another daemon
     if embedded_redis:
         _check_one_redis(config)

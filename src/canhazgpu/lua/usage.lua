@@ -6,7 +6,7 @@
 -- The scanner judged 'unreserved' against holds it read before this script: a GPU reserved
 -- in between is not unreserved, and its event is dropped rather than published after the
 -- reservation's (the scanner judges it again on its next scan).
--- Returns {'OK', json {published = n, dropped = [gpus]}}
+-- Returns {'OK', json {published = n, dropped = [gpus], scanned_ms = its stamp}}
 local n, bad = check_pool()
 if bad then return bad end
 redis.call('HSET', KEYS[K_SNAPSHOT], 'doc', ARG.snapshot, 'scanned_ms', NOW,
@@ -24,4 +24,5 @@ for _, ev in ipairs(cjson.decode(ARG.events)) do
   end
 end
 grant_queue(S)
-return {'OK', '{"published":' .. published .. ',"dropped":' .. ids_json(dropped) .. '}'}
+return {'OK', '{"published":' .. published .. ',"dropped":' .. ids_json(dropped) ..
+        ',"scanned_ms":' .. string.format('%d', NOW) .. '}'}
