@@ -3,7 +3,6 @@ errors."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -54,6 +53,7 @@ def emit(text: str = "") -> None:
 
 
 def emit_json(data) -> None:
+    import json  # (not imported by help and completion: start-up time)
     print(json.dumps(data, indent=2, sort_keys=False), flush=True)
 
 
