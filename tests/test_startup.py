@@ -106,12 +106,15 @@ def daemon_env(env, cli):
 
 
 @pytest.mark.parametrize("args", [["status"], ["status", "--json"], ["queue"],
-                                  ["reserve", "--gpus", "1"], ["release"]])
+                                  ["reserve", "--gpus", "1"], ["release"], ["hosts"],
+                                  ["hosts", "--json"], ["report"]])
 def test_the_daemon_path_imports_no_redis_psutil_ssl_or_logging_set_up(daemon_env, args):
     proc, modules = imported(daemon_env, *args)
     assert heavy(modules) == [], proc.stdout
     assert len(commands_of(modules)) <= 3  # its own module and the helpers it shares
     assert "asyncio" not in modules  # one request over a blocking socket: no event loop
+    # values cost no code generation (model.Value, not dataclasses), paths are strings
+    assert not modules & {"dataclasses", "pathlib"}, proc.stdout
 
 
 def test_events_through_the_daemon_import_no_redis(daemon_env):
