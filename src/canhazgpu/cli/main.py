@@ -216,7 +216,7 @@ COMMANDS = {
     "logs": ("submit", "Print a job's output (the latest 4-8 MiB are kept)."),
     "notify": ("notify", "Your notifications: add, list, remove or test a channel."),
     "queue": ("queue", "Show who is waiting for GPUs, in order."),
-    "release": ("reserve", "Release your reservations."),
+    "release": ("release", "Release your reservations."),
     "report": ("report", "GPU hours per user, with run/manual counts and shares."),
     "reserve": ("reserve", "Reserve GPUs for interactive work until released or expired."),
     "run": ("run", "Run a command on GPUs of its own; release them when it ends."),
@@ -279,8 +279,8 @@ def _closer(state: Context):
 def _register() -> None:
     """Every command's module (tests, and a name missing from COMMANDS)."""
     from . import (admin, completion, doctor, events, hosts, kernelspec,  # noqa: F401
-                   manual, notify, queue, report, reserve, run, serve, status, submit,
-                   wait, web)  # (commands attach)
+                   manual, notify, queue, release, report, reserve, run, serve, status,
+                   submit, wait, web)  # (commands attach)
 
 
 async def _amain(args: list[str]) -> int:
