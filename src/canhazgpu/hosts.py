@@ -165,9 +165,10 @@ async def views(core: Core, names: list[str] | None = None) -> tuple[int, list[H
     cannot see that host's GPUs), or unknown without one."""
     entries = await core.store.registry()
     names = sorted(entries) if names is None else list(names)
-    now = await core.store.time_ms()
-
     reads = await core.store.read_views(names)  # one read per host, a pipeline per node
+    # Redis's clock as the reads saw it (no round trip of its own), else asked
+    nows = [read[0].now_ms for read in reads.values() if not isinstance(read, CanHazGpuError)]
+    now = max(nows) if nows else await core.store.time_ms()
     found = []
     for name in names:  # each from what was read: no I/O left, one after the other
         entry = entries.get(name, {})
