@@ -216,12 +216,12 @@ def summary_counts(view: PoolView) -> dict[str, int]:
 
 
 def _gpu_json(g: GpuState, now_ms: int) -> dict:
-    usage = g.usage
+    usage, status = g.usage, g.status
     model = _model(usage)
-    free = g.status == "available" and g.last_released_ms is not None
+    free = status == "available" and g.last_released_ms is not None
     return {
         "id": g.gpu,
-        "status": g.status,
+        "status": status,
         "reservation": _hold_json(g, now_ms) if g.hold else None,
         "last_released_ms": g.last_released_ms,
         "free_for_s": _age_s(now_ms, g.last_released_ms) if free else None,
