@@ -64,6 +64,13 @@ def test_help_lists_whole_descriptions_without_importing_commands(env):
     assert rows["status"] == "Show every GPU: available, reserved or in use unreserved."
 
 
+def test_the_version_needs_no_command_no_event_loop_and_no_package_metadata(env):
+    proc, modules = imported(env, "--version")
+    assert proc.stdout.startswith("canhazgpu, version ")
+    assert commands_of(modules) == set()
+    assert not modules & {"asyncio", "importlib.metadata"}
+
+
 def test_completion_of_command_names_imports_no_command(env):
     env = {**env, "_CANHAZGPU_COMPLETE": "bash_complete", "COMP_WORDS": "canhazgpu re",
            "COMP_CWORD": "1"}

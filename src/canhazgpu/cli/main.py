@@ -323,12 +323,12 @@ ONE_REQUEST = ("status", "queue", "release", "reserve", "hosts", "report")
 
 
 def loopless(args: list[str]) -> bool:
-    """Whether to try these arguments without an event loop first (start-up time): help, a
-    completion script or completions, and the one-request commands."""
+    """Whether to try these arguments without an event loop first (start-up time): help,
+    the version, a completion script or completions, and the one-request commands."""
     if os.environ.get(COMPLETE_VAR):
         return True
     help_flags = ("-h", "--help")
-    if not args or args[0] in help_flags or args[0] == "completion" or \
+    if not args or args[0] in (*help_flags, "--version", "completion") or \
             (len(args) == 2 and args[0] in COMMANDS and args[1] in help_flags):
         return True
     return args[0] in ONE_REQUEST and not any(
