@@ -10,8 +10,8 @@ another store.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 from os.path import expanduser, isdir, join
+from typing import TYPE_CHECKING
 
 from .errors import BackendUnavailable, FileUnreadable, InvalidRequest
 from .model import Value, fill
