@@ -8,7 +8,8 @@ for the views across hosts, through a daemon (=daemon: the daemon of h002, whose
 three share, reads Redis and sends the views).
 
 Run: PYTHONPATH=src:benchmarks .venv/bin/python benchmarks/bench_hosts.py [--hosts 100]
-     [--runs 20] [--old ../main/src]  (--old: the old code's figures beside, run by run)
+     [--runs 20] [--old ../main/src]  (--old: the old code's figures beside, run by run;
+     the daemons run this checkout's code for both, so --old compares the clients)
 Targets (issue 16): `status --all-hosts --json` median <= 150 ms wall, `hosts` <= 100 ms on
 one Redis; <= 250 / 150 ms on the 3-master cluster.
 """

@@ -137,6 +137,32 @@ def test_redis_url_forms(url):
     assert Store(url, "h").url == url
 
 
+URL_PIECES = ("redis", "rediss", "unix", "redis+cluster", "REDIS", "http", "://", ":", "/",
+              "@", "u", ":pw", "Host", "127.0.0.1", "[::1]", "[", ":6379", ":0", ":65536",
+              ":06379", ":x", "/0", "/", "?", "db=2", "&", "password=x", "#f", " ", "\t", "é")
+
+
+@given(st.lists(st.sampled_from(URL_PIECES), min_size=1, max_size=9).map("".join))
+def test_the_common_url_forms_are_read_as_urlsplit_reads_them(url):
+    """urls.py reads the common forms without urllib.parse (start-up time): the same
+    answers as urlsplit's way, which reads every other URL."""
+    from urllib.parse import urlsplit
+
+    from canhazgpu import urls
+    assert urls.store_identity(url) == urls._identity_of_any(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises on a port that is not a number from 0 to 65535)
+        accepted = parts.scheme in urls._URL_SCHEMES
+    except ValueError:
+        accepted = False
+    if accepted:
+        assert urls.check_url(url) == url
+    else:
+        with pytest.raises(InvalidRequest):
+            urls.check_url(url)
+
+
 def test_passwords_never_appear_in_messages():
     assert redacted("redis://user:hunter2@h:1/0") == "redis://user:***@h:1/0"
     assert "hunter2" not in Store("redis://:hunter2@127.0.0.1:1/0", "h").unreachable(OSError())

@@ -64,6 +64,13 @@ def test_help_lists_whole_descriptions_without_importing_commands(env):
     assert rows["status"] == "Show every GPU: available, reserved or in use unreserved."
 
 
+def test_the_version_needs_no_command_no_event_loop_and_no_package_metadata(env):
+    proc, modules = imported(env, "--version")
+    assert proc.stdout.startswith("canhazgpu, version ")
+    assert commands_of(modules) == set()
+    assert not modules & {"asyncio", "importlib.metadata"}
+
+
 def test_completion_of_command_names_imports_no_command(env):
     env = {**env, "_CANHAZGPU_COMPLETE": "bash_complete", "COMP_WORDS": "canhazgpu re",
            "COMP_CWORD": "1"}
@@ -106,12 +113,15 @@ def daemon_env(env, cli):
 
 
 @pytest.mark.parametrize("args", [["status"], ["status", "--json"], ["queue"],
-                                  ["reserve", "--gpus", "1"], ["release"]])
+                                  ["reserve", "--gpus", "1"], ["release"], ["hosts"],
+                                  ["hosts", "--json"], ["report"]])
 def test_the_daemon_path_imports_no_redis_psutil_ssl_or_logging_set_up(daemon_env, args):
     proc, modules = imported(daemon_env, *args)
     assert heavy(modules) == [], proc.stdout
     assert len(commands_of(modules)) <= 3  # its own module and the helpers it shares
     assert "asyncio" not in modules  # one request over a blocking socket: no event loop
+    # values cost no code generation (model.Value, not dataclasses), paths are strings
+    assert not modules & {"dataclasses", "pathlib"}, proc.stdout
 
 
 def test_events_through_the_daemon_import_no_redis(daemon_env):

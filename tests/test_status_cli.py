@@ -73,7 +73,9 @@ def test_table_and_json_and_summary(staged):
     assert "mistralai/Mistral-7B-Instruct-v0.1" in row2 and "WITHOUT RESERVATION" in row2
     assert "alice,bob,charlie" in table[2 + 4]
     assert "\033[" not in "\n".join(table)  # no colour off a terminal
-    doc = json.loads(staged("status", "--json", check=0).stdout)
+    out = staged("status", "--json", check=0).stdout
+    assert out.count("\n") == 1  # one line off a terminal (indented on one: test_tty)
+    doc = json.loads(out)
     assert [g["status"] for g in doc["gpus"]] == ["available", "reserved", "unreserved",
                                                   "reserved", "unreserved", "available",
                                                   "available", "available"]

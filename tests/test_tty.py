@@ -56,6 +56,13 @@ async def test_status_on_a_terminal_is_a_coloured_table(tty_cli):
     assert term.text.startswith("GPU STATUS")
 
 
+async def test_json_on_a_terminal_is_indented(tty_cli):
+    term = tty_cli.terminal("status", "--json")
+    await term.expect('"gpus"')
+    assert await term.wait() == 0
+    assert term.text.replace("\r\n", "\n").startswith('{\n  "version": 1,\n')
+
+
 async def test_no_color_is_honoured_on_a_terminal(tty_cli):
     term = tty_cli.terminal("status", extra_env={"NO_COLOR": "1"})
     await term.expect("\n1 ")  # the last GPU's row

@@ -10,32 +10,39 @@ another store.
 from __future__ import annotations
 
 import os
-import socket
-from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
+from os.path import expanduser, isdir, join
+from typing import TYPE_CHECKING
 
 from .errors import BackendUnavailable, FileUnreadable, InvalidRequest
+from .model import Value, fill
 from .timefmt import parse_duration
 from .urls import check_url, redacted
 
-SYSTEM_CONFIG = Path("/etc/canhazgpu/config.toml")
-USER_CONFIG = Path("~/.config/canhazgpu/config.toml")
-SYSTEM_STATE = Path("/var/lib/canhazgpu")
+if TYPE_CHECKING:
+    from pathlib import Path
+
+# Paths are strings here: pathlib (with urllib.parse) is not imported by a command through
+# the daemon (start-up time); the properties that callers use as paths give Path objects.
+SYSTEM_CONFIG = "/etc/canhazgpu/config.toml"
+USER_CONFIG = "~/.config/canhazgpu/config.toml"
+SYSTEM_STATE = "/var/lib/canhazgpu"
 URL_FILE = "redis.url"  # where `serve --embedded-redis` publishes its Redis's URL
 DEFAULT_URL = "redis://localhost:6379/0"
 DEFAULT = "default"
 # Where clients also look for the daemon's API: the secured systemd unit's, then one beside
 # the system state directory (an unsecured daemon with the default state directory).
-SYSTEM_API_SOCKETS = (Path("/run/canhazgpu/api.sock"), SYSTEM_STATE / "api.sock")
+SYSTEM_API_SOCKETS = ("/run/canhazgpu/api.sock", join(SYSTEM_STATE, "api.sock"))
 
 
-@dataclass(frozen=True)
-class RedisChoice:
-    """The Redis this configuration names, and where that came from (for every message)."""
+class RedisChoice(Value):
+    """The Redis this configuration names, and where that came from (for every message):
+    origin is "--redis-url", "$CANHAZGPU_REDIS_URL", a file, "default", or "" when set in
+    code; published is the daemon's URL file the URL was read from."""
 
-    url: str
-    origin: str  # "--redis-url", "$CANHAZGPU_REDIS_URL", a file, "default"; "": set in code
-    published: Path | None = None  # the daemon's URL file the URL was read from
+    __slots__ = ("url", "origin", "published")
+
+    def __init__(self, url: str, origin: str, published: Path | None = None) -> None:
+        fill(self, locals())
 
     def unreachable(self, err: BaseException) -> str:
         """The one line for "this Redis does not answer", naming where it came from."""
@@ -65,65 +72,85 @@ class RedisChoice:
                 "--embedded-redis' runs a private one)")
 
 
-@dataclass(frozen=True)
-class Config:
-    """The effective settings (a docstring also spares dataclass an inspect.signature)."""
+class Config(Value):
+    """The effective settings (docs/configuration.md): each key a parameter here, with its
+    default; `origins` says where each key's value came from ("--host", "$CANHAZGPU_HOST",
+    a file), and is not a setting."""
 
-    redis_url: str = ""  # empty: the embedded daemon's published URL, else DEFAULT_URL
-    provider: str = ""  # empty: the pool's provider, else auto-detect
-    fake_gpus: str = ""
-    memory_threshold: int = 1024  # MB; above it a GPU is "in use"
-    host: str = ""
-    state_dir: str = ""
-    default_duration: str = "30m"
-    run_lease: str = "20s"  # a SIGKILLed `run` gives its GPUs back within this
-    heartbeat_interval: str = "5s"
-    kill_grace: str = "10s"  # `run --timeout`: SIGTERM, then SIGKILL after this
-    strategy: str = "lru"  # or "mru": your own most recently used GPUs first
-    admin_group: str = ""
-    scan_interval: str = "1s"  # daemon
-    snapshot_max_age: str = "3s"  # a daemon snapshot younger than this is used instead of a scan
-    queue_lease: str = "10s"  # a waiter that stops heartbeating leaves the queue after this
-    embedded_fsync: str = "always"  # `serve --embedded-redis`: AOF fsync policy
-    api_socket: str = ""  # empty: STATE_DIR/api.sock (clients also try SYSTEM_API_SOCKETS)
-    client: str = "auto"  # auto: the daemon's API when it answers, else Redis; daemon; direct
-    # per-user limits the daemon enforces (0: none); root is never limited
-    user_connections: int = 12000  # API connections open at once (a wait, `events`: one each)
-    user_waiters: int = 2500  # requests queued at once through the daemon
-    user_gpus: int = 0  # GPUs held at once (checked in the allocate script)
-    max_duration: str = "366d"  # the longest manual reservation
-    # use it or lose it (docs/idle.md): off unless idle_warn_after / idle_release_after is set
-    idle_utilization_pct: int = 5  # below this (and no holder process in use) a GPU is idle
-    idle_warn_after: str = ""
-    idle_release_after: str = ""
-    idle_kernels: bool = False  # the policy also releases Jupyter kernels' reservations
-    # notifications (docs/notify.md): admin [[notify]] tables, reminders' pace
-    notify: tuple = ()
-    notify_repeat: str = "1h"  # the same unreserved use is notified once per this
-    notify_expiry: str = "10m"  # "expires soon" this long before a reservation ends; "": never
-    # where each key's value came from ("--host", "$CANHAZGPU_HOST", a file); not a setting
-    origins: dict = field(default_factory=dict, compare=False, repr=False)
+    __slots__ = (
+        "redis_url", "provider", "fake_gpus", "memory_threshold", "host", "state_dir",
+        "default_duration", "run_lease", "heartbeat_interval", "kill_grace", "strategy",
+        "admin_group", "scan_interval", "snapshot_max_age", "queue_lease", "embedded_fsync",
+        "api_socket", "client", "user_connections", "user_waiters", "user_gpus",
+        "max_duration", "idle_utilization_pct", "idle_warn_after", "idle_release_after",
+        "idle_kernels", "notify", "notify_repeat", "notify_expiry", "origins")
+
+    def __init__(
+        self,
+        redis_url: str = "",  # empty: the embedded daemon's published URL, else DEFAULT_URL
+        provider: str = "",  # empty: the pool's provider, else auto-detect
+        fake_gpus: str = "",
+        memory_threshold: int = 1024,  # MB; above it a GPU is "in use"
+        host: str = "",
+        state_dir: str = "",
+        default_duration: str = "30m",
+        run_lease: str = "20s",  # a SIGKILLed `run` gives its GPUs back within this
+        heartbeat_interval: str = "5s",
+        kill_grace: str = "10s",  # `run --timeout`: SIGTERM, then SIGKILL after this
+        strategy: str = "lru",  # or "mru": your own most recently used GPUs first
+        admin_group: str = "",
+        scan_interval: str = "1s",  # daemon
+        snapshot_max_age: str = "3s",  # a daemon snapshot younger than this is used, not a scan
+        queue_lease: str = "10s",  # a waiter that stops heartbeating leaves the queue after this
+        embedded_fsync: str = "always",  # `serve --embedded-redis`: AOF fsync policy
+        api_socket: str = "",  # empty: STATE_DIR/api.sock (clients also try SYSTEM_API_SOCKETS)
+        client: str = "auto",  # auto: the daemon's API when it answers, else Redis; daemon; direct
+        # per-user limits the daemon enforces (0: none); root is never limited
+        user_connections: int = 12000,  # API connections open at once (a wait, `events`: one each)
+        user_waiters: int = 2500,  # requests queued at once through the daemon
+        user_gpus: int = 0,  # GPUs held at once (checked in the allocate script)
+        max_duration: str = "366d",  # the longest manual reservation
+        # use it or lose it (docs/idle.md): off unless idle_warn_after / idle_release_after is set
+        idle_utilization_pct: int = 5,  # below this (and no holder process in use) a GPU is idle
+        idle_warn_after: str = "",
+        idle_release_after: str = "",
+        idle_kernels: bool = False,  # the policy also releases Jupyter kernels' reservations
+        # notifications (docs/notify.md): admin [[notify]] tables, reminders' pace
+        notify: tuple = (),
+        notify_repeat: str = "1h",  # the same unreserved use is notified once per this
+        notify_expiry: str = "10m",  # "expires soon" this long before a reservation ends; "": never
+        origins: dict | None = None,
+    ) -> None:
+        origins = {} if origins is None else origins
+        fill(self, locals())
 
     # ------------------------------------------------------------------ derived values
     @property
     def host_name(self) -> str:
-        return self.host or socket.gethostname().split(".")[0]
+        if self.host:
+            return self.host
+        import socket
+        return socket.gethostname().split(".")[0]
 
     @property
     def state_path(self) -> Path:
+        from pathlib import Path
+        return Path(self._state_dir())
+
+    def _state_dir(self) -> str:
         if self.state_dir:
-            return Path(self.state_dir).expanduser()
-        if SYSTEM_STATE.is_dir() and os.access(SYSTEM_STATE, os.W_OK | os.X_OK):
+            return expanduser(self.state_dir)
+        if isdir(SYSTEM_STATE) and os.access(SYSTEM_STATE, os.W_OK | os.X_OK):
             return SYSTEM_STATE
-        return Path("~/.local/state/canhazgpu").expanduser()
+        return expanduser("~/.local/state/canhazgpu")
 
     @property
     def redis(self) -> RedisChoice:
         """The configured URL, else the one the embedded daemon published, else the default."""
         if self.redis_url:
             return RedisChoice(self.redis_url, self.origins.get("redis_url", ""))
-        for directory in dict.fromkeys((self.state_path, SYSTEM_STATE)):  # in this order
-            found = directory / URL_FILE
+        for directory in dict.fromkeys((self._state_dir(), SYSTEM_STATE)):  # in this order
+            found = join(directory, URL_FILE)
             try:
                 text = _read(found, "the canhazgpu daemon's URL file",
                              "or set redis_url (CANHAZGPU_REDIS_URL)", private=True)
@@ -142,7 +169,9 @@ class Config:
                                          f"{url[:80]!r}, not a Redis URL: delete it and "
                                          "start 'canhazgpu serve --embedded-redis' again"
                                          ) from None
-                return RedisChoice(url, f"published by the daemon in {found}", published=found)
+                from pathlib import Path
+                return RedisChoice(url, f"published by the daemon in {found}",
+                                   published=Path(found))
         return RedisChoice(DEFAULT_URL, DEFAULT)
 
     @property
@@ -156,14 +185,19 @@ class Config:
     @property
     def api_path(self) -> Path:
         """Where the daemon listens for API clients."""
-        return Path(self.api_socket).expanduser() if self.api_socket \
-            else self.state_path / "api.sock"
+        from pathlib import Path
+        return Path(self._api_socket())
 
-    def api_paths(self) -> list[Path]:
-        """Where a client looks for the daemon, like the embedded Redis URL is found."""
+    def _api_socket(self) -> str:
+        return expanduser(self.api_socket) if self.api_socket \
+            else join(self._state_dir(), "api.sock")
+
+    def api_paths(self) -> list[str]:
+        """Where a client looks for the daemon, like the embedded Redis URL is found (as
+        strings: a client of the daemon does not import pathlib)."""
         if self.api_socket:
-            return [self.api_path]
-        return list(dict.fromkeys([self.api_path, *SYSTEM_API_SOCKETS]))
+            return [self._api_socket()]
+        return list(dict.fromkeys([self._api_socket(), *SYSTEM_API_SOCKETS]))
 
     def seconds(self, name: str) -> float:
         value = getattr(self, name)
@@ -188,7 +222,7 @@ _DURATION_KEYS = {"default_duration", "run_lease", "heartbeat_interval", "kill_g
 _OPTIONAL_DURATIONS = {"idle_warn_after", "idle_release_after", "notify_expiry"}  # "": off
 _CHOICES = {"strategy": ("lru", "mru"), "provider": ("", "nvidia", "amd", "fake"),
             "embedded_fsync": ("always", "everysec"), "client": ("auto", "daemon", "direct")}
-KEYS = tuple(f.name for f in fields(Config) if f.name != "origins")
+KEYS = Config.__slots__[:-1]  # (not "origins")
 
 
 def _coerce(key: str, value, origin: str):
@@ -231,13 +265,14 @@ def _coerce(key: str, value, origin: str):
     return value
 
 
-def _read(path: Path, what: str, fix: str, private: bool = False) -> str | None:
+def _read(path: str, what: str, fix: str, private: bool = False) -> str | None:
     """A file's text; None when it does not exist. Any other failure is one line (exit 1):
     a file we cannot read is never silently skipped, or the settings would depend on who asks.
     private: a file others may not read by design (the daemon's URL file): PermissionError
     goes to the caller, which says why, never "fix its permissions"."""
     try:
-        return path.read_text(encoding="utf-8")
+        with open(path, encoding="utf-8") as file:
+            return file.read()
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as err:
@@ -247,7 +282,7 @@ def _read(path: Path, what: str, fix: str, private: bool = False) -> str | None:
                              f"permissions, {fix}") from None
 
 
-def _read_toml(path: Path, required: bool) -> dict | None:
+def _read_toml(path: str, required: bool) -> dict | None:
     text = _read(path, "config file", "or name another with --config FILE (CANHAZGPU_CONFIG)")
     if text is None:
         if required:
@@ -265,15 +300,15 @@ def _read_toml(path: Path, required: bool) -> dict | None:
         raise InvalidRequest(f"invalid config file {path}: {err}") from None
 
 
-def config_files(flags: dict | None = None, env: dict | None = None) -> tuple[list[Path], str]:
+def config_files(flags: dict | None = None, env: dict | None = None) -> tuple[list[str], str]:
     """The config files that are read, lowest first, and what chose them."""
     env = os.environ if env is None else env
     explicit = (flags or {}).get("config")
     if explicit:
-        return [Path(explicit)], "--config"
+        return [str(explicit)], "--config"
     if env.get("CANHAZGPU_CONFIG"):
-        return [Path(env["CANHAZGPU_CONFIG"])], "$CANHAZGPU_CONFIG"
-    return [SYSTEM_CONFIG, USER_CONFIG.expanduser()], DEFAULT
+        return [env["CANHAZGPU_CONFIG"]], "$CANHAZGPU_CONFIG"
+    return [SYSTEM_CONFIG, expanduser(USER_CONFIG)], DEFAULT
 
 
 def load(flags: dict | None = None, env: dict | None = None) -> Config:
@@ -301,7 +336,7 @@ def load(flags: dict | None = None, env: dict | None = None) -> Config:
             flag = f"--{key.replace('_', '-')}"
             values[key] = _coerce(key, value, flag)
             origins[key] = flag
-    config = replace(Config(), **values, origins=origins)
+    config = Config(**values, origins=origins)
     warn, release = (config.optional_seconds(k) for k in ("idle_warn_after",
                                                           "idle_release_after"))
     if warn is not None and release is not None and warn >= release:

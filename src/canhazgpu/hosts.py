@@ -10,7 +10,6 @@ the view logic), read concurrently on the connections of the caller's store.
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass, replace
 from importlib import metadata
 from typing import TYPE_CHECKING
 
@@ -19,7 +18,7 @@ import anyio
 from .accounting import summarize
 from .errors import BackendUnavailable, CanHazGpuError, InvalidRequest, NotOwner
 from .identity import Caller, require_admin
-from .model import PoolView, Usage
+from .model import PoolView, Usage, Value, fill, replace
 
 if TYPE_CHECKING:
     from .core import Core
@@ -41,15 +40,16 @@ class HostElsewhere(InvalidRequest):
     """A reservation for a host that another machine serves (docs/hosts.md)."""
 
 
-@dataclass(frozen=True)
-class HostView:
-    """One host as the views across hosts show it: its registry entry and its pool."""
+class HostView(Value):
+    """One host as the views across hosts show it: its registry entry ({} for a host named
+    but not registered), its daemon ("up", "down", "none": never served, or "unknown": not
+    registered) and its pool (view None when it cannot be read: see error)."""
 
-    host: str
-    entry: dict  # the registry entry; {} for a host named but not registered
-    daemon: str  # "up", "down", "none" (never served) or "unknown" (not registered)
-    view: PoolView | None  # None when its pool cannot be read: see error
-    error: str | None = None
+    __slots__ = ("host", "entry", "daemon", "view", "error")
+
+    def __init__(self, host: str, entry: dict, daemon: str, view: PoolView | None,
+                 error: str | None = None) -> None:
+        fill(self, locals())
 
 
 def version() -> str:
@@ -164,11 +164,12 @@ async def views(core: Core, names: list[str] | None = None) -> tuple[int, list[H
     cannot see that host's GPUs), or unknown without one."""
     entries = await core.store.registry()
     names = sorted(entries) if names is None else list(names)
-    now = await core.store.time_ms()
-
     reads = await core.store.read_views(names)  # one read per host, a pipeline per node
-
-    async def read(name: str) -> HostView:
+    # Redis's clock as the reads saw it (no round trip of its own), else asked
+    nows = [read[0].now_ms for read in reads.values() if not isinstance(read, CanHazGpuError)]
+    now = max(nows) if nows else await core.store.time_ms()
+    found = []
+    for name in names:  # each from what was read: no I/O left, one after the other
         entry = entries.get(name, {})
         hcore = host_core(core, name)
         try:
@@ -176,11 +177,10 @@ async def views(core: Core, names: list[str] | None = None) -> tuple[int, list[H
         except BackendUnavailable:
             raise  # Redis itself: one line for the whole command
         except CanHazGpuError as err:  # no pool there, corrupt state: this host only
-            return HostView(name, entry, daemon_state(entry, now), None, str(err))
-        return HostView(name, entry, daemon_state(entry, now), view)
-
-    found = await _each(names, read)
-    return now, [found[n] for n in names]
+            found.append(HostView(name, entry, daemon_state(entry, now), None, str(err)))
+            continue
+        found.append(HostView(name, entry, daemon_state(entry, now), view))
+    return now, found
 
 
 async def queues(core: Core, names: list[str] | None = None) -> list[tuple[str, int, tuple]]:

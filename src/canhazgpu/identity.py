@@ -5,16 +5,18 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-from dataclasses import dataclass
+
+from .model import Value, fill
 
 
-@dataclass(frozen=True)
-class Caller:
-    user: str
-    uid: int
-    pid: int
-    pid_start: float
-    is_admin: bool
+class Caller(Value):
+    """Who calls, by the kernel's word (the daemon) or our own look-up (direct mode)."""
+
+    __slots__ = ("user", "uid", "pid", "pid_start", "is_admin")
+
+    def __init__(self, user: str, uid: int, pid: int, pid_start: float,
+                 is_admin: bool) -> None:
+        fill(self, locals())
 
 
 def user_name(uid: int, unknown: str | None = None) -> str:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 from .errors import InvalidRequest
+from .model import Value, fill
 from .text import check_note
 from .timefmt import MAX_DURATION_S
 
@@ -18,19 +18,18 @@ HELD_BY_PROCESS = ("run", "python", "kernel")  # heartbeat leases; the owner pid
 HEARTBEAT = (*HELD_BY_PROCESS, "job")  # leases kept by a heartbeat, not by a duration
 
 
-@dataclass(frozen=True)
-class Request:
-    """What a caller asks for: a count or specific ids, of one kind, for a while."""
+class Request(Value):
+    """What a caller asks for: a count or specific ids, of one kind (one of KINDS), for a
+    while (duration_s: a manual reservation's length). claim_own: GPUs in unreserved use
+    by the caller's own processes too. Checked once, whichever edge made it (the CLI, the
+    API, the Python API)."""
 
-    count: int | None = None
-    ids: tuple[int, ...] | None = None
-    kind: str = "manual"  # one of KINDS
-    duration_s: float = 1800.0  # manual: the reservation's length
-    note: str = ""
-    claim_own: bool = False  # GPUs in unreserved use by the caller's own processes too
+    __slots__ = ("count", "ids", "kind", "duration_s", "note", "claim_own")
 
-    def __post_init__(self) -> None:
-        """Checked once, whichever edge made it (the CLI, the API, the Python API)."""
+    def __init__(self, count: int | None = None, ids: tuple[int, ...] | None = None,
+                 kind: str = "manual", duration_s: float = 1800.0, note: str = "",
+                 claim_own: bool = False) -> None:
+        fill(self, locals())
         if self.kind not in KINDS:
             raise InvalidRequest(f"invalid kind {str(self.kind)[:40]!r}: use one of "
                                  f"{', '.join(KINDS)}")
@@ -53,29 +52,27 @@ class Request:
         return len(self.ids) if self.ids is not None else int(self.count or 0)
 
 
-@dataclass(frozen=True)
-class Reservation:
-    """A granted reservation: what a supervisor needs to keep it alive and end it."""
+class Reservation(Value):
+    """A granted reservation: what a supervisor needs to keep it alive and end it.
+    record: the json the scripts store with each hold."""
 
-    rid: str
-    gpus: tuple[int, ...]
-    user: str
-    kind: str
-    ttl_s: float
-    record: dict  # the json the scripts store with each hold
+    __slots__ = ("rid", "gpus", "user", "kind", "ttl_s", "record")
+
+    def __init__(self, rid: str, gpus: tuple[int, ...], user: str, kind: str, ttl_s: float,
+                 record: dict) -> None:
+        fill(self, locals())
 
     def env_value(self) -> str:
         return ",".join(str(i) for i in self.gpus)
 
 
-@dataclass(frozen=True)
-class QueueStatus:
+class QueueStatus(Value):
     """Where a waiter stands: 1-based position (0 once out of the queue), GPUs so far."""
 
-    position: int
-    gpus: tuple[int, ...]
-    done: bool
-    queued: int
+    __slots__ = ("position", "gpus", "done", "queued")
+
+    def __init__(self, position: int, gpus: tuple[int, ...], done: bool, queued: int) -> None:
+        fill(self, locals())
 
     @classmethod
     def decode(cls, data: str) -> QueueStatus:

@@ -10,8 +10,8 @@ _UNITS_S = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 # 30m, 0.5h, and compounds in this order, with or without spaces: 1h30m, 1h 30m 0s (as hms
 # and short print them), 1d 12h. A bare 0 is zero whatever the unit.
 _NUMBER = r"([0-9]+(?:\.[0-9]+)?)"
-_DURATION = re.compile(r"^" + "".join(rf"(?:{_NUMBER}\s*{unit}\s*)?" for unit in _UNITS_S)
-                       + r"$")
+# (a pattern, compiled and cached by re when first used: not by every command at start-up)
+_DURATION = r"^" + "".join(rf"(?:{_NUMBER}\s*{unit}\s*)?" for unit in _UNITS_S) + r"$"
 MAX_DURATION_S = 366 * 86400
 
 
@@ -19,7 +19,7 @@ def parse_duration(text: str, *, what: str = "duration") -> float:
     """Parse '30s', '30m', '2h', '1d', '0.5h', '1h30m', '1h 30m 0s' into seconds (> 0, at
     most a year)."""
     clean = str(text).strip().lower()
-    match = _DURATION.match(clean)
+    match = re.match(_DURATION, clean)
     if clean == "0":
         seconds = 0.0
     elif match and any(match.groups()):

@@ -4,6 +4,7 @@ whether Redis, the pool, the daemon and the GPU provider answer."""
 from __future__ import annotations
 
 import json
+import os
 from copy import copy
 
 import anyio
@@ -198,8 +199,8 @@ def describe(flags: dict, config, checks: dict) -> dict:
     if not config.state_dir:
         settings["state_dir"] = {"value": str(config.state_path), "from": "default"}
     return {"version": version, "command": " ".join(command()),
-            "config_files": [{"path": str(p), "chosen_by": chosen_by, "exists": p.is_file()}
-                             for p in paths],
+            "config_files": [{"path": p, "chosen_by": chosen_by,
+                              "exists": os.path.isfile(p)} for p in paths],
             "settings": settings, "checks": checks}
 
 

@@ -4,7 +4,6 @@ queue (with a progress line), then supervise the command until it ends."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import sys
 

@@ -9,6 +9,7 @@ from importlib import import_module
 import asyncclick as click
 from asyncclick.exceptions import NoArgsIsHelpError
 
+from .. import __version__
 from ..errors import CanHazGpuError, NeedsEventLoop, boundary, without_loop
 from . import output, runner
 
@@ -217,7 +218,7 @@ COMMANDS = {
     "logs": ("submit", "Print a job's output (the latest 4-8 MiB are kept)."),
     "notify": ("notify", "Your notifications: add, list, remove or test a channel."),
     "queue": ("queue", "Show who is waiting for GPUs, in order."),
-    "release": ("reserve", "Release your reservations."),
+    "release": ("release", "Release your reservations."),
     "report": ("report", "GPU hours per user, with run/manual counts and shares."),
     "reserve": ("reserve", "Reserve GPUs for interactive work until released or expired."),
     "run": ("run", "Run a command on GPUs of its own; release them when it ends."),
@@ -263,7 +264,7 @@ class Group(click.Group):
 
 @click.group(cls=Group, params=global_options(), epilog=EPILOG,
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(package_name="canhazgpu")
+@click.version_option(__version__, package_name="canhazgpu")  # (no importlib.metadata: ~35 ms)
 @click.pass_context
 async def cli(ctx):
     """canhazgpu: exclusive GPUs on a shared machine, given back when your job ends."""
@@ -280,8 +281,8 @@ def _closer(state: Context):
 def _register() -> None:
     """Every command's module (tests, and a name missing from COMMANDS)."""
     from . import (admin, completion, doctor, events, hosts, kernelspec,  # noqa: F401
-                   manual, notify, queue, report, reserve, run, serve, status, submit,
-                   wait, web)  # (commands attach)
+                   manual, notify, queue, release, report, reserve, run, serve, status,
+                   submit, wait, web)  # (commands attach)
 
 
 async def _amain(args: list[str]) -> int:
@@ -319,16 +320,16 @@ def main() -> None:
 
 # Commands that, through the daemon, are one request each: tried without an event loop
 # (cli/runner.py), unless an option needs one (--follow, --wait; a short-option cluster).
-ONE_REQUEST = ("status", "queue", "release", "reserve")
+ONE_REQUEST = ("status", "queue", "release", "reserve", "hosts", "report")
 
 
 def loopless(args: list[str]) -> bool:
-    """Whether to try these arguments without an event loop first (start-up time): help, a
-    completion script or completions, and the one-request commands."""
+    """Whether to try these arguments without an event loop first (start-up time): help,
+    the version, a completion script or completions, and the one-request commands."""
     if os.environ.get(COMPLETE_VAR):
         return True
     help_flags = ("-h", "--help")
-    if not args or args[0] in help_flags or args[0] == "completion" or \
+    if not args or args[0] in (*help_flags, "--version", "completion") or \
             (len(args) == 2 and args[0] in COMMANDS and args[1] in help_flags):
         return True
     return args[0] in ONE_REQUEST and not any(

@@ -1,6 +1,7 @@
--- Shared prelude, prepended by store.py to every script (Redis has no includes), after the
--- generated constants: K_* (key positions, from store.KEYS), LEASE0, CHANNEL, HOST and ARG
--- (this script's values by name, from store.ARGS). KEYS after the fixed ones: lease:0..N-1,
+-- Shared prelude, prepended by store.py to every script but those of store.WITHOUT_LIB
+-- (Redis has no includes), after the generated constants: K_* (key positions, from
+-- store.KEYS), LEASE0, CHANNEL, HOST and ARG (this script's values by name, from
+-- store.ARGS). KEYS after the fixed ones: lease:0..N-1,
 -- then q:wants:0..N-1 (the id-waiters wanting GPU i, by arrival).
 local ENDED_KEEP_MS = 86400000
 local HISTORY_CAP = 100000

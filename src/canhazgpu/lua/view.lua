@@ -5,6 +5,9 @@
 -- Returns {'OK', now_ms, pool, holds, released, q:order, q:waiters, q:deadlines (with
 --          scores), leases (one per GPU of the pool, false when none), {snapshot doc,
 --          scanned_ms}}: hashes as flat field/value lists, as HGETALL gives them.
+-- Without _lib.lua (store.WITHOUT_LIB): its definitions would cost more than this read.
+local t = redis.call('TIME')
+local NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local pool = redis.call('HGETALL', KEYS[K_POOL])
 local count = 0
 for k = 1, #pool, 2 do

@@ -10,7 +10,6 @@ Three views of the same state (docs/status.md):
 
 from __future__ import annotations
 
-from ..gpu.models import model_of, model_provider
 from ..model import DEFAULT_THRESHOLD_MB, GpuProcess, GpuState, GpuUsage, Hold, PoolView
 from ..request import HEARTBEAT
 from ..text import printable
@@ -37,6 +36,15 @@ COLORS = {"available": "\033[32m", "reserved": "\033[33m", "unreserved": "\033[3
 
 
 # ---------------------------------------------------------------- shared pieces
+def _model(usage: GpuUsage | None) -> str | None:
+    """The model a GPU's processes serve (gpu/models.py, loaded only when a GPU has
+    processes: start-up time)."""
+    if usage is None or not usage.processes:
+        return None
+    from ..gpu.models import model_of
+    return model_of(usage)
+
+
 def _age_s(now_ms: int, then_ms: int) -> float:
     return max(0, now_ms - then_ms) / 1000
 
@@ -164,7 +172,7 @@ def render_table(view: PoolView, *, color: bool = False, width: int | None = Non
 
 def _cells(g: GpuState, now_ms: int) -> list[str]:
     usage, hold, status = g.usage, g.hold, g.status
-    model = model_of(usage) or ""
+    model = _model(usage) or ""
     if status == "reserved":
         seen = idle_text(g, now_ms) or _validation(
             g, busy="{mb}MB, {count} processes", idle="no usage detected",
@@ -208,12 +216,12 @@ def summary_counts(view: PoolView) -> dict[str, int]:
 
 
 def _gpu_json(g: GpuState, now_ms: int) -> dict:
-    usage = g.usage
-    model = model_of(usage)
-    free = g.status == "available" and g.last_released_ms is not None
+    usage, status = g.usage, g.status
+    model = _model(usage)
+    free = status == "available" and g.last_released_ms is not None
     return {
         "id": g.gpu,
-        "status": g.status,
+        "status": status,
         "reservation": _hold_json(g, now_ms) if g.hold else None,
         "last_released_ms": g.last_released_ms,
         "free_for_s": _age_s(now_ms, g.last_released_ms) if free else None,
@@ -227,8 +235,13 @@ def _gpu_json(g: GpuState, now_ms: int) -> dict:
         "processes": [{"pid": p.pid, "name": p.name, "user": p.user,
                        "used_memory_mb": p.used_memory_mb, "cmdline": list(p.cmdline)}
                       for p in (usage.processes if usage else ())],
-        "model": {"id": model, "provider": model_provider(model)} if model else None,
+        "model": {"id": model, "provider": _provider(model)} if model else None,
     }
+
+
+def _provider(model: str) -> str | None:
+    from ..gpu.models import model_provider
+    return model_provider(model)
 
 
 def _hold_json(g: GpuState, now_ms: int) -> dict:

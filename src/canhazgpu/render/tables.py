@@ -11,8 +11,8 @@ ellipsis. What cannot fit that way overflows.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
+from ..model import Value, fill
 from ..text import printable
 from ..timefmt import short
 
@@ -20,14 +20,21 @@ ELLIPSIS = "…"
 RESET = "\033[0m"
 
 
-@dataclass(frozen=True)
-class Column:
-    title: str
-    minimum: int = 0  # padded to at least this when there is room (the documents' widths)
-    shrink: int = 0  # step at which it may be cut (down to `least`); 0: never cut
-    drop: int = 0  # step at which it may be left out; 0: always shown
-    least: int = 0  # the narrowest a cut leaves it (never below its title)
-    right: bool = False  # right-aligned (numbers)
+class Column(Value):
+    """A column of a table and how it gives way on a narrow terminal."""
+
+    __slots__ = ("title", "minimum", "shrink", "drop", "least", "right")
+
+    def __init__(
+        self,
+        title: str,
+        minimum: int = 0,  # padded to at least this when there is room (the documents' widths)
+        shrink: int = 0,  # step at which it may be cut (down to `least`); 0: never cut
+        drop: int = 0,  # step at which it may be left out; 0: always shown
+        least: int = 0,  # the narrowest a cut leaves it (never below its title)
+        right: bool = False,  # right-aligned (numbers)
+    ) -> None:
+        fill(self, locals())
 
 
 def fit(columns: Sequence[Column], rows: Sequence[Sequence[str]], limit: int | None = None,
