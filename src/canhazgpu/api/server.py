@@ -210,6 +210,9 @@ class ApiServer:
             conn.cancel_on_hangup()  # the place in the queue lives while the client does
             queued = await self.queued(caller, str(resume), req) if resume is not None \
                 else core.new_reservation(req, caller)
+            if req.kind == "job" and args.get("name"):  # (issue 19) status: TYPE job NAME
+                queued = replace(queued, record={**queued.record,
+                                                 "name": protocol.job_text(args["name"], "name")})
             await conn.send({"queued": {"wid": queued.rid}})
         progress = (lambda p: conn.note({"progress": protocol.encode(p)})) \
             if args.get("progress") else None
@@ -335,6 +338,13 @@ class ApiServer:
     async def op_retire(self, conn, caller: Caller, args) -> str:
         """Root or the admin group only: the core checks the caller the kernel named."""
         return await hosts.retire(self.core, caller, protocol.host_name(args.get("host")))
+
+    # ------------------------------------------------------------------ detached jobs
+    async def op_job_event(self, conn, caller: Caller, args: dict) -> None:
+        """(issue 19) A job's step (job_submitted, job_started, job_ended), announced by its
+        owner's agent or runner: checked field by field, for the uid the kernel named."""
+        await self.core.job_event(protocol.job_event(args.get("event"), caller.user,
+                                                     caller.uid))
 
     # ------------------------------------------------------------------ ownership
     async def owned(self, caller: Caller, rid: str) -> Reservation | None:

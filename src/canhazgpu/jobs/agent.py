@@ -22,19 +22,16 @@ from dataclasses import replace
 
 import anyio
 
-from ..errors import BackendUnavailable, CanHazGpuError, PoolNotInitialized
+from ..errors import BackendUnavailable, CanHazGpuError, LimitReached, PoolNotInitialized
 from .events import publish
-from .files import (CANCELLED, DONE, ENDED, LIVE, QUEUED, RUNNING, STARTING, FAILED, Job,
+from .files import (CANCELLED, DONE, ENDED, LIVE, RUNNING, STARTING, FAILED, Job,
                     JobDir, JobNotFound, jobs_root, now_ms, try_lock)
+from .places import QUEUE_LEASE
 
-QUEUE_LEASE = "2m"  # the places of a dead agent's jobs wait this long for the next agent
+LATER = (BackendUnavailable, PoolNotInitialized, LimitReached)  # the queue cannot take it now
+
 RESCAN_S = 5.0  # look at the job files this often even without being woken
 IDLE_S = 30.0  # with no job to look after for this long, the agent leaves
-
-
-class Later(Exception):
-    """Redis or the pool is not there now (down, or restarted without its data): jobs stay
-    queued, and the agent tries again."""
 
 
 def log(text: str) -> None:
@@ -44,37 +41,37 @@ def log(text: str) -> None:
 
 class Agent:
     def __init__(self, config, jobs: JobDir) -> None:
-        from ..core import Core
         from ..identity import current
-        self.config = replace(config, queue_lease=QUEUE_LEASE)
-        self.core = Core(self.config)
-        self.jobs = jobs
+        self.config = config
         self.caller = current(config.admin_group)
+        self.places = None  # made in main(): the daemon may not answer yet
+        self.jobs = jobs
         self.following: dict[int, anyio.CancelScope] = {}
         self.finished: set[int] = set()
         self.wake = anyio.Event()
         self.trouble = ""  # what stops jobs from being queued now, said once
-        self.hub = None
         self.runner: socket.socket | None = None  # our end of the spare runner's socket
 
+    @property
+    def core(self):
+        return self.places.core
+
     async def main(self) -> None:
-        from ..events import EventHub
-        from ..waitqueue import QueueBeats
+        from .places import places_for
         lock = try_lock(self.jobs.agent_lock)
         if lock is None:
             return  # another agent lives
         (self.jobs.root / "agent.pid").write_text(str(os.getpid()))
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # runners are reaped by the kernel
-        log("started")
-        # One subscription for every waiter, routed to each by its reservation id, and one
-        # heartbeat script for all their places (as in the daemon): a queued job costs no
-        # Redis connection and no script of its own
-        store = self.core.store
-        self.hub = self.core.hub = EventHub(store, (store.expired_channel,))
-        self.core.beats = QueueBeats(self.core)
-        async with self.hub.running(), anyio.create_task_group() as tg:
+        while self.places is None:
+            try:
+                self.places = places_for(self.config, self.caller, log)
+            except BackendUnavailable as err:
+                self.say(f"cannot queue jobs now: {err}; trying again")
+                await anyio.sleep(RESCAN_S)
+        log(f"started ({'through the daemon' if self.places.remote else 'direct'})")
+        async with self.places.running(), anyio.create_task_group() as tg:
             self.tg = tg
-            await tg.start(self.core.beats.run)
             await tg.start(self._signals)  # the wakes ignored until now: the scan covers them
             idle_since = anyio.current_time()
             while True:
@@ -98,6 +95,12 @@ class Agent:
         if self.runner is not None:
             self.runner.close()  # the spare runner leaves when it reads the end
         log("no queued jobs left; stopped")
+
+    def say(self, trouble: str) -> None:
+        """Log what keeps jobs from being queued, once until it changes."""
+        if trouble != self.trouble:
+            log(trouble)
+        self.trouble = trouble
 
     async def _signals(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
         with anyio.open_signal_receiver(signal.SIGUSR1, signal.SIGTERM, signal.SIGINT) as sigs:
@@ -126,10 +129,8 @@ class Agent:
                 continue  # being created
             try:
                 needed |= await self.consider(job)
-            except Later as err:  # the jobs behind it wait too (first come, first served)
-                if str(err) != self.trouble:
-                    log(f"cannot queue job {job.id} now: {err}; trying again")
-                self.trouble = str(err)
+            except LATER as err:  # the jobs behind it wait too (first come, first served)
+                self.say(f"cannot queue job {job.id} now: {err}; trying again")
                 return True
         self.trouble = ""
         return needed
@@ -154,7 +155,7 @@ class Agent:
             await publish(self.core, job, "job_submitted")
             job.save(announced=True)
         if job.cancel_asked:
-            await self.leave(job)
+            await self.places.leave(job)
             await self.end(job, CANCELLED, "cancelled while queued")
             return False
         verdict = self.dependencies(job)
@@ -163,16 +164,14 @@ class Agent:
         if verdict:
             await self.end(job, CANCELLED, verdict)
             return False
-        try:
-            res, req = await self.place(job)
-        except (BackendUnavailable, PoolNotInitialized) as err:
-            raise Later(str(err)) from None
+        scope = anyio.CancelScope()
+        try:  # in the queue when this returns (first come, first served)
+            await self.tg.start(self.follow, job, scope)
+        except LATER:
+            raise
         except CanHazGpuError as err:
             await self.end(job, FAILED, str(err))
             return False
-        scope = anyio.CancelScope()
-        self.following[job.id] = scope
-        self.tg.start_soon(self.follow, job, req, res, scope)
         self.spare()  # warm before the grant comes
         return True
 
@@ -198,68 +197,42 @@ class Agent:
         await publish(self.core, job, "job_ended")
 
     # ------------------------------------------------------------------ the queue
-    def request(self, job: Job):
-        from ..request import Request
-        doc = job.doc
-        ids = doc.get("ids")
-        return Request(count=None if ids else doc.get("count", 1),
-                       ids=tuple(ids) if ids else None, kind="job", note=doc.get("note", ""))
+    async def follow(self, job: Job, scope: anyio.CancelScope, *,
+                     task_status=anyio.TASK_STATUS_IGNORED) -> None:
+        """Queue the job (started: once it is in the queue; an error before that is the
+        caller's), wait for its grant and launch it."""
+        from ..waitqueue import LostPlace
+        granted, queued = None, False
 
-    async def place(self, job: Job):
-        """Keep the job's place in the queue, or join it: one job at a time, in id order,
-        so that the queue's order is the order of submission."""
-        from ..request import Reservation
-        req = self.request(job)
-        rid = job.doc.get("rid")
-        if rid and await self.core.queue_heartbeat(rid) is not None:
-            log(f"job {job.id}: resumed its place ({rid})")
-            return self.reservation(job), req
-        res = self.core.new_reservation(req, self.caller)
-        record = {**res.record, "name": job.doc.get("name", ""), "job": job.id}
-        res = Reservation(res.rid, (), res.user, "job", res.ttl_s, record)
-        job.save(state=QUEUED, rid=res.rid, record=record)  # before: a restart finds it
-        await self.core.enqueue(res, req)
-        log(f"job {job.id}: queued ({res.rid})")
-        return res, req
-
-    def reservation(self, job: Job):
-        from ..request import Reservation
-        record = job.doc["record"]
-        return Reservation(record["rid"], (), record["user"], "job",
-                           self.core.ttl_s(self.request(job)), record)
-
-    async def follow(self, job: Job, req, res, scope: anyio.CancelScope) -> None:
-        from ..waitqueue import LostPlace, Waiter
-        granted = None
+        def in_queue() -> None:
+            nonlocal queued
+            queued = True
+            self.following[job.id] = scope
+            task_status.started()
         try:
             with scope:
-                waiter = Waiter(self.core, req, self.caller, signals=False, reservation=res,
-                                resume=True)
-                granted = await waiter.wait(None)
-        except (LostPlace, BackendUnavailable, PoolNotInitialized) as err:
+                granted = await self.places.wait(job, in_queue)
+        except (LostPlace, *LATER) as err:
+            if not queued:
+                raise
             log(f"job {job.id}: {err}; queueing it again")
         except CanHazGpuError as err:
+            if not queued:
+                raise
             await self.end(job, FAILED, str(err))
         finally:
-            del self.following[job.id]
+            self.following.pop(job.id, None)
         if granted is not None:
             await self.launch(job, granted)
         elif scope.cancelled_caught:
             await self.end(job, CANCELLED, "cancelled while queued")
         self.wake.set()
 
-    async def leave(self, job: Job) -> None:
-        if job.doc.get("rid"):
-            try:
-                await self.core.leave(job.doc["rid"], "cancelled")
-            except CanHazGpuError:
-                pass  # the place expires with its lease
-
     # ------------------------------------------------------------------ starting
     async def launch(self, job: Job, res) -> None:
         """Hand the granted GPUs to the job's own runner process."""
         if job.cancel_asked:
-            await self.leave(job)
+            await self.places.leave(job, granted=True)
             await self.end(job, CANCELLED, "cancelled while queued")
             return
         lock = try_lock(job.file("lock"))
@@ -267,12 +240,13 @@ class Agent:
             log(f"job {job.id}: granted GPU {res.env_value()}, but a runner holds it already")
             return  # (never start a job twice)
         try:
-            job.save(state=STARTING, gpus=list(res.gpus), granted_ms=now_ms())
+            job.save(state=STARTING, gpus=list(res.gpus), granted_ms=now_ms(), rid=res.rid,
+                     record=res.record)
             self.hand_over(job, lock)
             log(f"job {job.id}: started on GPU {res.env_value()}")
         except OSError as err:
             log(f"job {job.id}: cannot start its runner: {err}")
-            await self.leave(job)
+            await self.places.leave(job, granted=True)
             await self.end(job, FAILED, f"cannot start its runner: {err}")
         finally:
             os.close(lock)
