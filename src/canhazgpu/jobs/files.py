@@ -18,7 +18,6 @@ import fcntl
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -237,6 +236,7 @@ class JobDir:
                 env[f"CANHAZGPU_{key.upper()}"] = str(getattr(config, key))
         if client is not None:
             env["CANHAZGPU_CLIENT"] = client
+        import subprocess  # (not imported by a submit that finds its agent alive)
         with open(self.root / "agent.log", "ab") as log:
             subprocess.Popen([sys.executable, "-m", "canhazgpu.jobs.agent"], env=env,
                              stdin=subprocess.DEVNULL, stdout=log, stderr=log,
