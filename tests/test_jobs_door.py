@@ -79,110 +79,157 @@ def _kill(pid, signum=signal.SIGKILL) -> None:
         pass
 
 
-async def test_another_uid_submits_lists_reads_and_cancels_through_the_daemon(
-        cli, env, open_dir, nobody_python):
-    state = open_dir / "jobs-daemon"
+class Secured:
+    """A host as docs/security.md sets it up: `serve --embedded-redis` as root (its Redis
+    private to it), and nobody, with a home of its own, who reaches the pool through the
+    daemon's API only."""
+
+    def __init__(self, python: str, home, nobody: dict, remote: RemoteCore, jobs: JobDir):
+        self.python, self.home, self.env, self.remote, self.jobs = \
+            python, home, nobody, remote, jobs
+
+    async def run(self, *args: str, check: int | None = 0, **extra):
+        return await run_as_nobody(self.python, {**self.env, **extra}, *args, check=check)
+
+    async def jobs_doc(self) -> dict:
+        _, text, _ = await self.run("jobs", "--all", "--json")
+        return {row["id"]: row for row in json.loads(text)}
+
+    async def submit(self, *args: str) -> int:
+        return int((await self.run("submit", *args))[1])
+
+
+@pytest.fixture
+async def secured(cli, env, open_dir, nobody_python, tmp_path):
+    state = open_dir / f"state-{tmp_path.name}"
     own = {k: v for k, v in env.items() if k not in ("CANHAZGPU_REDIS_URL",
                                                      "CANHAZGPU_FAKE_GPUS")}
-    own.update(CANHAZGPU_STATE_DIR=str(state), CANHAZGPU_API_SOCKET=str(open_dir / "j.sock"))
+    own.update(CANHAZGPU_STATE_DIR=str(state),
+               CANHAZGPU_API_SOCKET=str(open_dir / f"{tmp_path.name}.sock"))
     (open_dir / "jobs.toml").write_text("")
     (open_dir / "jobs.toml").chmod(0o644)
     own["CANHAZGPU_CONFIG"] = str(open_dir / "jobs.toml")
-    home = open_dir / "nobody-home"
+    home = open_dir / f"home-{tmp_path.name}"
     home.mkdir()
     os.chown(home, NOBODY, NOBODY)
-    out = home / "ran.txt"
     nobody = {k: v for k, v in own.items() if k != "CANHAZGPU_STATE_DIR"}
     nobody.update(HOME=str(home), CANHAZGPU_CLIENT="auto")
-    nobody_jobs = JobDir(home / ".local/state/canhazgpu/jobs" / env["CANHAZGPU_HOST"])
+    jobs = JobDir(home / ".local/state/canhazgpu/jobs" / env["CANHAZGPU_HOST"])
     daemon = await anyio.open_process([*cli.argv("serve", "--embedded-redis", "--fake", "2")],
                                       env=own)
-    remote = None
-
-    async def as_nobody(env, *args, check=None):
-        return await run_as_nobody(nobody_python, env, *args, check=check)
     try:
         await Lines(daemon.stderr).until(lambda line: "serving host" in line, timeout=30)
         root = load(env=own)
-        remote = RemoteCore(root, str(root.api_path))
-        # nobody cannot reach the daemon's Redis: only its API
-        code, _, err = await as_nobody({**nobody, "CANHAZGPU_CLIENT": "direct"}, "status")
-        assert code == 1 and "Traceback" not in err
-
-        async def jobs() -> dict:
-            _, text, _ = await as_nobody(nobody, "jobs", "--all", "--json", check=0)
-            return {row["id"]: row for row in json.loads(text)}
-
-        # three jobs of nobody's: each appends its uid and its id; they run as nobody
-        ids = []
-        for n in range(3):
-            _, text, _ = await as_nobody(nobody, "submit", "--gpus", "1", "--name", f"j{n}",
-                                         "--", "sh", "-c",
-                                         f"echo $(id -u) {n} $CUDA_VISIBLE_DEVICES >> {out}; "
-                                         f"echo hello {n}", check=0)
-            ids.append(int(text))
-
-        async def all_done():
-            found = await jobs()
-            return all(found[i]["state"] == "done" for i in ids) and found
-        found = await until(all_done, "nobody's three jobs to end")
-        assert [found[i]["exit_code"] for i in ids] == [0, 0, 0]
-        rows = [line.split() for line in out.read_text().splitlines()]
-        assert sorted(r[1] for r in rows) == ["0", "1", "2"]
-        assert {r[0] for r in rows} == {str(NOBODY)}
-        assert "through the daemon" in (nobody_jobs.root / "agent.log").read_text()
-        _, text, _ = await as_nobody(nobody, "logs", str(ids[1]), check=0)
-        assert text == "hello 1\n"
-
-        # the daemon published their steps, for nobody's uid
-        events = [e for e in await remote.store.events_since(0)
-                  if e["type"].startswith("job_")]
-        assert {(e["type"], e["job"]) for e in events} >= \
-            {(t, i) for t in ("job_submitted", "job_started", "job_ended") for i in ids}
-        assert {(e["uid"], e["user"]) for e in events} == {(NOBODY, "nobody")}
-
-        # a running job: status shows it (TYPE job NAME) as nobody's; cancel stops it
-        _, text, _ = await as_nobody(nobody, "submit", "--gpus", "2", "--name", "long",
-                                     "--", "sleep", "600", check=0)
-        long_id = int(text)
-
-        async def running():
-            return (await jobs())[long_id]["state"] == "running"
-        await until(running, "the long job to run")
-        view = await remote.view()
-        assert {(g.hold.user, g.hold.kind, g.hold.name) for g in view.gpus} == \
-            {("nobody", "job", "long")}
-        # a queued one behind it: in the queue as a job; cancel takes it out
-        _, text, _ = await as_nobody(nobody, "submit", "--gpus", "1", "--", "true", check=0)
-        queued_id = int(text)
-
-        async def queued():
-            return (await jobs())[queued_id]["position"] == 1
-        await until(queued, "the second job to queue")
-        _, waiters = await remote.queue()
-        assert [(w.user, w.kind) for w in waiters] == [("nobody", "job")]
-        _, text, _ = await as_nobody(nobody, "cancel", str(queued_id), str(long_id), check=0)
-        assert f"job {queued_id} cancelled" in text and f"job {long_id} cancelled" in text
-        found = await jobs()
-        assert found[queued_id]["state"] == found[long_id]["state"] == "cancelled"
-
-        async def freed():
-            view = await remote.view()
-            return not any(g.hold for g in view.gpus) and not (await remote.queue())[1]
-        await until(freed, "the GPUs and the queue to be free")
-        # another uid (root, through the daemon) cannot publish job events as nobody
-        await remote.job_event({"type": "job_ended", "job": 1, "name": "x", "uid": NOBODY,
-                                "user": "nobody", "state": "done", "reason": ""})
-        last = (await remote.store.events_since(0))[-1]
-        assert (last["type"], last["uid"], last["user"]) == ("job_ended", 0, "root")
+        yield Secured(nobody_python, home, nobody, RemoteCore(root, str(root.api_path)), jobs)
     finally:
-        pid = nobody_jobs.agent_pid()
-        _kill(pid)
-        for job in nobody_jobs.all():
+        _kill(jobs.agent_pid())
+        for job in jobs.all():
             if job.runner_alive():
-                _kill(-int(job.doc.get("runner_pid", 0)))
+                _kill(int(job.doc.get("runner_pid", 0)), signal.SIGTERM)
+        await until(_no_runner(jobs), "nobody's runners to stop", 20)
         await stop(daemon)
         await reap(daemon)
+
+
+def _no_runner(jobs: JobDir):
+    async def check():
+        return not any(job.runner_alive() for job in jobs.all())
+    return check
+
+
+async def test_another_uid_submits_lists_reads_and_cancels_through_the_daemon(secured):
+    remote, out = secured.remote, secured.home / "ran.txt"
+    # nobody cannot reach the daemon's Redis: only its API
+    code, _, err = await secured.run("status", check=None, CANHAZGPU_CLIENT="direct")
+    assert code == 1 and "Traceback" not in err
+    jobs = secured.jobs_doc
+
+    # three jobs of nobody's: each appends its uid and its id; they run as nobody
+    ids = [await secured.submit("--gpus", "1", "--name", f"j{n}", "--", "sh", "-c",
+                                f"echo $(id -u) {n} $CUDA_VISIBLE_DEVICES >> {out}; "
+                                f"echo hello {n}") for n in range(3)]
+
+    async def all_done():
+        found = await jobs()
+        return all(found[i]["state"] == "done" for i in ids) and found
+    found = await until(all_done, "nobody's three jobs to end")
+    assert [found[i]["exit_code"] for i in ids] == [0, 0, 0]
+    rows = [line.split() for line in out.read_text().splitlines()]
+    assert sorted(r[1] for r in rows) == ["0", "1", "2"]
+    assert {r[0] for r in rows} == {str(NOBODY)}
+    assert "through the daemon" in (secured.jobs.root / "agent.log").read_text()
+    _, text, _ = await secured.run("logs", str(ids[1]))
+    assert text == "hello 1\n"
+
+    # the daemon published their steps, for nobody's uid
+    events = [e for e in await remote.store.events_since(0) if e["type"].startswith("job_")]
+    assert {(e["type"], e["job"]) for e in events} >= \
+        {(t, i) for t in ("job_submitted", "job_started", "job_ended") for i in ids}
+    assert {(e["uid"], e["user"]) for e in events} == {(NOBODY, "nobody")}
+
+    # a running job: status shows it (TYPE job NAME) as nobody's; cancel stops it
+    long_id = await secured.submit("--gpus", "2", "--name", "long", "--", "sleep", "600")
+
+    async def running():
+        return (await jobs())[long_id]["state"] == "running"
+    await until(running, "the long job to run")
+    view = await remote.view()
+    assert {(g.hold.user, g.hold.kind, g.hold.name) for g in view.gpus} == \
+        {("nobody", "job", "long")}
+    # a queued one behind it: in the queue as a job; cancel takes it out
+    queued_id = await secured.submit("--gpus", "1", "--", "true")
+
+    async def queued():
+        return (await jobs())[queued_id]["position"] == 1
+    await until(queued, "the second job to queue")
+    _, waiters = await remote.queue()
+    assert [(w.user, w.kind) for w in waiters] == [("nobody", "job")]
+    _, text, _ = await secured.run("cancel", str(queued_id), str(long_id))
+    assert f"job {queued_id} cancelled" in text and f"job {long_id} cancelled" in text
+    found = await jobs()
+    assert found[queued_id]["state"] == found[long_id]["state"] == "cancelled"
+
+    async def freed():
+        view = await remote.view()
+        return not any(g.hold for g in view.gpus) and not (await remote.queue())[1]
+    await until(freed, "the GPUs and the queue to be free")
+    # another uid (root, through the daemon) cannot publish job events as nobody
+    await remote.job_event({"type": "job_ended", "job": 1, "name": "x", "uid": NOBODY,
+                            "user": "nobody", "state": "done", "reason": ""})
+    last = (await remote.store.events_since(0))[-1]
+    assert (last["type"], last["uid"], last["user"]) == ("job_ended", 0, "root")
+
+
+async def test_a_killed_agent_loses_no_job_and_runs_none_twice(secured):
+    """Through the daemon a killed agent's places go with its connections: the next agent
+    queues its jobs again in submission order, and a job that was running goes on."""
+    out = secured.home / "order.txt"
+    first = await secured.submit("--gpus", "2", "--", "sh", "-c",
+                                 f"echo first >> {out}; exec sleep 600")
+
+    async def running():
+        return (await secured.jobs_doc())[first]["state"] == "running"
+    await until(running, "the first job to run")
+    ids = [await secured.submit("--gpus", "2", "--", "sh", "-c", f"echo {n} >> {out}")
+           for n in range(4)]  # (each on the whole pool: they run one after the other)
+
+    async def all_queued():
+        found = await secured.jobs_doc()
+        return [found[i]["position"] for i in ids] == [1, 2, 3, 4]
+    await until(all_queued, "four jobs queued in order")
+    _kill(secured.jobs.agent_pid())
+
+    async def places_gone():
+        return not (await secured.remote.queue())[1]
+    await until(places_gone, "the killed agent's places to be given back")
+    await until(all_queued, "`jobs` to start an agent that queues them again in order")
+    await secured.run("cancel", str(first))
+
+    async def all_done():
+        found = await secured.jobs_doc()
+        return all(found[i]["state"] == "done" for i in ids)
+    await until(all_done, "the four jobs to run")
+    assert out.read_text().split() == ["first", "0", "1", "2", "3"]  # each once, in order
 
 
 async def test_job_events_are_checked_at_the_door(pool, config):
