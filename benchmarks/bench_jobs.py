@@ -2,8 +2,8 @@
 queued job's first instruction.
 
 1. Memory: one GPU, held by a manual reservation so that nothing is granted; N jobs queued
-   through one agent. The agent's RSS with 1 queued job and with N, and the time the agent
-   took to place them all in the queue.
+   through one agent. The agent's RSS with 1 queued job and with N (in daemon mode also the
+   daemon's, which holds their places), and the time the agent took to place them all.
 2. Submit latency: median wall time of `canhazgpu submit -- true` as a fresh process (the
    agent alive).
 3. Release -> start: a job queued behind the held GPU (for 2 s, so that the agent's spare
@@ -114,15 +114,17 @@ async def main(n: int, modes: list[str]) -> None:
         for mode in modes:
             os.environ["CANHAZGPU_CLIENT"] = mode
             if mode == "daemon":
-                with daemon({**env, "CANHAZGPU_CLIENT": "daemon"}):
-                    await measure(core, n, mode)
+                with daemon({**env, "CANHAZGPU_CLIENT": "daemon"}) as served:
+                    await measure(core, n, mode, psutil.Process(served.pid))
             else:
                 await measure(core, n, mode)
         await core.aclose()
     print(f"machine: {machine()}, load {os.getloadavg()[0]:.1f}")
 
 
-async def measure(core: Core, n: int, mode: str) -> None:
+async def measure(core: Core, n: int, mode: str, served=None) -> None:
+    """The three measures in one client mode; served: the daemon's process (daemon mode),
+    whose memory the queued jobs cost too."""
     config = load()
     me = current()
     hold = await core.allocate(Request(count=1, kind="manual", duration_s=3600), me)
@@ -133,6 +135,7 @@ async def measure(core: Core, n: int, mode: str) -> None:
     bench.jobs.ensure_agent(config, mode)
     await bench.wait_queued(1)
     one = bench.rss_mb()
+    daemon_one = served.memory_info().rss / 2**20 if served else 0.0
     t0 = time.perf_counter()
     for _ in range(n - 1):
         bench.add(["true"])
@@ -144,6 +147,11 @@ async def measure(core: Core, n: int, mode: str) -> None:
     print(f"memory: agent RSS {one:.1f} MB with 1 queued job, {many:.1f} MB with {n} "
           f"({(many - one) * 1024 / (n - 1):.1f} KB per job); {n - 1} placed in "
           f"{placed:.1f}s; its spare runner {spare:.1f} MB")
+    if served:
+        daemon_many = served.memory_info().rss / 2**20
+        print(f"memory: the daemon's RSS {daemon_one:.1f} MB with 1 queued job, "
+              f"{daemon_many:.1f} MB with {n} ({(daemon_many - daemon_one) * 1024 / (n - 1):.1f}"
+              f" KB per job)")
     await bench.cancel_all()
 
     submit_ms, submit_cpu = wall_cpu(["submit", "--", "true"], ROUNDS)

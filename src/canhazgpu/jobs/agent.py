@@ -1,13 +1,14 @@
 """The user's one job agent on this host: `python -m canhazgpu.jobs.agent`.
 
 Started (detached) by the first `submit`, it holds every queued job's place in the host's
-FIFO queue (the same queue as `wait`) through ONE event subscription shared by all its
-waiters, and starts each granted job as its own runner process. It keeps nothing that
-matters in memory: the job files say everything, so a restarted agent resumes the places
-(their queue lease outlives a restart) and never starts a job twice: a job is marked
-`starting` before its runner is spawned, and `running` by the runner before the command.
-It leaves when no job needs it; a SIGKILL or SIGTERM keeps the queue places for the next
-agent (`submit`, `jobs` and `cancel` start one).
+FIFO queue (the same queue as `wait`), in Redis through ONE event subscription shared by all
+its waiters, or through the daemon's API, one waiting request per job (places.py), and
+starts each granted job as its own runner process. It keeps nothing that matters in
+memory: the job files say everything, so a restarted agent resumes the places (direct mode:
+their queue lease outlives a restart; through the daemon: they queue again) and never starts
+a job twice: a job is marked `starting` before its runner is spawned, and `running` by the
+runner before the command. It leaves when no job needs it (`submit`, `jobs` and `cancel`
+start one again).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import replace
 
 import anyio
 
@@ -109,7 +109,9 @@ class Agent:
                 if signum == signal.SIGUSR1:
                     self.wake.set()
                 else:  # leave at once, keeping the queue places for the next agent
-                    log(f"stopped by signal {signum}; queue places kept for {QUEUE_LEASE}")
+                    log(f"stopped by signal {signum}; " + (
+                        "its queued jobs queue again with the next agent" if self.places.remote
+                        else f"queue places kept for {QUEUE_LEASE}"))
                     os._exit(0)
 
     # ------------------------------------------------------------------ the job files

@@ -2,7 +2,8 @@
 
 Started by the agent ahead of time (detached: its own session) with everything imported,
 it waits on a socket for one job: its directory and its lock (the fd, passed with
-SCM_RIGHTS), so that a job starts without a Python start-up in between. It runs the
+SCM_RIGHTS), so that a job starts without a Python start-up in between. It talks to the
+pool as its agent does (Redis, or the daemon's API: places.connect). It runs the
 command under the same
 Supervisor as `run` (lease heartbeat, signals, release when it ends), so a dead agent never
 takes a running job's GPUs with it. It holds the job's lock (inherited from the agent) for
