@@ -318,7 +318,7 @@ def main() -> None:
 
 # Commands that, through the daemon, are one request each: tried without an event loop
 # (cli/runner.py), unless an option needs one (--follow, --wait; a short-option cluster).
-ONE_REQUEST = ("status", "queue", "release", "reserve", "submit")
+ONE_REQUEST = ("status", "queue", "release", "reserve", "submit", "jobs", "logs")
 
 
 def loopless(args: list[str]) -> bool:
