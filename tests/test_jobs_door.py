@@ -243,6 +243,7 @@ async def test_job_events_are_checked_at_the_door(pool, config):
         await remote.job_event(good)
         for bad in ({**good, "type": "released"}, {**good, "name": "a\x1b[2Jb"},
                     {**good, "reason": "x" * 600}, {**good, "gpus": ["0"]},
-                    {**good, "job": "3"}, {**good, "state": "weird"}):
+                    {**good, "job": "3"}, {**good, "job": 0}, {**good, "state": "weird"},
+                    {**good, "exit_code": 2**40}, {**good, "rid": "r" * 65}, "job_started"):
             with pytest.raises(InvalidRequest):
                 await remote.job_event(bad)

@@ -164,11 +164,12 @@ def job_text(value, what: str, limit: int = 100) -> str:
     return value
 
 
-def _job_number(value, what: str, none: bool = False):
+def _job_number(value, what: str, low: int, high: int, none: bool = False):
     if (none and value is None) or (isinstance(value, int) and not isinstance(value, bool)
-                                    and -2**31 <= value < 2**63):
+                                    and low <= value <= high):
         return value
-    raise errors.InvalidRequest(f"invalid job {what} {str(value)[:40]!r}: a number")
+    raise errors.InvalidRequest(f"invalid job {what} {str(value)[:40]!r}: a number from "
+                                f"{low} to {high}")
 
 
 def job_event(doc, user: str, uid: int) -> dict:
@@ -186,11 +187,12 @@ def job_event(doc, user: str, uid: int) -> dict:
         raise errors.InvalidRequest(f"invalid job event state {str(doc.get('state'))[:40]!r}:"
                                     f" one of {', '.join(JOB_STATES)}")
     rid = doc.get("rid")
-    return {"type": doc["type"], "job": _job_number(doc.get("job"), "id"),
+    return {"type": doc["type"], "job": _job_number(doc.get("job"), "id", 1, 2**63 - 1),
             "name": job_text(doc.get("name", ""), "name"), "user": user, "uid": uid,
             "rid": None if rid is None else job_text(rid, "reservation id", 64),
             "gpus": gpus, "state": doc["state"],
-            "exit_code": _job_number(doc.get("exit_code"), "exit code", none=True),
+            "exit_code": _job_number(doc.get("exit_code"), "exit code", -2**31, 2**31 - 1,
+                                     none=True),
             "reason": job_text(doc.get("reason", ""), "reason", MAX_JOB_TEXT), "kind": "job"}
 
 
