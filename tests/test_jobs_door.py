@@ -84,9 +84,23 @@ class Secured:
     private to it), and nobody, with a home of its own, who reaches the pool through the
     daemon's API only."""
 
-    def __init__(self, python: str, home, nobody: dict, remote: RemoteCore, jobs: JobDir):
-        self.python, self.home, self.env, self.remote, self.jobs = \
-            python, home, nobody, remote, jobs
+    def __init__(self, python: str, serve: list[str], own: dict, home, nobody: dict,
+                 jobs: JobDir) -> None:
+        self.python, self.serve, self.own, self.home, self.env, self.jobs = \
+            python, serve, own, home, nobody, jobs
+        root = load(env=own)
+        self.remote = RemoteCore(root, str(root.api_path))
+        self.daemon = None
+
+    async def start(self) -> None:
+        self.daemon = await anyio.open_process(self.serve, env=self.own)
+        await Lines(self.daemon.stderr).until(lambda line: "serving host" in line, timeout=30)
+
+    async def stop(self) -> None:
+        if self.daemon is not None:
+            await stop(self.daemon)
+            await reap(self.daemon)
+            self.daemon = None
 
     async def run(self, *args: str, check: int | None = 0, **extra):
         return await run_as_nobody(self.python, {**self.env, **extra}, *args, check=check)
@@ -115,20 +129,18 @@ async def secured(cli, env, open_dir, nobody_python, tmp_path):
     nobody = {k: v for k, v in own.items() if k != "CANHAZGPU_STATE_DIR"}
     nobody.update(HOME=str(home), CANHAZGPU_CLIENT="auto")
     jobs = JobDir(home / ".local/state/canhazgpu/jobs" / env["CANHAZGPU_HOST"])
-    daemon = await anyio.open_process([*cli.argv("serve", "--embedded-redis", "--fake", "2")],
-                                      env=own)
+    host = Secured(nobody_python, cli.argv("serve", "--embedded-redis", "--fake", "2"), own,
+                   home, nobody, jobs)
     try:
-        await Lines(daemon.stderr).until(lambda line: "serving host" in line, timeout=30)
-        root = load(env=own)
-        yield Secured(nobody_python, home, nobody, RemoteCore(root, str(root.api_path)), jobs)
+        await host.start()
+        yield host
     finally:
         _kill(jobs.agent_pid())
         for job in jobs.all():
             if job.runner_alive():
                 _kill(int(job.doc.get("runner_pid", 0)), signal.SIGTERM)
         await until(_no_runner(jobs), "nobody's runners to stop", 20)
-        await stop(daemon)
-        await reap(daemon)
+        await host.stop()
 
 
 def _no_runner(jobs: JobDir):
@@ -200,36 +212,69 @@ async def test_another_uid_submits_lists_reads_and_cancels_through_the_daemon(se
     assert (last["type"], last["uid"], last["user"]) == ("job_ended", 0, "root")
 
 
+class Sweep:
+    """One of nobody's jobs running on the whole pool, `n` queued behind it (each on the
+    whole pool too: they run one after the other), each appending to one file."""
+
+    def __init__(self, secured: Secured) -> None:
+        self.secured, self.out = secured, secured.home / "order.txt"
+
+    async def start(self, n: int) -> None:
+        self.first = await self.secured.submit("--gpus", "2", "--", "sh", "-c",
+                                               f"echo first >> {self.out}; exec sleep 600")
+
+        async def running():
+            return (await self.secured.jobs_doc())[self.first]["state"] == "running"
+        await until(running, "the first job to run")
+        self.ids = [await self.secured.submit("--gpus", "2", "--", "sh", "-c",
+                                              f"echo {i} >> {self.out}") for i in range(n)]
+        await until(self.queued, "the jobs queued in order")
+
+    async def queued(self) -> bool:
+        found = await self.secured.jobs_doc()
+        return [found[i]["position"] for i in self.ids] == list(range(1, len(self.ids) + 1))
+
+    async def finish(self) -> None:
+        """Cancel the first job; the others run, each once, in order."""
+        await self.secured.run("cancel", str(self.first))
+
+        async def all_done():
+            found = await self.secured.jobs_doc()
+            return all(found[i]["state"] == "done" for i in self.ids)
+        await until(all_done, "the queued jobs to run")
+        assert self.out.read_text().split() == ["first", *map(str, range(len(self.ids)))]
+
+
 async def test_a_killed_agent_loses_no_job_and_runs_none_twice(secured):
     """Through the daemon a killed agent's places go with its connections: the next agent
     queues its jobs again in submission order, and a job that was running goes on."""
-    out = secured.home / "order.txt"
-    first = await secured.submit("--gpus", "2", "--", "sh", "-c",
-                                 f"echo first >> {out}; exec sleep 600")
-
-    async def running():
-        return (await secured.jobs_doc())[first]["state"] == "running"
-    await until(running, "the first job to run")
-    ids = [await secured.submit("--gpus", "2", "--", "sh", "-c", f"echo {n} >> {out}")
-           for n in range(4)]  # (each on the whole pool: they run one after the other)
-
-    async def all_queued():
-        found = await secured.jobs_doc()
-        return [found[i]["position"] for i in ids] == [1, 2, 3, 4]
-    await until(all_queued, "four jobs queued in order")
+    sweep = Sweep(secured)
+    await sweep.start(4)
     _kill(secured.jobs.agent_pid())
 
     async def places_gone():
         return not (await secured.remote.queue())[1]
     await until(places_gone, "the killed agent's places to be given back")
-    await until(all_queued, "`jobs` to start an agent that queues them again in order")
-    await secured.run("cancel", str(first))
+    await until(sweep.queued, "`jobs` to start an agent that queues them again in order")
+    await sweep.finish()
 
-    async def all_done():
-        found = await secured.jobs_doc()
-        return all(found[i]["state"] == "done" for i in ids)
-    await until(all_done, "the four jobs to run")
-    assert out.read_text().split() == ["first", "0", "1", "2", "3"]  # each once, in order
+
+async def test_a_daemon_restart_loses_no_job_and_runs_none_twice(secured):
+    """The daemon (and its embedded Redis) stopped and started again while one of nobody's
+    jobs runs and three are queued: the running one goes on, renewing its lease through the
+    new daemon; the queued ones run once each, in order."""
+    sweep = Sweep(secured)
+    await sweep.start(3)
+    await secured.stop()
+    await secured.start()
+    await until(sweep.queued, "the jobs queued again, in order")
+
+    async def held():
+        view = await secured.remote.view()
+        return {(g.hold.user, g.hold.kind) for g in view.gpus if g.hold} == {("nobody", "job")}
+    await until(held, "the running job's GPUs held through the new daemon")
+    assert (await secured.jobs_doc())[sweep.first]["state"] == "running"
+    await sweep.finish()
 
 
 async def test_job_events_are_checked_at_the_door(pool, config):

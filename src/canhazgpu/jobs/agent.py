@@ -22,7 +22,8 @@ import time
 
 import anyio
 
-from ..errors import BackendUnavailable, CanHazGpuError, LimitReached, PoolNotInitialized
+from ..errors import (BackendUnavailable, CanHazGpuError, LimitReached, NotHeld,
+                      PoolNotInitialized)
 from .events import publish
 from .files import (CANCELLED, DONE, ENDED, LIVE, RUNNING, STARTING, FAILED, Job,
                     JobDir, JobNotFound, jobs_root, now_ms, try_lock)
@@ -47,6 +48,7 @@ class Agent:
         self.places = None  # made in main(): the daemon may not answer yet
         self.jobs = jobs
         self.following: dict[int, anyio.CancelScope] = {}
+        self.requeued: set[int] = set()  # followed jobs being taken back to queue again
         self.finished: set[int] = set()
         self.wake = anyio.Event()
         self.trouble = ""  # what stops jobs from being queued now, said once
@@ -122,6 +124,8 @@ class Agent:
             if n in self.finished:
                 continue
             if n in self.following:
+                if n in self.requeued:  # its place is lost: the jobs behind it queue again
+                    return True         # after it (its task wakes us when it is over)
                 if (self.jobs.root / str(n) / "cancel").exists():
                     self.following[n].cancel()
                 continue
@@ -214,10 +218,11 @@ class Agent:
         try:
             with scope:
                 granted = await self.places.wait(job, in_queue)
-        except (LostPlace, *LATER) as err:
-            if not queued:
+        except (LostPlace, NotHeld, *LATER) as err:  # the place is gone (NotHeld: resumed
+            if not queued:                              # through a restarted daemon)
                 raise
             log(f"job {job.id}: {err}; queueing it again")
+            await self.lost(job)
         except CanHazGpuError as err:
             if not queued:
                 raise
@@ -226,9 +231,28 @@ class Agent:
             self.following.pop(job.id, None)
         if granted is not None:
             await self.launch(job, granted)
-        elif scope.cancelled_caught:
+        elif scope.cancelled_caught and job.id not in self.requeued:
             await self.end(job, CANCELLED, "cancelled while queued")
+        self.requeued.discard(job.id)
         self.wake.set()
+
+    async def lost(self, job: Job) -> None:
+        """Job's place is gone, and so may be those of the jobs queued before it (Redis or
+        the daemon restarted without them): those are taken back too, so that all of them
+        queue again in submission order, whichever of their waiters noticed first."""
+        try:
+            present = await self.places.present()
+        except CanHazGpuError:
+            return  # unknown: each queues again when its own waiter notices
+        for other, scope in list(self.following.items()):
+            if other < job.id and other not in self.requeued:
+                try:
+                    rid = self.jobs.load(other).doc.get("rid")
+                except JobNotFound:
+                    continue
+                if rid not in present:
+                    self.requeued.add(other)
+                    scope.cancel()
 
     # ------------------------------------------------------------------ starting
     async def launch(self, job: Job, res) -> None:

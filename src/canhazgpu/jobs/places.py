@@ -103,6 +103,11 @@ class DirectPlaces:
                         resume=True)
         return await waiter.wait(None)
 
+    async def present(self) -> set[str]:
+        """The ids of every place in the queue and every reservation held."""
+        state = await self.core.store.read_state()
+        return {w.wid for w in state.queue} | {h.rid for h in state.holds.values()}
+
     async def leave(self, job, granted: bool = False) -> None:
         """Give back the job's place, and whatever was granted to it."""
         from ..errors import CanHazGpuError
@@ -148,6 +153,10 @@ class RemotePlaces:
         # the previous agent's place was given back with its connection: queue again
         return await self.core.acquire(req, wait_s=float("inf"), signals=False,
                                        on_queued=on_queued, name=job.doc.get("name", ""))
+
+    async def present(self) -> set[str]:
+        view = await self.core.view(queue=True)
+        return {w.wid for w in view.queue} | {g.hold.rid for g in view.gpus if g.hold}
 
     async def leave(self, job, granted: bool = False) -> None:
         """A queued place leaves with its connection; GPUs granted are ended here."""

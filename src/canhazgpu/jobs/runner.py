@@ -141,7 +141,7 @@ async def receive(fd: int) -> tuple[Path, int] | None:
     agent closed the socket (it left, or died) without one."""
     import socket
     with socket.socket(fileno=fd) as sock:
-        await anyio.wait_socket_readable(sock)
+        await anyio.wait_readable(sock)
         try:
             data, fds, _, _ = socket.recv_fds(sock, 4096, 1)
         except OSError:
