@@ -69,6 +69,9 @@ class Agent:
             try:
                 self.places = places_for(self.config, self.caller, log)
             except BackendUnavailable as err:
+                if not any(job.state in LIVE for job in self.jobs.all()):
+                    log(f"{err}; no job waits: stopped")
+                    return
                 self.say(f"cannot queue jobs now: {err}; trying again")
                 await anyio.sleep(RESCAN_S)
         log(f"started ({'through the daemon' if self.places.remote else 'direct'})")
