@@ -146,11 +146,15 @@ class Agent:
 
     async def consider(self, job: Job) -> bool:
         """Move one job along; True while it needs the agent."""
+        if job.state in (STARTING, RUNNING):
+            if job.runner_alive():
+                return False
+            # read again: a runner records its last state before it lets go of the lock, so
+            # a runner that ended since the read above is not taken for one that died
+            job = self.jobs.load(job.id)
         state = job.state
         if state in ENDED:
             self.finished.add(job.id)
-            return False
-        if state in (STARTING, RUNNING) and job.runner_alive():
             return False
         if state == RUNNING:  # its runner died before recording how the command ended
             if job.cancel_asked:
