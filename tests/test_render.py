@@ -425,7 +425,7 @@ GPU_KEYS = {"id", "status", "reservation", "last_released_ms", "free_for_s", "me
             "utilization_pct"}
 HOLD_KEYS = {"id", "user", "uid", "host", "pid", "type", "start_ms", "duration_s",
              "heartbeat_ms", "heartbeat_age_s", "expires_ms", "expires_in_s", "note",
-             "waiting", "idle_since_ms", "idle_s"}
+             "waiting", "idle_since_ms", "idle_s", "name"}
 
 
 def test_json_document():
@@ -447,7 +447,7 @@ def test_json_document():
         "id": "r0", "user": "bob", "uid": 1000, "host": "gpu-box", "pid": 4242, "type": "run",
         "start_ms": ago(5400), "duration_s": 5400.0, "heartbeat_ms": ago(5),
         "heartbeat_age_s": 5.0, "expires_ms": None, "expires_in_s": None, "note": "",
-        "waiting": False, "idle_since_ms": None, "idle_s": None}
+        "waiting": False, "idle_since_ms": None, "idle_s": None, "name": ""}
     assert (manual_hold["expires_in_s"], manual_hold["heartbeat_ms"]) == (26100.0, None)
     assert gpus[0]["model"] == {"id": "microsoft/DialoGPT-large", "provider": "microsoft"}
     assert gpus[1]["reservation"] is None and gpus[1]["users"] == ["alice"]

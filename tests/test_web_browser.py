@@ -156,3 +156,42 @@ async def test_the_page_says_when_redis_is_away_and_recovers(env, tmp_path):
     finally:
         await core.aclose()
         server.stop()
+
+
+async def test_the_page_lists_jobs_as_it_lists_reservations(pool, config, env, tmp_path):
+    """Issue 19: a running job's GPU shows TYPE `job NAME`, a queued job is a queue row of
+    type job, and the activity log says what each job did."""
+    from canhazgpu.jobs.files import JobDir, jobs_root
+    jobs = JobDir(jobs_root(config))
+    try:
+        async with running_daemon(config), served(config) as client, chromium() as browser:
+            page = await browser.new_page(viewport={"width": 1280, "height": 900})
+            problems = []
+            page.on("console", lambda m: m.type == "error" and problems.append(m.text))
+            page.on("pageerror", lambda err: problems.append(str(err)))
+            await page.goto(str(client.base_url))
+            await page.wait_for_selector(card(7, "available"))
+            await _cli(env, "submit", "--gpu-ids", "3", "--name", "sweep-a", "--", "sleep", "600")
+            await page.wait_for_selector(card(3, "reserved"), timeout=15000)
+            assert "job sweep-a" in await page.locator(card(3, "reserved")).inner_text()
+            await _cli(env, "submit", "--gpus", "8", "--name", "big", "--", "true")
+            row = page.locator(f'#queue-{HOST} tbody tr')
+            await row.first.wait_for(timeout=15000)
+            assert "job" in await row.first.locator('td[data-label="Type"]').inner_text()
+            activity = page.locator("#activity")
+            await activity.locator("li", has_text="(sweep-a) of ").first.wait_for(timeout=15000)
+            text = await activity.inner_text()
+            assert "(sweep-a) submitted by" in text and "started on GPU 3" in text, text
+            await page.screenshot(path=tmp_path / "jobs.png", full_page=True)
+            await _cli(env, "cancel", *(str(j.id) for j in jobs.all()))
+            await activity.locator("li", has_text="(sweep-a) of ").filter(
+                has_text="cancelled").first.wait_for(timeout=15000)
+            assert problems == []
+    finally:
+        import os
+        import signal
+        for pid, signum in [(jobs.agent_pid(), signal.SIGKILL)] + [
+                (j.doc.get("runner_pid"), signal.SIGTERM) for j in jobs.all()
+                if j.runner_alive()]:
+            if pid:
+                os.kill(int(pid), signum)  # a runner stops its command and gives the GPU back

@@ -193,19 +193,25 @@ class RemoteCore(Door):
 
     # ------------------------------------------------------------------ a wait
     async def acquire(self, req, caller=None, wait_s: float | None = None, *, progress=None,
-                      warn=lambda text: None, signals: bool = True):
+                      warn=lambda text: None, signals: bool = True, resume: str | None = None,
+                      on_queued=None, name: str = ""):
         """Allocate now, or queue (wait_s) for as long as this connection is open. A
         queued request whose daemon goes away reconnects and follows its place again,
         for as long as the place lasts without it (queue_lease). signals=False: SIGINT and
-        SIGTERM are left alone (a caller outside the main thread: the Python API)."""
+        SIGTERM are left alone (a caller outside the main thread: the Python API).
+        Detached jobs (issue 19): `resume` follows the queue entry of that id (NotHeld
+        when it is gone); on_queued(wid) is told each time the request is in the queue;
+        `name` is the job's, shown in status."""
         if wait_s is not None and without_loop():
             raise NeedsEventLoop  # a place in the queue: Ctrl+C, signals, reconnects
-        wid = None
+        wid = resume
 
         def on_line(doc: dict) -> None:
             nonlocal wid
             if "queued" in doc:
                 wid = str(doc["queued"]["wid"])
+            elif "enqueued" in doc and on_queued is not None:
+                on_queued(wid)
             elif "warn" in doc:
                 warn(str(doc["warn"]))
             elif "progress" in doc and progress is not None:
@@ -219,7 +225,8 @@ class RemoteCore(Door):
             try:
                 doc = await self.call("acquire", {
                     "request": protocol.encode(req), "wait_s": left, "resume": wid,
-                    "progress": progress is not None}, on_line,
+                    "progress": progress is not None, **({"name": name} if name else {})},
+                    on_line,
                     interruptible=signals and wait_s is not None)
                 return protocol.reservation(doc)
             except BackendUnavailable as err:

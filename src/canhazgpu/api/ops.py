@@ -19,108 +19,11 @@ from .. import errors
 from ..errors import InvalidRequest, NotOwner
 from ..identity import require_admin
 from . import protocol
+from .checks import (MAX_IDS, days, event_types, flag, gpu_ids, ident, json_object, kind,
+                     name, note, pid, reason, text, wait_s, whole)
 
-MAX_DAYS = 3660
-MAX_IDS = 4096
-MAX_ID = 64  # characters of a reservation or queue id
-MAX_WAIT_S = 366 * 86400
-REASONS = ("released", "reclaimed")
 CALLBACKS = ("progress", "warn", "signals")  # what a waiter in this process reports through
 NOT_SENT = ("caller", *CALLBACKS)  # the kernel says who; callbacks stay here
-
-
-# ---------------------------------------------------------------------- values
-def flag(value) -> bool:
-    if value is None or isinstance(value, bool):
-        return bool(value)
-    raise InvalidRequest(f"invalid flag {str(value)[:40]!r}: true or false")
-
-
-def whole(value, what: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InvalidRequest(f"invalid {what} {str(value)[:40]!r}: a whole number from {low} "
-                             f"to {high}")
-    return value
-
-
-def optional(check):
-    return lambda value: None if value is None else check(value)
-
-
-def gpu_ids(value) -> tuple[int, ...]:
-    if not isinstance(value, (list, tuple)) or len(value) > MAX_IDS:
-        raise InvalidRequest(f"invalid GPU ids {str(value)[:40]!r}: a list of numbers")
-    return tuple(whole(i, "GPU id", 0, MAX_IDS) for i in value)
-
-
-def name(what: str, longest: int = 200):
-    """A printable name (a user, a provider, a channel), up to `longest` characters."""
-    def check(value) -> str:
-        if not isinstance(value, str) or not 0 < len(value) <= longest \
-                or not value.isprintable():
-            raise InvalidRequest(f"invalid {what} {str(value)[:40]!r}: printable text, up "
-                                 f"to {longest} characters")
-        return value
-    return check
-
-
-def text(what: str, longest: int):
-    """Free text (a URL), printable, possibly empty."""
-    def check(value) -> str:
-        if value is None:
-            return ""
-        return name(what, longest)(value) if value != "" else ""
-    return check
-
-
-def days(value) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or \
-            not 0 < value <= MAX_DAYS:
-        raise InvalidRequest(f"invalid days {value!r}: above 0, up to {MAX_DAYS}")
-    return float(value)
-
-
-def wait_s(value) -> float:
-    if value == "inf":
-        return float("inf")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not 0 < value <= MAX_WAIT_S:
-        raise InvalidRequest(f"invalid wait {str(value)[:40]!r}: seconds above 0, or \"inf\"")
-    return float(value)
-
-
-def reason(value) -> str:
-    if value not in REASONS:
-        raise InvalidRequest(f"invalid reason {str(value)[:40]!r}: one of {', '.join(REASONS)}")
-    return value
-
-
-def kind(value) -> str:
-    from ..request import HEARTBEAT
-    if value not in HEARTBEAT:
-        raise InvalidRequest(f"invalid kind {str(value)[:40]!r}: a heartbeat renews "
-                             f"{', '.join(HEARTBEAT)} (a manual reservation keeps its "
-                             "duration)")
-    return value
-
-
-def note(value) -> str:
-    from ..text import check_note
-    if not isinstance(value, str):
-        raise InvalidRequest(f"invalid note {str(value)[:40]!r}: text")
-    return check_note(value)
-
-
-def event_types(value) -> list[str] | None:
-    if value is None:
-        return None
-    if not isinstance(value, list) or len(value) > 64:
-        raise InvalidRequest(f"invalid events {str(value)[:40]!r}: a list of event types")
-    return [name("event type", 64)(e) for e in value]
-
-
-ident = name("id", MAX_ID)
-pid = optional(lambda v: whole(v, "process id", 1, 2**31 - 1))
 
 
 # ---------------------------------------------------------------------- the table
@@ -243,13 +146,14 @@ def _pack_acquire(args: dict) -> dict:
 @op("acquire", lasts=lambda args: args.get("wait_s") is not None, decode=protocol.reservation,
     pack=_pack_acquire,
     params={"request": protocol.request, "wait_s": wait_s, "resume": ident,
-            "progress": flag},
+            "progress": flag, "name": name("job name", 100)},
     method=("core", "acquire", ("req", "caller", "wait_s")))
-async def acquire(s, request, wait_s, resume, progress):
+async def acquire(s, request, wait_s, resume, progress, name):
     """Allocate now, or (wait_s) queue while the caller is there: a client of the daemon
     that hangs up gives its place back. A queued request is told its id first
     ({"queued": {"wid"}}), then that it is in the queue ({"enqueued"}); `resume: wid`
-    follows that place again (a client reconnecting after a daemon restart)."""
+    follows that place again (a client reconnecting after a daemon restart). `name`: a
+    detached job's (kind job), which status shows."""
     if request is None:
         raise InvalidRequest("acquire needs a request")
     caller = await s.owner()
@@ -260,6 +164,8 @@ async def acquire(s, request, wait_s, resume, progress):
         s.stay()  # the place in the queue lives while the client does
         res = await _queued(s, caller, resume, request) if resume is not None \
             else core.new_reservation(request, caller)
+        if name and request.kind == "job":
+            res.record["name"] = name
         await s.line({"queued": {"wid": res.rid}})
         return await core.acquire(
             request, caller, wait_s, reservation=res, resume=resume is not None,
@@ -334,6 +240,16 @@ async def end(s, rid, reason) -> list[int]:
     method=("core", "release", ("caller", "ids", "user", "force")))
 async def release(s, ids, user, force) -> list[int]:
     return await s.core.release(s.caller, ids=ids, user=user, force=bool(force))
+
+
+@op("job_event", params={"event": lambda v: json_object(v, "event")},
+    method=("core", "job_event", ("event",)))
+async def job_event(s, event) -> None:
+    """(issue 19) A detached job's step (job_submitted, job_started, job_ended), announced
+    by its owner's agent or runner: each field checked, for the uid of the caller."""
+    if event is None:
+        raise InvalidRequest("job_event needs event")
+    await s.core.job_event(protocol.job_event(event, s.caller.user, s.caller.uid))
 
 
 # ---------------------------------------------------------------------- events

@@ -21,12 +21,6 @@ if TYPE_CHECKING:
 
 VERSION = 1
 MAX_LINE = 64 * 1024  # a request or reply line longer than this is refused
-OPS = ("hello", "pool_size", "setup_pool", "view", "queue", "report", "acquire", "heartbeat",
-       "end", "release", "events", "events_since",
-       # notifications (issue 20): the caller's own rules
-       "notify_add", "notify_list", "notify_remove", "notify_test",
-       # the views across the hosts of the daemon's Redis (docs/hosts.md), and retiring one
-       "hosts", "host_views", "host_queues", "host_report", "retire")
 MAX_HOSTS = 10000  # host names in one request
 MAX_HOST_NAME = 200
 
@@ -146,6 +140,52 @@ def request(doc: dict) -> Request:
                        note=str(doc.get("note", "")), claim_own=bool(doc.get("claim_own")))
     except (TypeError, ValueError, AttributeError, OverflowError):
         raise errors.InvalidRequest(f"invalid request {str(doc)[:80]}") from None
+
+
+JOB_EVENTS = ("job_submitted", "job_started", "job_ended")
+JOB_STATES = ("queued", "starting", "running", "done", "failed", "cancelled")
+MAX_JOB_TEXT = 500  # a job's reason; its name: 100, as submit cuts it
+MAX_JOB_GPUS = 4096
+
+
+def job_text(value, what: str, limit: int = 100) -> str:
+    """A job's name (or other text of a job event): printable, at most `limit` long."""
+    if not isinstance(value, str) or len(value) > limit or not value.isprintable():
+        raise errors.InvalidRequest(f"invalid job {what} {str(value)[:40]!r}: printable text "
+                                    f"up to {limit} characters")
+    return value
+
+
+def _job_number(value, what: str, low: int, high: int, none: bool = False):
+    if (none and value is None) or (isinstance(value, int) and not isinstance(value, bool)
+                                    and low <= value <= high):
+        return value
+    raise errors.InvalidRequest(f"invalid job {what} {str(value)[:40]!r}: a number from "
+                                f"{low} to {high}")
+
+
+def job_event(doc, user: str, uid: int) -> dict:
+    """A detached job's step (docs/jobs.md) as a client announces it: one of JOB_EVENTS,
+    every field checked and bounded here, the user and uid the kernel named."""
+    if not isinstance(doc, dict) or doc.get("type") not in JOB_EVENTS:
+        kind = doc.get("type") if isinstance(doc, dict) else doc
+        raise errors.InvalidRequest(f"invalid job event type {str(kind)[:40]!r}: one of "
+                                    f"{', '.join(JOB_EVENTS)}")
+    gpus = doc.get("gpus") or []
+    if not isinstance(gpus, list) or len(gpus) > MAX_JOB_GPUS or not all(
+            isinstance(g, int) and not isinstance(g, bool) and 0 <= g < 2**31 for g in gpus):
+        raise errors.InvalidRequest(f"invalid job event gpus {str(gpus)[:40]!r}: GPU ids")
+    if doc.get("state") not in JOB_STATES:
+        raise errors.InvalidRequest(f"invalid job event state {str(doc.get('state'))[:40]!r}:"
+                                    f" one of {', '.join(JOB_STATES)}")
+    rid = doc.get("rid")
+    return {"type": doc["type"], "job": _job_number(doc.get("job"), "id", 1, 2**63 - 1),
+            "name": job_text(doc.get("name", ""), "name"), "user": user, "uid": uid,
+            "rid": None if rid is None else job_text(rid, "reservation id", 64),
+            "gpus": gpus, "state": doc["state"],
+            "exit_code": _job_number(doc.get("exit_code"), "exit code", -2**31, 2**31 - 1,
+                                     none=True),
+            "reason": job_text(doc.get("reason", ""), "reason", MAX_JOB_TEXT), "kind": "job"}
 
 
 def queue_status(doc: dict) -> QueueStatus:

@@ -320,7 +320,8 @@ def main() -> None:
 
 # Commands that, through the daemon, are one request each: tried without an event loop
 # (cli/runner.py), unless an option needs one (--follow, --wait; a short-option cluster).
-ONE_REQUEST = ("status", "queue", "release", "reserve", "hosts", "report")
+ONE_REQUEST = ("status", "queue", "release", "reserve", "hosts", "report", "submit", "jobs",
+               "logs")
 
 
 def loopless(args: list[str]) -> bool:

@@ -23,6 +23,12 @@ def _jobs(state):
     return JobDir(jobs_root(state.config))
 
 
+def _agent(state, jobs) -> bool:
+    """Wake our agent, or start one that reaches the pool the way this command does
+    (through the daemon, or Redis); True when one was started."""
+    return jobs.ensure_agent(state.config, "daemon" if state.remote else "direct")
+
+
 def _complete_ids(ctx, incomplete: str, live: bool = False) -> list:
     """Tab completion of job ids (cancel: the queued and running ones), with their names."""
     from asyncclick.shell_completion import CompletionItem
@@ -70,7 +76,7 @@ async def submit(state, count, gpu_ids, note, name, after, timeout_text, command
     job = jobs.create(job_document(command, req, user=user_name(uid), uid=uid,
                                    host=state.config.host_name, name=check_note(name, "name")[:100],
                                    after=deps, timeout_s=timeout_s))
-    jobs.ensure_agent(state.config)  # which announces it (job_submitted): no Redis here
+    _agent(state, jobs)  # which announces it (job_submitted): no Redis here
     output.emit(str(job.id))
 
 
@@ -101,7 +107,7 @@ async def jobs_(state, show_all, as_json):
     found = [j for j in found if show_all or j.state in LIVE
              or now - (j.doc.get("ended_ms") or now) < 86400_000]
     if any(j.state in (QUEUED, STARTING) for j in found) and jobs.agent_pid() is None:
-        jobs.ensure_agent(state.config)  # after a reboot: the queued jobs queue again
+        _agent(state, jobs)  # after a reboot: the queued jobs queue again
         output.warn("started your job agent: queued jobs had none (see docs/jobs.md)")
     positions = await _positions(state)
     rows = [job_json(j.doc, positions.get(j.doc.get("rid"))) for j in found]
@@ -232,7 +238,7 @@ async def _cancel(state, jobs, job, grace: float) -> str:
     if job.state == RUNNING and job.runner_alive():
         _terminate(job)
     else:
-        jobs.ensure_agent(state.config)  # the agent (or the runner, starting) ends it
+        _agent(state, jobs)  # the agent (or the runner, starting) ends it
     deadline = time.monotonic() + grace + 10
     while time.monotonic() < deadline:
         now = Job(job.path, _reload(job))

@@ -1,13 +1,14 @@
 """The user's one job agent on this host: `python -m canhazgpu.jobs.agent`.
 
 Started (detached) by the first `submit`, it holds every queued job's place in the host's
-FIFO queue (the same queue as `wait`) through ONE event subscription shared by all its
-waiters, and starts each granted job as its own runner process. It keeps nothing that
-matters in memory: the job files say everything, so a restarted agent resumes the places
-(their queue lease outlives a restart) and never starts a job twice: a job is marked
-`starting` before its runner is spawned, and `running` by the runner before the command.
-It leaves when no job needs it; a SIGKILL or SIGTERM keeps the queue places for the next
-agent (`submit`, `jobs` and `cancel` start one).
+FIFO queue (the same queue as `wait`), in Redis through ONE event subscription shared by all
+its waiters, or through the daemon's API, one waiting request per job (places.py), and
+starts each granted job as its own runner process. It keeps nothing that matters in
+memory: the job files say everything, so a restarted agent resumes the places (direct mode:
+their queue lease outlives a restart; through the daemon: they queue again) and never starts
+a job twice: a job is marked `starting` before its runner is spawned, and `running` by the
+runner before the command. It leaves when no job needs it (`submit`, `jobs` and `cancel`
+start one again).
 """
 
 from __future__ import annotations
@@ -18,23 +19,20 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import replace
 
 import anyio
 
-from ..errors import BackendUnavailable, CanHazGpuError, PoolNotInitialized
+from ..errors import (BackendUnavailable, CanHazGpuError, LimitReached, NotHeld,
+                      PoolNotInitialized)
 from .events import publish
-from .files import (CANCELLED, DONE, ENDED, LIVE, QUEUED, RUNNING, STARTING, FAILED, Job,
+from .files import (CANCELLED, DONE, ENDED, LIVE, RUNNING, STARTING, FAILED, Job,
                     JobDir, JobNotFound, jobs_root, now_ms, try_lock)
+from .places import QUEUE_LEASE
 
-QUEUE_LEASE = "2m"  # the places of a dead agent's jobs wait this long for the next agent
+LATER = (BackendUnavailable, PoolNotInitialized, LimitReached)  # the queue cannot take it now
+
 RESCAN_S = 5.0  # look at the job files this often even without being woken
 IDLE_S = 30.0  # with no job to look after for this long, the agent leaves
-
-
-class Later(Exception):
-    """Redis or the pool is not there now (down, or restarted without its data): jobs stay
-    queued, and the agent tries again."""
 
 
 def log(text: str) -> None:
@@ -44,37 +42,41 @@ def log(text: str) -> None:
 
 class Agent:
     def __init__(self, config, jobs: JobDir) -> None:
-        from ..core import Core
         from ..identity import current
-        self.config = replace(config, queue_lease=QUEUE_LEASE)
-        self.core = Core(self.config)
-        self.jobs = jobs
+        self.config = config
         self.caller = current(config.admin_group)
+        self.places = None  # made in main(): the daemon may not answer yet
+        self.jobs = jobs
         self.following: dict[int, anyio.CancelScope] = {}
+        self.requeued: set[int] = set()  # followed jobs being taken back to queue again
         self.finished: set[int] = set()
         self.wake = anyio.Event()
         self.trouble = ""  # what stops jobs from being queued now, said once
-        self.hub = None
         self.runner: socket.socket | None = None  # our end of the spare runner's socket
 
+    @property
+    def core(self):
+        return self.places.core
+
     async def main(self) -> None:
-        from ..events import EventHub
-        from ..waitqueue import QueueBeats
+        from .places import places_for
         lock = try_lock(self.jobs.agent_lock)
         if lock is None:
             return  # another agent lives
         (self.jobs.root / "agent.pid").write_text(str(os.getpid()))
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # runners are reaped by the kernel
-        log("started")
-        # One subscription for every waiter, routed to each by its reservation id, and one
-        # heartbeat script for all their places (as in the daemon): a queued job costs no
-        # Redis connection and no script of its own
-        store = self.core.store
-        self.hub = self.core.hub = EventHub(store, (store.expired_channel,))
-        self.core.beats = QueueBeats(self.core)
-        async with self.hub.running(), anyio.create_task_group() as tg:
+        while self.places is None:
+            try:
+                self.places = places_for(self.config, self.caller, log)
+            except BackendUnavailable as err:
+                if not any(job.state in LIVE for job in self.jobs.all()):
+                    log(f"{err}; no job waits: stopped")
+                    return
+                self.say(f"cannot queue jobs now: {err}; trying again")
+                await anyio.sleep(RESCAN_S)
+        log(f"started ({'through the daemon' if self.places.remote else 'direct'})")
+        async with self.places.running(), anyio.create_task_group() as tg:
             self.tg = tg
-            await tg.start(self.core.beats.run)
             await tg.start(self._signals)  # the wakes ignored until now: the scan covers them
             idle_since = anyio.current_time()
             while True:
@@ -99,6 +101,12 @@ class Agent:
             self.runner.close()  # the spare runner leaves when it reads the end
         log("no queued jobs left; stopped")
 
+    def say(self, trouble: str) -> None:
+        """Log what keeps jobs from being queued, once until it changes."""
+        if trouble != self.trouble:
+            log(trouble)
+        self.trouble = trouble
+
     async def _signals(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
         with anyio.open_signal_receiver(signal.SIGUSR1, signal.SIGTERM, signal.SIGINT) as sigs:
             task_status.started()
@@ -106,7 +114,9 @@ class Agent:
                 if signum == signal.SIGUSR1:
                     self.wake.set()
                 else:  # leave at once, keeping the queue places for the next agent
-                    log(f"stopped by signal {signum}; queue places kept for {QUEUE_LEASE}")
+                    log(f"stopped by signal {signum}; " + (
+                        "its queued jobs queue again with the next agent" if self.places.remote
+                        else f"queue places kept for {QUEUE_LEASE}"))
                     os._exit(0)
 
     # ------------------------------------------------------------------ the job files
@@ -117,6 +127,8 @@ class Agent:
             if n in self.finished:
                 continue
             if n in self.following:
+                if n in self.requeued:  # its place is lost: the jobs behind it queue again
+                    return True         # after it (its task wakes us when it is over)
                 if (self.jobs.root / str(n) / "cancel").exists():
                     self.following[n].cancel()
                 continue
@@ -126,21 +138,23 @@ class Agent:
                 continue  # being created
             try:
                 needed |= await self.consider(job)
-            except Later as err:  # the jobs behind it wait too (first come, first served)
-                if str(err) != self.trouble:
-                    log(f"cannot queue job {job.id} now: {err}; trying again")
-                self.trouble = str(err)
+            except LATER as err:  # the jobs behind it wait too (first come, first served)
+                self.say(f"cannot queue job {job.id} now: {err}; trying again")
                 return True
         self.trouble = ""
         return needed
 
     async def consider(self, job: Job) -> bool:
         """Move one job along; True while it needs the agent."""
+        if job.state in (STARTING, RUNNING):
+            if job.runner_alive():
+                return False
+            # read again: a runner records its last state before it lets go of the lock, so
+            # a runner that ended since the read above is not taken for one that died
+            job = self.jobs.load(job.id)
         state = job.state
         if state in ENDED:
             self.finished.add(job.id)
-            return False
-        if state in (STARTING, RUNNING) and job.runner_alive():
             return False
         if state == RUNNING:  # its runner died before recording how the command ended
             if job.cancel_asked:
@@ -154,7 +168,7 @@ class Agent:
             await publish(self.core, job, "job_submitted")
             job.save(announced=True)
         if job.cancel_asked:
-            await self.leave(job)
+            await self.places.leave(job)
             await self.end(job, CANCELLED, "cancelled while queued")
             return False
         verdict = self.dependencies(job)
@@ -163,16 +177,14 @@ class Agent:
         if verdict:
             await self.end(job, CANCELLED, verdict)
             return False
-        try:
-            res, req = await self.place(job)
-        except (BackendUnavailable, PoolNotInitialized) as err:
-            raise Later(str(err)) from None
+        scope = anyio.CancelScope()
+        try:  # in the queue when this returns (first come, first served)
+            await self.tg.start(self.follow, job, scope)
+        except LATER:
+            raise
         except CanHazGpuError as err:
             await self.end(job, FAILED, str(err))
             return False
-        scope = anyio.CancelScope()
-        self.following[job.id] = scope
-        self.tg.start_soon(self.follow, job, req, res, scope)
         self.spare()  # warm before the grant comes
         return True
 
@@ -198,68 +210,62 @@ class Agent:
         await publish(self.core, job, "job_ended")
 
     # ------------------------------------------------------------------ the queue
-    def request(self, job: Job):
-        from ..request import Request
-        doc = job.doc
-        ids = doc.get("ids")
-        return Request(count=None if ids else doc.get("count", 1),
-                       ids=tuple(ids) if ids else None, kind="job", note=doc.get("note", ""))
+    async def follow(self, job: Job, scope: anyio.CancelScope, *,
+                     task_status=anyio.TASK_STATUS_IGNORED) -> None:
+        """Queue the job (started: once it is in the queue; an error before that is the
+        caller's), wait for its grant and launch it."""
+        from ..waitqueue import LostPlace
+        granted, queued = None, False
 
-    async def place(self, job: Job):
-        """Keep the job's place in the queue, or join it: one job at a time, in id order,
-        so that the queue's order is the order of submission."""
-        from ..request import Reservation
-        req = self.request(job)
-        rid = job.doc.get("rid")
-        if rid and await self.core.queue_heartbeat(rid) is not None:
-            log(f"job {job.id}: resumed its place ({rid})")
-            return self.reservation(job), req
-        res = self.core.new_reservation(req, self.caller)
-        record = {**res.record, "name": job.doc.get("name", ""), "job": job.id}
-        res = Reservation(res.rid, (), res.user, "job", res.ttl_s, record)
-        job.save(state=QUEUED, rid=res.rid, record=record)  # before: a restart finds it
-        await self.core.enqueue(res, req)
-        log(f"job {job.id}: queued ({res.rid})")
-        return res, req
-
-    def reservation(self, job: Job):
-        from ..request import Reservation
-        record = job.doc["record"]
-        return Reservation(record["rid"], (), record["user"], "job",
-                           self.core.ttl_s(self.request(job)), record)
-
-    async def follow(self, job: Job, req, res, scope: anyio.CancelScope) -> None:
-        from ..waitqueue import LostPlace, Waiter
-        granted = None
+        def in_queue() -> None:
+            nonlocal queued
+            queued = True
+            self.following[job.id] = scope
+            task_status.started()
         try:
             with scope:
-                waiter = Waiter(self.core, req, self.caller, signals=False, reservation=res,
-                                resume=True)
-                granted = await waiter.wait(None)
-        except (LostPlace, BackendUnavailable, PoolNotInitialized) as err:
+                granted = await self.places.wait(job, in_queue)
+        except (LostPlace, NotHeld, *LATER) as err:  # the place is gone (NotHeld: resumed
+            if not queued:                              # through a restarted daemon)
+                raise
             log(f"job {job.id}: {err}; queueing it again")
+            await self.lost(job)
         except CanHazGpuError as err:
+            if not queued:
+                raise
             await self.end(job, FAILED, str(err))
         finally:
-            del self.following[job.id]
+            self.following.pop(job.id, None)
         if granted is not None:
             await self.launch(job, granted)
-        elif scope.cancelled_caught:
+        elif scope.cancelled_caught and job.id not in self.requeued:
             await self.end(job, CANCELLED, "cancelled while queued")
+        self.requeued.discard(job.id)
         self.wake.set()
 
-    async def leave(self, job: Job) -> None:
-        if job.doc.get("rid"):
-            try:
-                await self.core.leave(job.doc["rid"], "cancelled")
-            except CanHazGpuError:
-                pass  # the place expires with its lease
+    async def lost(self, job: Job) -> None:
+        """Job's place is gone, and so may be those of the jobs queued before it (Redis or
+        the daemon restarted without them): those are taken back too, so that all of them
+        queue again in submission order, whichever of their waiters noticed first."""
+        try:
+            present = await self.places.present()
+        except CanHazGpuError:
+            return  # unknown: each queues again when its own waiter notices
+        for other, scope in list(self.following.items()):
+            if other < job.id and other not in self.requeued:
+                try:
+                    rid = self.jobs.load(other).doc.get("rid")
+                except JobNotFound:
+                    continue
+                if rid not in present:
+                    self.requeued.add(other)
+                    scope.cancel()
 
     # ------------------------------------------------------------------ starting
     async def launch(self, job: Job, res) -> None:
         """Hand the granted GPUs to the job's own runner process."""
         if job.cancel_asked:
-            await self.leave(job)
+            await self.places.leave(job, granted=True)
             await self.end(job, CANCELLED, "cancelled while queued")
             return
         lock = try_lock(job.file("lock"))
@@ -267,12 +273,13 @@ class Agent:
             log(f"job {job.id}: granted GPU {res.env_value()}, but a runner holds it already")
             return  # (never start a job twice)
         try:
-            job.save(state=STARTING, gpus=list(res.gpus), granted_ms=now_ms())
+            job.save(state=STARTING, gpus=list(res.gpus), granted_ms=now_ms(), rid=res.rid,
+                     record=res.record)
             self.hand_over(job, lock)
             log(f"job {job.id}: started on GPU {res.env_value()}")
         except OSError as err:
             log(f"job {job.id}: cannot start its runner: {err}")
-            await self.leave(job)
+            await self.places.leave(job, granted=True)
             await self.end(job, FAILED, f"cannot start its runner: {err}")
         finally:
             os.close(lock)

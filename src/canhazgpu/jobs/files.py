@@ -18,7 +18,6 @@ import fcntl
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -223,10 +222,11 @@ class JobDir:
             return False
         return True
 
-    def ensure_agent(self, config) -> bool:
+    def ensure_agent(self, config, client: str | None = None) -> bool:
         """Wake the user's agent, or start one (detached: its own session, surviving the
         terminal); True when one was started. Settings given as flags travel as their
-        environment twins, so that the agent and its runners use the same Redis and host."""
+        environment twins, so that the agent and its runners use the same Redis and host;
+        `client` (daemon or direct): the way the starting command reached the pool."""
         if self.wake_agent():
             return False
         self.ensure()
@@ -234,6 +234,9 @@ class JobDir:
         for key, origin in config.origins.items():
             if origin.startswith("--"):
                 env[f"CANHAZGPU_{key.upper()}"] = str(getattr(config, key))
+        if client is not None:
+            env["CANHAZGPU_CLIENT"] = client
+        import subprocess  # (not imported by a submit that finds its agent alive)
         with open(self.root / "agent.log", "ab") as log:
             subprocess.Popen([sys.executable, "-m", "canhazgpu.jobs.agent"], env=env,
                              stdin=subprocess.DEVNULL, stdout=log, stderr=log,

@@ -2,7 +2,8 @@
 
 Started by the agent ahead of time (detached: its own session) with everything imported,
 it waits on a socket for one job: its directory and its lock (the fd, passed with
-SCM_RIGHTS), so that a job starts without a Python start-up in between. It runs the
+SCM_RIGHTS), so that a job starts without a Python start-up in between. It talks to the
+pool as its agent does (Redis, or the daemon's API: places.connect). It runs the
 command under the same
 Supervisor as `run` (lease heartbeat, signals, release when it ends), so a dead agent never
 takes a running job's GPUs with it. It holds the job's lock (inherited from the agent) for
@@ -85,8 +86,11 @@ async def run(job: Job, lock_fd: int, core, caller) -> int:
         # Marked running before the command starts: a restarted agent that finds this state
         # and no runner knows the command may have run, and never starts it again.
         job.save(state=RUNNING, runner_pid=os.getpid(), started_ms=now_ms())
-        res = Reservation(doc["rid"], tuple(doc["gpus"]), doc["record"]["user"], "job",
-                          config.seconds("run_lease"), doc["record"])
+        # owned by this process from the first heartbeat on (status names it; the agent
+        # that queued the job may leave or die while it runs)
+        record = {**doc["record"], "pid": caller.pid, "pid_start": caller.pid_start}
+        res = Reservation(doc["rid"], tuple(doc["gpus"]), record["user"], "job",
+                          config.seconds("run_lease"), record)
         read_fd, write_fd = os.pipe()
         sup = Supervisor(core, res, caller, log.note,
                          heartbeat_s=config.seconds("heartbeat_interval"),
@@ -137,7 +141,7 @@ async def receive(fd: int) -> tuple[Path, int] | None:
     agent closed the socket (it left, or died) without one."""
     import socket
     with socket.socket(fileno=fd) as sock:
-        await anyio.wait_socket_readable(sock)
+        await anyio.wait_readable(sock)
         try:
             data, fds, _, _ = socket.recv_fds(sock, 4096, 1)
         except OSError:
@@ -150,13 +154,15 @@ async def receive(fd: int) -> tuple[Path, int] | None:
 async def serve(fd: int) -> int:
     """Get ready (settings read, Redis connected), then run the one job handed to us."""
     from ..config import load
-    from ..core import Core
     from ..errors import CanHazGpuError
     from ..identity import current
-    core = Core(load())
-    caller = current(core.config.admin_group)  # (psutil: imported now, not after the grant)
+    from .places import connect
+    config = load()
+    caller = current(config.admin_group)  # (psutil: imported now, not after the grant)
+    core = None
     try:
         try:
+            core = connect(config)  # Redis, or the daemon's API (as the agent's)
             await core.store.ping()
         except CanHazGpuError:
             pass  # the job's own calls say what is wrong
@@ -164,6 +170,8 @@ async def serve(fd: int) -> int:
         if got is None:
             return 0
         path, lock_fd = got
+        if core is None:
+            core = connect(config)  # (the error is the job's, in runner.err)
         # A SIGTERM (cancel) before the supervisor forwards signals is kept for it
         signal.signal(signal.SIGTERM, lambda *_: EARLY_TERM.append(True))
         try:  # this job's runner errors (tracebacks) beside it
@@ -174,7 +182,8 @@ async def serve(fd: int) -> int:
             pass
         return await run(JobDir(path.parent).load(path.name), lock_fd, core, caller)
     finally:
-        await core.aclose()
+        if core is not None:
+            await core.aclose()
 
 
 def main() -> None:

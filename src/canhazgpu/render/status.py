@@ -258,6 +258,7 @@ def _hold_json(g: GpuState, now_ms: int) -> dict:
         "expires_in_s": _age_s(expires, now_ms) if expires is not None else None,
         "note": hold.note, "waiting": hold.waiting,
         "idle_since_ms": idle, "idle_s": _age_s(now_ms, idle) if idle is not None else None,
+        "name": hold.name,  # a detached job's (type job), else ""
     }
 
 

@@ -52,7 +52,7 @@ function coarse(seconds) {
 
 function hours(h) { return h > 0 && h < 0.01 ? '<0.01' : h.toFixed(2); }
 
-function ids(list) { return (list || []).join(',') || '-'; }
+function ids(list) { return (Array.isArray(list) ? list : []).join(',') || '-'; }
 
 function who(users) {
   if (!users || !users.length) return 'user unknown';
@@ -119,7 +119,7 @@ function gpuCard(gpu) {
     label = res.waiting ? 'reserved (waiting for more)' : 'reserved';
     rows.push(detail('User', res.user));
     rows.push(detail('For', since(res.start_ms)));
-    rows.push(detail('Type', res.type));
+    rows.push(detail('Type', res.name ? `${res.type} ${res.name}` : res.type));
     if (res.waiting) rows.push(detail('Details', 'granted to a request still waiting for more GPUs'));
     else if (res.heartbeat_ms) rows.push(detail('Heartbeat', since(res.heartbeat_ms, '', ' ago')));
     else if (res.expires_ms) rows.push(detail('Expires in', until(res.expires_ms)));
@@ -158,18 +158,19 @@ function queueTable(host, rows, nowMs) {
   if (!rows || !rows.length) return el('p', {class: 'muted', id, text: 'Nobody is waiting.'});
   // One heading (the h3 above, which labels the table); on a phone each row is a card whose
   // cells carry their column's name (style.css), so nothing hides in a sideways scroll.
-  const titles = ['Position', 'User', 'Request', 'Granted', 'Waiting', 'Expected', 'Note'];
+  const titles = ['Position', 'User', 'Type', 'Request', 'Granted', 'Waiting', 'Expected', 'Note'];
   const cell = (i, content) => el('td', {'data-label': titles[i]}, content);
   return el('div', {class: 'scroll'}, el('table', {id, class: 'queue', 'aria-labelledby': `${id}-title`},
     el('thead', {}, el('tr', {}, titles.map(t => el('th', {scope: 'col', text: t})))),
     el('tbody', {}, rows.map(r => el('tr', {},
       cell(0, String(r.position)),
       cell(1, r.user),
-      cell(2, Array.isArray(r.requested) ? `GPUs ${r.requested.join(',')}` : `${r.requested} GPU(s)`),
-      cell(3, ids(r.granted)),
-      cell(4, since(nowMs - r.waiting_s * 1000)),
-      cell(5, r.eta_s === null || r.eta_s === undefined ? '' : (r.eta_s === 0 ? 'now' : `in ~${short(r.eta_s)}`)),
-      cell(6, r.note || ''))))));
+      cell(2, r.type || ''),
+      cell(3, Array.isArray(r.requested) ? `GPUs ${r.requested.join(',')}` : `${r.requested} GPU(s)`),
+      cell(4, ids(r.granted)),
+      cell(5, since(nowMs - r.waiting_s * 1000)),
+      cell(6, r.eta_s === null || r.eta_s === undefined ? '' : (r.eta_s === 0 ? 'now' : `in ~${short(r.eta_s)}`)),
+      cell(7, r.note || ''))))));
 }
 
 function warnings(doc) {
@@ -263,8 +264,18 @@ function describe(ev) {
     case 'gpu_error': return `${g} error: ${ev.error}`;
     case 'gpu_recovered': return `${g} readable again`;
     case 'pool_changed': return `pool is ${ev.count} GPUs`;
+    case 'owner': return `${g} now held by PID ${ev.pid} (${ev.user}, ${ev.kind})`;
+    case 'job_submitted': return `${job(ev)} submitted by ${ev.user}`;
+    case 'job_started': return `${job(ev)} of ${ev.user} started on ${g}`;
+    case 'job_ended': return `${job(ev)} of ${ev.user} ${ev.state}` +
+      (ev.exit_code === null || ev.exit_code === undefined ? '' : ` (exit ${ev.exit_code})`) +
+      (ev.reason ? `: ${ev.reason}` : '');
     default: return ev.type;
   }
+}
+
+function job(ev) {  // a detached job, as `canhazgpu events` names it
+  return `job ${ev.job}` + (ev.name ? ` (${ev.name})` : '');
 }
 
 function logEvent(ev) {
