@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import stat
+import subprocess
 import sys
+from contextlib import suppress
 from dataclasses import replace
 
 import anyio
@@ -148,3 +150,65 @@ async def test_thousands_from_one_uid_and_another_uid_still_answers(pool, config
             with anyio.fail_after(60):
                 while (await pool.queue())[1]:
                     await rec.until(lambda e: e.type == "left", timeout=60)
+
+
+async def test_a_full_disk_is_named_to_users_and_nothing_is_lost(cli, env, open_dir):
+    """The embedded Redis's AOF on a disk that fills up: users read that Redis cannot write
+    its AOF for lack of space (not "cannot reach Redis"), doctor says so, redis-server's own
+    line is in the daemon's log, and once space is freed the reservations are all there."""
+    disk = open_dir / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    own = {k: v for k, v in env.items() if k not in ("CANHAZGPU_REDIS_URL",
+                                                     "CANHAZGPU_FAKE_GPUS")}
+    own.update(CANHAZGPU_STATE_DIR=str(disk / "state"),
+               CANHAZGPU_API_SOCKET=str(open_dir / "full.sock"), CANHAZGPU_CLIENT="daemon")
+    daemon = await anyio.open_process([*cli.argv("serve", "--embedded-redis", "--fake", "8")],
+                                      env=own)
+    filler = disk / "filler"
+
+    async def run(*args):
+        proc = await anyio.run_process(cli.argv(*args), env=own, check=False)
+        return subprocess.CompletedProcess(args, proc.returncode, proc.stdout.decode(),
+                                           proc.stderr.decode())
+    try:
+        lines = Lines(daemon.stderr)
+        await lines.until(lambda line: "serving host" in line, timeout=30)
+        first = await run("reserve", "--gpus", "1", "--json")
+        assert first.returncode == 0, first.stderr
+        first_id = json.loads(first.stdout)["id"]
+        with open(filler, "wb") as out:  # every byte the disk has left
+            with suppress(OSError):
+                while True:
+                    out.write(b"\0" * 65536)
+                    out.flush()
+        kept = [first_id]  # what was said to be done stays done
+        for _ in range(50):  # the AOF's last page may still take a few writes
+            proc = await run("reserve", "--gpus", "1", "--json")
+            if proc.returncode != 0:
+                break
+            rid = json.loads(proc.stdout)["id"]
+            if (await run("release", "--gpu-ids", str(json.loads(proc.stdout)["gpus"][0]))
+                    ).returncode != 0:
+                kept.append(rid)
+        assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+        assert "cannot write its AOF: no space left" in proc.stderr
+        assert "nothing is lost" in proc.stderr and "Traceback" not in proc.stderr
+        doctor = await run("doctor")
+        assert "no space left" in doctor.stdout, doctor.stdout
+        # redis-server's own line, then ours naming the cause, in the daemon's log
+        await lines.until(lambda line: "writing to the AOF file" in line, timeout=30)
+        await lines.until(lambda line: "exited" in line and "no space left" in line)
+        filler.unlink()  # space again: the daemon's restarts bring Redis back, as it was
+        with anyio.fail_after(60):
+            while (await run("status", "--json")).returncode != 0:
+                await lines.until(lambda line: "redis-server" in line, timeout=60)
+        doc = json.loads((await run("status", "--json")).stdout)
+        assert sorted(g["reservation"]["id"] for g in doc["gpus"] if g.get("reservation")) \
+            == sorted(kept)  # nothing lost
+    finally:
+        await stop(daemon)
+        await reap(daemon)
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)

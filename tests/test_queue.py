@@ -395,3 +395,32 @@ async def test_a_waiter_survives_a_half_written_fake_gpu_file(pool, me, cli, fak
         assert "Traceback" not in await rest(proc.stderr)
     finally:
         await reap(proc)
+
+
+async def test_a_grant_from_the_queue_keeps_its_user_within_user_gpus(pool, me):
+    """user_gpus counts in the queue's grant too: a waiter whose user holds their limit
+    waits, the waiters behind it are served meanwhile, and it is granted once its user
+    released some."""
+    from dataclasses import replace
+
+    from canhazgpu.core import Core
+    core = Core(replace(pool.config, user_gpus=2), pool.store)
+    alice = replace(me, is_admin=False)
+    bob = replace(me, user="bob", uid=4242, is_admin=False)
+    held = await core.allocate(Request(count=2, duration_s=600), alice)  # at her limit
+    rest = await core.allocate(Request(count=6, duration_s=600),
+                               replace(bob, is_admin=True))  # the pool is full
+    req = Request(count=1, kind="run")
+    places = {}
+    for name, who in (("alice", alice), ("bob", bob)):
+        places[name] = core.new_reservation(req, who)
+        await core.enqueue(places[name], req, core.gpu_limit(who))
+    await core.end(rest.rid, bob)  # 6 free: bob's waiter behind alice's is granted
+    status = await core.queue_heartbeats([places["alice"].rid, places["bob"].rid])
+    assert status[places["bob"].rid].done and not status[places["alice"].rid].done
+    assert status[places["alice"].rid].position == 1
+    await core.end(held.rid, alice)  # alice holds none now: hers is granted
+    status = await core.queue_heartbeats([places["alice"].rid])
+    assert status[places["alice"].rid].done
+    holds = (await core.store.read_state()).holds.values()
+    assert sum(h.uid == alice.uid for h in holds) == 1

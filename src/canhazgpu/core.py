@@ -263,6 +263,10 @@ class Core:
         self.check(req)(size)
         return size
 
+    def gpu_limit(self, caller: Caller) -> int:
+        """The most GPUs `caller` may hold at once (user_gpus; root and admins: 0, none)."""
+        return 0 if caller.is_admin else self.config.user_gpus
+
     def within_limits(self, req: Request, caller: Caller) -> None:
         """The admin's per-user limits on a request (root and the admin group: none)."""
         if self.config.user_gpus and req.size > self.config.user_gpus and not caller.is_admin:
@@ -294,7 +298,7 @@ class Core:
             ttl_ms=int(ttl * 1000), strategy=self.config.strategy,
             # our own scan tells the queue which GPUs are busy (the daemon's is stored)
             busy="-" if usage.source == "daemon" else usage.busy_csv(threshold),
-            limit=0 if caller.is_admin else self.config.user_gpus)
+            limit=self.gpu_limit(caller))
         if status == "LIMIT":
             held, limit = data.split(",")
             raise LimitReached(f"{req.size} more GPUs would make {int(held) + req.size}, the "
@@ -405,12 +409,14 @@ class Core:
         record = self.record(caller, req)
         return Reservation(record["rid"], (), caller.user, req.kind, self.ttl_s(req), record)
 
-    async def enqueue(self, res: Reservation, req: Request) -> QueueStatus:
-        """Join the FIFO queue with res (granted at once if the GPUs are free)."""
+    async def enqueue(self, res: Reservation, req: Request, limit: int = 0) -> QueueStatus:
+        """Join the FIFO queue with res (granted at once if the GPUs are free). limit: the
+        most GPUs its uid may hold once granted (gpu_limit; 0: none): a grant waits while
+        the user holds that many."""
         record = res.record
         waiter = {"wid": record["rid"], "user": record["user"], "uid": record["uid"],
                   "host": record["host"], "pid": record["pid"], "note": req.note,
-                  "kind": req.kind, "base": record,
+                  "kind": req.kind, "base": record, "limit": limit,
                   **({"mode": "ids", "ids": list(req.ids)} if req.ids is not None
                      else {"mode": "count", "count": req.count})}
         _, data = await self._script(

@@ -37,7 +37,7 @@ from .notify.service import Notifier
 from .events import Disconnected, Event, EventHub, Message, Resync
 from .render import line
 from .scanner import Scanner
-from .store import HostLock, redacted
+from .store import HostLock, no_space, redacted
 from .text import printable
 from .waitqueue import QueueBeats
 from .watch import Owner, OwnerWatcher, exited, pidfd, same_process
@@ -47,6 +47,7 @@ log = logging.getLogger("canhazgpu.serve")
 LOCK_TTL_S = 5.0  # a killed daemon's lock frees itself after this
 LOCK_RENEW_S = 1.0
 RESTART_BACKOFF_S = (0.05, 30.0)  # the private Redis restarted after this, doubling to that
+FULL_BYTES = 1 << 20  # less free than this where its AOF is: a full disk
 
 
 class DaemonRunning(CanHazGpuError):
@@ -288,8 +289,9 @@ async def embedded_redis(state_dir: Path, fsync: str = "always"):
         log.info("private redis-server at %s (AOF in %s)", redacted(server.url), state_dir)
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(_keep_running, server)
-                yield server.url
+                health = RedisHealth(state_dir)
+                tg.start_soon(_keep_running, server, health)
+                yield server.url, health
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
@@ -299,7 +301,31 @@ async def embedded_redis(state_dir: Path, fsync: str = "always"):
         os.close(lock_fd)
 
 
-async def _keep_running(server: RedisServer) -> None:
+class RedisHealth:
+    """Why the daemon's private redis-server does not answer, when the daemon can tell: a
+    full disk is said to users as such (Store.trouble), not as "cannot reach Redis"."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+
+    def trouble(self) -> str | None:
+        free = disk_free(self.state_dir)
+        if free is not None and free < FULL_BYTES:
+            return no_space(f"the canhazgpu daemon's Redis (AOF in {self.state_dir})",
+                            f"{free} bytes free")
+        return None
+
+
+def disk_free(path: Path) -> int | None:
+    """Bytes that can still be written under `path` (root may use the reserved blocks)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
+
+
+async def _keep_running(server: RedisServer, health: RedisHealth) -> None:
     """Start the private redis-server again (from its AOF) whenever it dies; one that keeps
     dying (a full disk, a broken AOF: its own lines in our log say why) is started again
     less and less often, up to once every RESTART_BACKOFF_S[1]."""
@@ -309,8 +335,9 @@ async def _keep_running(server: RedisServer) -> None:
         await _exited(server.proc)
         if anyio.current_time() - started > RESTART_BACKOFF_S[1]:
             delay = RESTART_BACKOFF_S[0]  # it ran for a good while: a fresh failure
-        log.warning("private redis-server exited (status %s): starting it again in %gs",
-                    server.proc.returncode, delay)
+        log.warning("private redis-server exited (status %s): %sstarting it again in %gs",
+                    server.proc.returncode, f"{health.trouble()}; " if health.trouble()
+                    else "", delay)
         while True:
             await anyio.sleep(delay)
             delay = min(delay * 2, RESTART_BACKOFF_S[1])
@@ -356,11 +383,14 @@ async def serve(config: Config, embedded: bool = False, *, prepare=None,
     `await prepare(core)` runs once Redis is up, before the daemon starts (cli/serve.py)."""
     with boundary():
         async with AsyncExitStack() as stack:
+            health = None
             if embedded:
-                url = await stack.enter_async_context(
+                url, health = await stack.enter_async_context(
                     embedded_redis(config.state_path, config.embedded_fsync))
                 config = replace(config, redis_url=url)
             daemon = Daemon(config)
+            if health is not None:
+                daemon.core.store.trouble = health.trouble
             stack.push_async_callback(daemon.core.aclose)
             if prepare is not None:
                 await prepare(daemon.core)

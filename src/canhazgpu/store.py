@@ -118,6 +118,7 @@ class Store:
         self._owner = client is None  # close() closes what we opened, not a shared client
         self._scripts: dict = {} if scripts is None else scripts  # shared with for_host()
         self._keys: dict[int, list[str]] = {}  # pool size -> keys_for(it)
+        self.trouble = None  # the daemon of an embedded Redis: () -> why it is down, or None
         # the scripts of this process, pipelined on one connection (a single Redis; shared
         # with for_host())
         self._lane = lane if lane is not None or self.cluster else Lane(self.redis.connection_pool)
@@ -257,6 +258,9 @@ class Store:
                 "fix the user/password in CANHAZGPU_REDIS_URL"
             ) from None
         except rexc.RedisError as err:
+            if "No space left" in str(err) or str(err).startswith("MISCONF"):
+                raise BackendUnavailable(no_space(f"Redis at {redacted(self.url)}", err)) \
+                    from None
             if "NOAUTH" in str(err) or "WRONGPASS" in str(err):
                 raise BackendUnavailable(
                     f"Redis at {redacted(self.url)} needs a password ({err}): "
@@ -266,6 +270,8 @@ class Store:
                 f"Redis at {redacted(self.url)} refused a command: {err}") from None
 
     def unreachable(self, err: BaseException) -> str:
+        if self.trouble is not None and self.trouble():  # what its daemon knows (a full disk)
+            return self.trouble()
         if self._explain is not None:
             return self._explain(err)
         return (
@@ -566,6 +572,10 @@ class Store:
         "persistence" (None when it refuses CONFIG, as managed services often do)."""
         node = await self.node()  # on a cluster: the node serving this host's slot
         info = await self.guard(node.info("server"))
+        aof = await self.guard(node.info("persistence"))
+        if aof.get("aof_last_write_status") == "err":
+            raise BackendUnavailable(no_space(f"Redis at {redacted(self.url)}",
+                                              "its last AOF write failed"))
         try:
             found = await self.guard(node.config_get("append*"))
             found.update(await self.guard(node.config_get("save")))
@@ -578,6 +588,12 @@ class Store:
     async def daemon_holder(self) -> str | None:
         """What the host's daemon wrote into its lock (machine, PID, start), or None."""
         return await self.guard(self.redis.get(self.key("daemon")))
+
+
+def no_space(who: str, why) -> str:
+    """The one line for a Redis that cannot write its AOF (a full disk)."""
+    return (f"{who} cannot write its AOF: no space left on its disk ({why}); nothing is "
+            "lost, ask an admin to free space")
 
 
 def _reply(name: str, reply) -> list:

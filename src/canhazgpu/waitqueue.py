@@ -69,7 +69,8 @@ class Waiter:
         try:
             async with self._events(res.rid) as stream:
                 status = await (self.core.queue_heartbeat(res.rid) if self.resume
-                                else self.core.enqueue(res, self.req))
+                                else self.core.enqueue(res, self.req,
+                                                       self.core.gpu_limit(self.caller)))
                 enqueued = True
                 if self.on_queued is not None:
                     self.on_queued()

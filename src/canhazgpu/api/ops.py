@@ -99,7 +99,9 @@ async def hello(s) -> dict:
     return {"version": protocol.VERSION, "host": s.core.config.host_name,
             "redis": store_identity(s.core.store.url), "pid": os.getpid(),
             "machine": _MACHINE, "user": s.caller.user, "uid": s.caller.uid,
-            "admin": s.caller.is_admin}
+            "admin": s.caller.is_admin,
+            # why its Redis does not answer, when the daemon can tell (a full disk)
+            "trouble": s.core.store.trouble() if s.core.store.trouble else None}
 
 
 @op("pool_size", decode=int, method=("core", "pool_size", ()))

@@ -113,8 +113,9 @@ async def _through_daemon(config, path: str, checks: dict) -> None:
         checks["daemon"] = _check("ok", f"PID {hello.get('pid')} on {hello.get('machine')}, "
                                         f"answers at {path} for host {hello['host']} as "
                                         f"{hello['user']} (uid {hello['uid']})")
-        checks["redis"] = _check("ok", f"behind the daemon ({hello.get('redis', '?')}): "
-                                       "this user's commands need no Redis of their own")
+        checks["redis"] = _check("fail", str(hello["trouble"])) if hello.get("trouble") else \
+            _check("ok", f"behind the daemon ({hello.get('redis', '?')}): this user's "
+                         "commands need no Redis of their own")
     except CanHazGpuError as err:
         checks["daemon"] = _check("fail", str(err))
         return

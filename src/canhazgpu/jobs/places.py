@@ -96,7 +96,7 @@ class DirectPlaces:
             record = {**res.record, "name": job.doc.get("name", ""), "job": job.id}
             res = Reservation(res.rid, (), res.user, "job", res.ttl_s, record)
             job.save(state="queued", rid=res.rid, record=record)  # before: a restart finds it
-            await self.core.enqueue(res, req)
+            await self.core.enqueue(res, req, self.core.gpu_limit(self.caller))
             self.log(f"job {job.id}: queued ({res.rid})")
         queued()
         waiter = Waiter(self.core, req, self.caller, signals=False, reservation=res,

@@ -238,6 +238,19 @@ local function waiter_want(w)
   return tonumber(w.count) or 0
 end
 
+-- Whether granting waiter w (id wid) its GPUs now would take its uid over w.limit, the
+-- admin's user_gpus recorded when it queued (0: none): the GPUs the uid holds (other
+-- reservations' and other waiters' partial grants alike) plus what w still needs.
+local function over_limit(S, w, wid)
+  local limit = tonumber(w.limit) or 0
+  if limit <= 0 then return false end
+  local held = 0
+  for i, rid in pairs(S.rids) do  -- (S.holds decodes on demand: not iterable)
+    if rid ~= wid and tostring(S.holds[i].uid) == tostring(w.uid) then held = held + 1 end
+  end
+  return held + waiter_want(w) > limit
+end
+
 local function is_waiting(rid)
   return redis.call('HEXISTS', KEYS[K_Q_WAITERS], rid) == 1
 end
@@ -279,12 +292,23 @@ local function expire_waiters(S)
 end
 
 -- The earliest waiter in an index ZSET: {wid, at} or nil; leftovers of gone waiters removed.
-local function head(key)
+-- The first live waiter of queue `key`, past those in `skip` (waiting for their user to
+-- hold fewer GPUs: over_limit); entries of waiters gone are dropped on the way.
+local function head(key, skip)
+  local from = 0
   while true do
-    local r = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    local r = redis.call('ZRANGE', key, from, from + 63, 'WITHSCORES')
     if #r == 0 then return nil end
-    if is_waiting(r[1]) then return {wid = r[1], at = tonumber(r[2])} end
-    redis.call('ZREM', key, r[1])
+    local dropped = 0
+    for k = 1, #r, 2 do
+      if not is_waiting(r[k]) then
+        redis.call('ZREM', key, r[k])
+        dropped = dropped + 1
+      elseif not (skip and skip[r[k]]) then
+        return {wid = r[k], at = tonumber(r[k + 1])}
+      end
+    end
+    from = from + #r / 2 - dropped
   end
 end
 
@@ -321,9 +345,9 @@ local function grant_queue(S)
     if not S.rids[i] and not busy[i] then free[#free + 1] = i end
   end
   if #free == 0 then return end
-  local counts, heads = head(KEYS[K_Q_COUNTS]), {}
-  for _, g in ipairs(free) do heads[g] = head(wants_key(g)) end
-  local served = {}
+  local served, skipped = {}, {}
+  local counts, heads = head(KEYS[K_Q_COUNTS], skipped), {}
+  for _, g in ipairs(free) do heads[g] = head(wants_key(g), skipped) end
   while #free > 0 do
     local best = nil
     for _, g in ipairs(free) do
@@ -335,8 +359,14 @@ local function grant_queue(S)
     local w = get_waiter(best.wid)
     if w == nil then  -- unreadable entry: it leaves, and the heads are read again
       drop_waiter(S, best.wid, 'corrupt')
-      counts = head(KEYS[K_Q_COUNTS])
-      for _, g in ipairs(free) do heads[g] = head(wants_key(g)) end
+      counts = head(KEYS[K_Q_COUNTS], skipped)
+      for _, g in ipairs(free) do heads[g] = head(wants_key(g), skipped) end
+    elseif over_limit(S, w, best.wid) then
+      -- its user holds their limit now: it waits (granted once they release), and the
+      -- waiters behind it are served meanwhile
+      skipped[best.wid] = true
+      counts = head(KEYS[K_Q_COUNTS], skipped)
+      for _, g in ipairs(free) do heads[g] = head(wants_key(g), skipped) end
     else
       local cands, rest = {}, {}
       for _, g in ipairs(free) do
@@ -367,9 +397,9 @@ local function grant_queue(S)
         publish({type = 'granted', rid = best.wid, user = w.user, gpus = mine,
                  complete = true}, best.wid)
         if w.mode == 'ids' then
-          for _, g in ipairs(free) do heads[g] = head(wants_key(g)) end
+          for _, g in ipairs(free) do heads[g] = head(wants_key(g), skipped) end
         else
-          counts = head(KEYS[K_Q_COUNTS])
+          counts = head(KEYS[K_Q_COUNTS], skipped)
         end
       elseif next(took) ~= nil then
         publish({type = 'granted', rid = best.wid, user = w.user, gpus = mine,

@@ -1,5 +1,6 @@
 -- Join the FIFO queue, and be granted at once if the GPUs are free.
--- ARG: waiter (json: wid, user, mode, count, ids, note, kind, base = the reservation
+-- ARG: waiter (json: wid, user, uid, mode, count, ids, note, kind, limit = the most GPUs
+--      its uid may hold at once when granted (0: no limit), base = the reservation
 --      record), ttl_ms (the waiter's lease: its heartbeat keeps it; a dead waiter leaves)
 -- Returns {'OK', status json} (see waiter_status)
 local n, bad = check_pool()
