@@ -5,6 +5,8 @@ redis-py, psutil, ssl and logging set-up (an import check, not a timing: benchma
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -95,8 +97,31 @@ def test_an_unknown_command_is_still_a_usage_error(env):
 
 def test_direct_mode_starts_its_event_loop_once(env, cli):
     cli("admin", "--gpus", 2, check=0)
-    proc, modules = imported({**env, "CANHAZGPU_CLIENT": "direct"}, "status")
-    assert "redis" in modules and proc.stdout.count("GPU 0:") == 1
+    proc, modules = imported({**env, "CANHAZGPU_CLIENT": "direct"}, "reserve", "--gpus", "1")
+    assert "redis" in modules and proc.stdout.count("Reserved 1 GPU") == 1
+
+
+@pytest.mark.parametrize("args", [["status"], ["status", "--json"], ["queue"], ["hosts"],
+                                  ["hosts", "--json"], ["status", "--all-hosts", "--json"],
+                                  ["submit", "--gpus", "1", "--", "true"]])
+def test_direct_reads_import_neither_redis_py_nor_asyncio(env, cli, args):
+    """Direct mode's views (and submit's pool size) read over a blocking connection
+    (quickread.py): no event loop, no redis-py, no psutil's ssl."""
+    cli("admin", "--gpus", 2, check=0)
+    proc, modules = imported({**env, "CANHAZGPU_CLIENT": "direct"}, *args)
+    if args[0] == "submit":
+        stop_agent(env)
+    assert not modules & {"redis", "asyncio", "ssl"}, proc.stdout
+
+
+def stop_agent(env: dict) -> None:
+    from canhazgpu.config import load
+    from canhazgpu.jobs.files import JobDir, jobs_root
+    """The job agent that submit started (it stays IDLE_S = 30 s after its last job)."""
+    jobs = JobDir(jobs_root(load(env=env)))
+    wait_until(lambda: jobs.agent_pid() is not None)
+    os.kill(jobs.agent_pid(), signal.SIGTERM)
+    wait_until(lambda: jobs.agent_pid() is None)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ the view logic), read concurrently on the connections of the caller's store.
 from __future__ import annotations
 
 import socket
-from importlib import metadata
 from typing import TYPE_CHECKING
 
 import anyio
@@ -53,6 +52,7 @@ class HostView(Value):
 
 
 def version() -> str:
+    from importlib import metadata  # (~40 ms: only where a host registers)
     try:
         return metadata.version("canhazgpu")
     except metadata.PackageNotFoundError:

@@ -22,13 +22,23 @@ _PLAIN = (r"(rediss?(?:\+cluster)?|unix)://(?:([^\s/?#@\[\]]*)@)?([A-Za-z0-9._-]
 def _plain(url: str) -> tuple | None:
     """(scheme, host, port or None, path, query) of a URL of the common forms whose port is
     in range, lowercased as urlsplit gives them; None for any other URL."""
+    found = parts(url)
+    return None if found is None else (found[0], *found[3:])
+
+
+def parts(url: str) -> tuple | None:
+    """(scheme, user, password, host, port or None, path, query) of a URL of the common
+    forms whose port is in range (user and password still quoted, "" when absent); None
+    for any other URL."""
     match = re.fullmatch(_PLAIN, url)
     if match is None:
         return None
-    scheme, _, host, port, path, query = match.groups()
+    scheme, userinfo, host, port, path, query = match.groups()
     if port is not None and int(port) > 65535:
         return None
-    return scheme, host.lower(), None if port is None else int(port), path or "", query or ""
+    user, _, password = (userinfo or "").partition(":")
+    return (scheme, user, password, host.lower(), None if port is None else int(port),
+            path or "", query or "")
 
 
 def redacted(url: str) -> str:

@@ -36,6 +36,7 @@ class Context:
         self._core = None
         self._direct_core = None
         self._hosts = None
+        self.command: str | None = None  # the command that runs (set by the group)
 
     @property
     def config(self):
@@ -83,12 +84,19 @@ class Context:
         return None
 
     def _direct(self):
-        """The operation table served in this process, over Redis (api/doors.py)."""
-        if without_loop():  # redis-py is asked within an event loop: start one
-            raise NeedsEventLoop
+        """The operation table served in this process, over Redis (api/doors.py). Without
+        an event loop, the reads of the QUICK commands over a blocking connection
+        (quickread.py); whatever else they ask raises NeedsEventLoop, as does every other
+        command: redis-py is asked within an event loop."""
         from ..api.doors import Local
         from ..core import Core
-        return Local(Core(self.config), self.local_caller)
+        if not without_loop():
+            return Local(Core(self.config), self.local_caller)
+        if self.command not in QUICK:
+            raise NeedsEventLoop
+        from ..quickread import QuickStore
+        store = QuickStore(self.config.redis.url, self.config.host_name)
+        return Local(Core(self.config, store), self.local_caller)
 
     @property
     def direct(self):
@@ -269,6 +277,7 @@ class Group(click.Group):
 async def cli(ctx):
     """canhazgpu: exclusive GPUs on a shared machine, given back when your job ends."""
     state = ctx.ensure_object(Context)
+    state.command = ctx.invoked_subcommand
     ctx.call_on_close(_closer(state))
 
 
@@ -322,6 +331,9 @@ def main() -> None:
 # (cli/runner.py), unless an option needs one (--follow, --wait; a short-option cluster).
 ONE_REQUEST = ("status", "queue", "release", "reserve", "hosts", "report", "submit", "jobs",
                "logs")
+# Of those, the ones whose reads direct mode makes without an event loop too (the views, and
+# submit's pool size: quickread.py); the others start one in direct mode.
+QUICK = ("status", "queue", "hosts", "submit")
 
 
 def loopless(args: list[str]) -> bool:

@@ -18,7 +18,7 @@ from typing import Any
 
 import anyio
 
-from ..errors import ProviderUnavailable
+from ..errors import NeedsEventLoop, ProviderUnavailable, without_loop
 from ..model import GpuUsage
 from . import procinfo
 
@@ -56,6 +56,8 @@ class AmdProvider:
         return self._identity
 
     async def scan(self) -> tuple[GpuUsage, ...]:
+        if without_loop():
+            raise NeedsEventLoop  # amd-smi runs as child processes, awaited at once
         uuids, names = await self.identity()
         docs: dict[str, Any] = {}
 

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+from ..errors import without_loop
 from ..model import GpuUsage
 
 MIB = 1024 * 1024
+
+
+async def off_loop(func, *args):
+    """func(*args) in a worker thread, off the event loop; called as is without one (the
+    CLI's loopless reads, cli/runner.py: nothing else runs meanwhile)."""
+    if without_loop():
+        return func(*args)
+    import anyio
+    return await anyio.to_thread.run_sync(func, *args)
 
 
 @runtime_checkable

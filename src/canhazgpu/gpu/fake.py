@@ -22,10 +22,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-import anyio
-
 from ..errors import ProviderUnavailable
 from ..model import GpuProcess, GpuUsage
+from .base import off_loop
 
 DEFAULT_COUNT = 8
 DEFAULT_NAME = "Fake GPU"
@@ -53,7 +52,7 @@ class FakeProvider:
     async def _read(self) -> tuple[int, tuple[GpuUsage, ...]]:
         if self.path is None:
             return parse_fake({"count": self.idle}, "(none: idle GPUs)")
-        return parse_fake(await anyio.to_thread.run_sync(self._load), str(self.path))
+        return parse_fake(await off_loop(self._load), str(self.path))
 
     def _load(self) -> Any:
         try:

@@ -17,12 +17,10 @@ import atexit
 import threading
 from dataclasses import replace
 
-import anyio
-
 from ..errors import ProviderUnavailable
 from ..model import GpuUsage
 from . import procinfo
-from .base import to_mib
+from .base import off_loop, to_mib
 
 _COMPUTE = ("nvmlDeviceGetComputeRunningProcesses_v3", "nvmlDeviceGetComputeRunningProcesses_v2")
 _GRAPHICS = ("nvmlDeviceGetGraphicsRunningProcesses_v3",
@@ -87,10 +85,10 @@ class NvidiaProvider:
     name = "nvidia"
 
     async def count(self) -> int:
-        return await anyio.to_thread.run_sync(count_sync)
+        return await off_loop(count_sync)
 
     async def scan(self) -> tuple[GpuUsage, ...]:
-        return await anyio.to_thread.run_sync(scan_sync)
+        return await off_loop(scan_sync)
 
 
 def count_sync() -> int:
