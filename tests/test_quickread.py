@@ -13,7 +13,9 @@ import sys
 import pytest
 
 from canhazgpu.embedded import RedisServer
+from clustertools import cluster  # noqa: F401 (the fixture)
 from conftest import HOST, wait_until
+from test_cluster import hosts_on_every_master
 
 # The CLI in a child; "loop" runs it as it ran before quickread.py (asyncio, redis-py).
 # Its last line on stderr says whether it imported redis-py.
@@ -162,3 +164,26 @@ def test_a_database_in_the_url(cli, env, redis_server):
     assert code == 0 and json.loads(out)["summary"]["total"] == 2
     code, _, err = run(env, "quick", "status")  # database 0: no pool there
     assert code == 1 and "no GPU pool" in err
+
+
+@pytest.mark.slow
+def test_on_a_cluster_each_host_is_read_at_its_node(cluster, env, cli):
+    """Hosts whose slots three different masters serve, and the registry on its own
+    slot: the views read alike, without redis-py; key_slot agrees with the cluster's."""
+    from canhazgpu.resp import key_slot
+    cluster.flushall()
+    env = {**env, "CANHAZGPU_REDIS_URL": cluster.url}
+    node = cluster.nodes[0].client()
+    for key in ("canhazgpu:hosts", "canhazgpu:{gpu7}:pool", "a{}b", "{x}", "plain"):
+        assert key_slot(key) == node.cluster("keyslot", key), key
+    hosts = hosts_on_every_master(cluster)
+    for host in hosts:
+        cli("admin", "--gpus", 2, extra_env={**env, "CANHAZGPU_HOST": host}, check=0)
+    env = {**env, "CANHAZGPU_HOST": hosts[0]}
+    cli("reserve", "--gpus", 1, extra_env=env, check=0)
+    for args in (["status", "--json"], ["hosts"], ["status", "--all-hosts", "--json"],
+                 ["queue", "--all-hosts"]):
+        code, out, err = same_both_ways(env, *args)
+        assert code == 0 and out and not err
+        assert ran(env, "quick", *args)[3] is False
+    assert len(json.loads(run(env, "quick", "status", "--all-hosts", "--json")[1])["hosts"]) == 3

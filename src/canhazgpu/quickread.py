@@ -18,10 +18,12 @@ from .layout import REGISTRY_KEY, Keys, _pairs, check_reply, decode_registry, sc
 class QuickStore(Keys):
     """The reads of the views for one host; for_host() shares the connection."""
 
-    cluster = False
 
     def __init__(self, url: str, host: str, link: list | None = None) -> None:
         super().__init__(host)
+        if link is None:
+            from .resp import endpoint
+            endpoint(url)  # NeedsEventLoop now for a URL that resp.py does not serve
         self.url = url
         self._link = [] if link is None else link  # [the connection], made when first used
         self._usage = None  # what the last view read of the snapshot: read_usage()'s answer
@@ -34,15 +36,17 @@ class QuickStore(Keys):
             raise AttributeError(name)
         raise NeedsEventLoop  # not a read of the views: the async Store does it
 
-    def _redis(self):
+    def _node(self, key: str):
+        """The connection for `key`: the one Redis, or the cluster node of its slot."""
         if not self._link:
-            from .resp import Connection
-            self._link.append(Connection(self.url))
-        return self._link[0]
+            from .resp import connect
+            self._link.append(connect(self.url))
+        client = self._link[0]
+        return client.node(key) if hasattr(client, "node") else client
 
     # ---------------------------------------------------------------- the reads
     async def read_pool(self) -> dict:
-        return _pairs(self._redis().call("HGETALL", self.key("pool")))
+        return _pairs(self._node(self.key("pool")).call("HGETALL", self.key("pool")))
 
     async def read_state(self, queue: bool = True):
         """As Store.read_state, from one view read (whose snapshot read_usage() answers)."""
@@ -66,10 +70,10 @@ class QuickStore(Keys):
         return self._views([self.for_host(h) for h in hosts], errors=True)
 
     async def registry(self) -> dict[str, dict]:
-        return decode_registry(_pairs(self._redis().call("HGETALL", REGISTRY_KEY)))
+        return decode_registry(_pairs(self._node(REGISTRY_KEY).call("HGETALL", REGISTRY_KEY)))
 
     async def time_ms(self) -> int:
-        secs, micros = self._redis().call("TIME")
+        secs, micros = self._node(self.key("pool")).call("TIME")
         return int(secs) * 1000 + int(micros) // 1000
 
     async def close(self) -> None:
@@ -79,23 +83,30 @@ class QuickStore(Keys):
     # ---------------------------------------------------------------- view.lua
     def _views(self, stores: list[QuickStore], queue: bool = True,
                errors: bool = False) -> dict:
+        """view.lua of each store: one pipeline per Redis node, all sent before any reply is
+        read; host -> (state, snapshot) (its CorruptState with errors=True)."""
         from hashlib import sha1
         source = script_source("view")
         sha = sha1(source.encode()).hexdigest()
-        commands = []
+        by_node: dict[int, tuple] = {}
         for store in stores:
+            redis = self._node(store.key("pool"))
             keys, args = store.view_args()
+            _, group, commands = by_node.setdefault(id(redis), (redis, [], []))
+            group.append(store)
             commands.append(("EVALSHA", sha, len(keys), *keys, store.channel, store.host,
                              *args.values()))
-        redis = self._redis()
-        replies = redis.pipeline(commands)
-        if any(redis.failed(r) and str(r).startswith("NOSCRIPT") for r in replies):
-            redis.call("SCRIPT", "LOAD", source)
-            replies = redis.pipeline(commands)
+        replies = self._exchange(by_node.values())
+        if any(isinstance(r, Exception) and str(r).startswith("NOSCRIPT")
+               for r in replies.values()):
+            for redis, _, _ in by_node.values():
+                redis.call("SCRIPT", "LOAD", source)
+            replies = self._exchange(by_node.values())
         out: dict = {}
-        for store, reply in zip(stores, replies):
-            if redis.failed(reply):
-                raise NeedsEventLoop  # the async Store words a failed script its own way
+        for store in stores:
+            reply = replies[store.host]
+            if isinstance(reply, Exception):
+                raise NeedsEventLoop  # a failed script, a moved slot: the async Store's words
             try:
                 out[store.host] = store.decode_view(check_reply("view", reply), queue)
             except CorruptState as err:
@@ -105,3 +116,13 @@ class QuickStore(Keys):
                 continue
             store._usage = (out[store.host][0].now_ms, out[store.host][1])
         return out
+
+    @staticmethod
+    def _exchange(groups) -> dict:
+        """Send each node its commands, then read each node's replies: host -> reply."""
+        for redis, _, commands in groups:
+            redis.send(commands)
+        replies = {}
+        for redis, stores, commands in groups:
+            replies.update(zip((s.host for s in stores), redis.receive(len(commands))))
+        return replies

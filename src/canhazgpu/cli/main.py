@@ -95,7 +95,8 @@ class Context:
         if self.command not in QUICK:
             raise NeedsEventLoop
         from ..quickread import QuickStore
-        store = QuickStore(self.config.redis.url, self.config.host_name)
+        store = QuickStore(self.config.redis.url, self.config.host_name)  # NeedsEventLoop for
+        # a URL it does not serve (TLS, a cluster), before any Redis is asked
         return Local(Core(self.config, store), self.local_caller)
 
     @property
