@@ -143,6 +143,20 @@ def test_an_unreachable_redis_is_the_same_one_line_and_exit_code(env, tmp_path):
     assert same_both_ways(env, "status")[0] == 1
 
 
+def test_a_hung_redis_is_the_same_one_line(env, tmp_path):
+    """A stopped Redis accepts connections and never answers: after FIRST_REPLY_S the
+    blocking read leaves it to redis-py, whose words are the same as ever."""
+    import signal
+    with RedisServer(tmp_path / "hung") as server:
+        server.proc.send_signal(signal.SIGSTOP)
+        try:
+            code, out, err = same_both_ways({**env, "CANHAZGPU_REDIS_URL": server.url},
+                                            "status")
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
+    assert code == 1 and not out and "does not answer" in err
+
+
 def test_a_password_protected_redis(cli, env, tmp_path):
     with RedisServer(tmp_path / "auth", password="s3 cr/et") as server:
         env = {**env, "CANHAZGPU_REDIS_URL": server.url}

@@ -15,21 +15,24 @@ reserved GPU (`foreign_use`): events the notifier (notify/) delivers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from .config import Config
-from .model import GpuState, PoolView, at_threshold
+from .model import GpuState, PoolView, Value, at_threshold, fill
 
 UNKNOWN_USER = "unknown"
 
 
-@dataclass(frozen=True)
-class Policy:
-    utilization_pct: int = 5
-    warn_after_ms: int | None = None
-    release_after_ms: int | None = None
-    kinds: frozenset = frozenset({"manual"})  # what the policy may release
-    expiry_ms: int | None = None  # "expires soon" this long before the end
+class Policy(Value):
+    """kinds: what the policy may release; expiry_ms: "expires soon" this long before the
+    end. (A Value, not a dataclass: core.py imports this module on the views' path.)"""
+
+    __slots__ = ("utilization_pct", "warn_after_ms", "release_after_ms", "kinds",
+                 "expiry_ms")
+
+    def __init__(self, utilization_pct: int = 5, warn_after_ms: int | None = None,
+                 release_after_ms: int | None = None,
+                 kinds: frozenset = frozenset({"manual"}),
+                 expiry_ms: int | None = None) -> None:
+        fill(self, locals())
 
     @classmethod
     def of(cls, config: Config) -> Policy:

@@ -17,6 +17,10 @@ from .errors import NeedsEventLoop
 from .urls import parts
 
 CONNECT_TIMEOUT_S = 5.0  # as store.connect(): socket_connect_timeout
+# A Redis that accepts connections and sends nothing (stopped, hung) is left to redis-py
+# after this (its handshake's 5 s, then its "does not answer" line); after the first reply,
+# no timeout, as redis-py
+FIRST_REPLY_S = 2.0
 DEFAULT_PORT = 6379
 
 
@@ -81,7 +85,7 @@ class Connection:
                 self._sock = socket.socket(family, socket.SOCK_STREAM)
                 self._sock.settimeout(CONNECT_TIMEOUT_S)
                 self._sock.connect(where)
-            self._sock.settimeout(None)  # as redis-py: no socket_timeout
+            self._sock.settimeout(FIRST_REPLY_S)
         except OSError:
             raise NeedsEventLoop from None  # redis-py says why, in the one line it always gave
         self._hello = [cmd for cmd in (("AUTH", *auth) if auth else None,
@@ -130,6 +134,8 @@ class Connection:
             data = self._sock.recv(1 << 16)
             if not data:
                 raise ConnectionResetError("Redis closed the connection")
+            if self._sock.gettimeout() is not None:
+                self._sock.settimeout(None)  # it answers
             self._reader.feed(data)
 
     def close(self) -> None:

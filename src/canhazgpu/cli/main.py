@@ -96,8 +96,8 @@ class Context:
             raise NeedsEventLoop
         from ..quickread import QuickStore
         store = QuickStore(self.config.redis.url, self.config.host_name)  # NeedsEventLoop for
-        # a URL it does not serve (TLS, a cluster), before any Redis is asked
-        return Local(Core(self.config, store), self.local_caller)
+        # a URL it does not serve (TLS), before any Redis is asked
+        return Local(Core(self.config, store), self.reader)
 
     @property
     def direct(self):
@@ -121,13 +121,20 @@ class Context:
                 self._hosts = remote.hosts
             else:
                 from ..api.doors import Local
-                self._hosts = Local(self.direct, self.local_caller, "hosts")
+                who = self.reader if without_loop() else self.local_caller  # (quickread)
+                self._hosts = Local(self.direct, who, "hosts")
         return self._hosts
 
     def local_caller(self, pid: int | None = None):
         """Who we are, looked up here (direct mode's identity, for direct operations)."""
         from ..identity import current
         return current(self.config.admin_group, pid)
+
+    def reader(self, pid: int | None = None):
+        """local_caller() for the loopless reads: no process start time (no psutil); any
+        change they reach runs again in a loop, with local_caller()."""
+        from ..identity import current
+        return current(self.config.admin_group, pid, started=False)
 
     def event_hub(self):
         """The host's events: from the daemon, or subscribed to Redis directly."""
