@@ -18,7 +18,6 @@ from .layout import REGISTRY_KEY, Keys, _pairs, check_reply, decode_registry, sc
 class QuickStore(Keys):
     """The reads of the views for one host; for_host() shares the connection."""
 
-
     def __init__(self, url: str, host: str, link: list | None = None) -> None:
         super().__init__(host)
         if link is None:
@@ -66,8 +65,10 @@ class QuickStore(Keys):
 
     async def read_views(self, hosts: list[str]) -> dict:
         """As Store.read_views: host -> (state, snapshot), or the CorruptState of a host
-        whose state cannot be read; one pipeline."""
-        return self._views([self.for_host(h) for h in hosts], errors=True)
+        whose state cannot be read; one pipeline per node. (Our own host's snapshot is
+        kept for read_usage(), as read_state() keeps it.)"""
+        return self._views([self if h == self.host else self.for_host(h) for h in hosts],
+                           errors=True)
 
     async def registry(self) -> dict[str, dict]:
         return decode_registry(_pairs(self._node(REGISTRY_KEY).call("HGETALL", REGISTRY_KEY)))

@@ -76,6 +76,7 @@ class Connection:
             raise NeedsEventLoop from None
         self._pack = hiredis.pack_command
         self._error = hiredis.ReplyError
+        self._broken = (OSError, ValueError, hiredis.ProtocolError)  # (ValueError: not UTF-8)
         self._reader = hiredis.Reader(encoding="utf-8")  # decode_responses=True
         try:
             if family is None:
@@ -110,7 +111,7 @@ class Connection:
         greeting, self._greeting = self._greeting, 0
         try:
             replies = [self._read() for _ in range(greeting + count)]
-        except OSError:
+        except self._broken:
             raise NeedsEventLoop from None
         if any(isinstance(r, self._error) for r in replies[:greeting]):
             raise NeedsEventLoop  # refused credentials or database: redis-py's words
