@@ -201,3 +201,29 @@ def test_on_a_cluster_each_host_is_read_at_its_node(cluster, env, cli):
         assert code == 0 and out and not err
         assert ran(env, "quick", *args)[3] is False
     assert len(json.loads(run(env, "quick", "status", "--all-hosts", "--json")[1])["hosts"]) == 3
+
+
+@pytest.mark.parametrize("url", [
+    "redis://localhost:6379/0", "redis://h.example:7000/5", "redis://:pw@h/2",
+    "redis://alice:p%40ss@h:1234", "redis://h:1/3?db=4", "redis://h", "redis://h/",
+    "unix:///tmp/r.sock", "unix://:s3%20cr%2Fet@/tmp/r.sock?db=2",
+    "unix://bob:pw@/var/run/redis.sock"])
+def test_urls_are_read_as_redis_py_reads_them(url):
+    from redis.connection import parse_url
+
+    from canhazgpu.resp import endpoint
+    family, where, auth, db = endpoint(url)
+    theirs = parse_url(url)
+    assert db == theirs.get("db", 0)
+    assert auth == tuple(x for x in (theirs.get("username"), theirs.get("password")) if x)
+    assert where == (theirs["path"] if family else (theirs.get("host", "localhost"),
+                                                   theirs.get("port", 6379)))
+
+
+@pytest.mark.parametrize("url", ["rediss://h:6379/0", "redis://h/0?socket_timeout=1",
+                                 "redis://user@h/0", "redis://h/x", "redis://[::1]:6379"])
+def test_other_urls_are_left_to_redis_py(url):
+    from canhazgpu.errors import NeedsEventLoop
+    from canhazgpu.resp import endpoint
+    with pytest.raises(NeedsEventLoop):
+        endpoint(url)
