@@ -101,7 +101,16 @@ def table(figures: dict, versions: dict) -> None:
         print(f"| {label} | {target} | {walls} | {cpus} |")
 
 
-async def pairs_per_s(n: int, seconds: float = 5.0) -> tuple[float, float]:
+API_SECONDS = 5.0
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far."""
+    fields = open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def pairs_per_s(n: int, seconds: float = API_SECONDS) -> tuple[float, float]:
     """(pairs/s, refused/s): n clients through the API, each reserving 1 GPU and
     releasing it."""
     config = load()
@@ -152,18 +161,24 @@ def main() -> None:
     print(f"machine: {machine()}; {RUNS} runs per command after {WARMUP} warm-up runs, "
           f"versions interleaved: {', '.join(versions)}"
           + (f" (before: {before})" if before else ""))
-    with bench_env() as (env, _server):
+    with bench_env() as (env, server):
         subprocess.run(command(["admin", "--gpus", "8"]), check=True, capture_output=True)
-        with daemon(env):
+        with daemon(env) as serving:
             print(f"load average at the start: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
             figures = commands(versions)
             table(figures, versions)
             print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
             if "--no-api" not in args:
                 for n in (1, 16):
+                    before = [cpu_s(serving.pid), cpu_s(server.proc.pid), time.process_time()]
                     rate, refused = anyio.run(pairs_per_s, n)
+                    after = [cpu_s(serving.pid), cpu_s(server.proc.pid), time.process_time()]
+                    per_pair = [(a - b) / (rate * API_SECONDS) * 1e6
+                                for a, b in zip(after, before)]
                     print(f"API, {n} clients: {rate:.0f} allocate+release pairs/s "
-                          f"({refused:.0f} refused/s)")
+                          f"({refused:.0f} refused/s); CPU per pair: daemon "
+                          f"{per_pair[0]:.0f} us, Redis {per_pair[1]:.0f} us, the clients "
+                          f"{per_pair[2]:.0f} us")
             top, heavy = imports()
             print("status through the daemon, top-level imports (cumulative ms):")
             for row in top:
