@@ -12,6 +12,7 @@ import anyio
 import pytest
 
 from canhazgpu.api.client import RemoteCore
+from canhazgpu.api.doors import Local
 from canhazgpu.config import load
 from canhazgpu.core import Request
 from canhazgpu.errors import InvalidRequest, NotOwner
@@ -145,8 +146,8 @@ async def test_terminal_lines_reach_only_their_users_ttys(pool, config, fake_gpu
         async with running_daemon(settings) as daemon:
             daemon.notifier.ttys = [mine.path, theirs.path]
             # each user's own rule, for all of their events
-            await pool.notify(me, "add", channel="terminal", url="", events=["*"])
-            await pool.notify(nobody, "add", channel="terminal", url="", events=["*"])
+            await Local(pool, None).notify(me, "add", channel="terminal", url="", events=["*"])
+            await Local(pool, None).notify(nobody, "add", channel="terminal", url="", events=["*"])
             fake_gpus.write([on(0, me.user), on(3, "nobody")])
             await mine.until(f"{me.user}: you are using GPU 0 without a reservation")
             await theirs.until("nobody: you are using GPU 3 without a reservation")
@@ -213,7 +214,7 @@ async def test_the_holder_hears_of_grant_idle_warning_and_idle_release(pool, con
     with http_receiver() as (url, hooks):
         settings = replace(config, idle_warn_after="1s", idle_release_after="2s")
         async with running_daemon(settings):
-            await pool.notify(me, "add", channel="webhook", url=url, events=None)
+            await Local(pool, None).notify(me, "add", channel="webhook", url=url, events=None)
             held = await pool.allocate(Request(count=8, kind="run"), me)
             waiter = pool.new_reservation(Request(count=1), me)
             await pool.enqueue(waiter, Request(count=1))
@@ -229,14 +230,14 @@ async def test_an_admins_own_rule_for_all_users(pool, config, fake_gpus, me):
     admin = replace(me, is_admin=True)
     with http_receiver() as (url, hooks):
         async with running_daemon(config):
-            await pool.notify(admin, "add", channel="webhook", url=url,
-                              events=["unreserved_detected"], everyone=True)
+            await Local(pool, None).notify(admin, "add", channel="webhook", url=url,
+                                           events=["unreserved_detected"], everyone=True)
             fake_gpus.write([on(2, "bob")])
             (_, body), = await hooks.until()
     assert body["user"] is None and body["event"]["users"] == ["bob"]
     with pytest.raises(NotOwner, match="--all-users is for root or the admin group"):
-        await pool.notify(replace(me, is_admin=False), "add", channel="terminal", url="",
-                          events=None, everyone=True)
+        await Local(pool, None).notify(replace(me, is_admin=False), "add", channel="terminal",
+                                       url="", events=None, everyone=True)
 
 
 async def test_a_user_who_joins_unreserved_use_is_told_too(pool, config, fake_gpus):

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from canhazgpu.api.doors import Local
 from otheruser import NOBODY, needs_root, open_dir  # noqa: F401 (fixture)
 from test_api_identity import as_nobody, daemon, nobody_env, raw_as_nobody  # noqa: F401
 
@@ -15,8 +16,8 @@ pytestmark = [pytest.mark.anyio, needs_root]
 
 async def test_each_user_sees_and_changes_only_their_own_rules(daemon, pool,  # noqa: F811
                                                                nobody_env, me):  # noqa: F811
-    mine = await pool.notify(me, "add", channel="webhook", url="http://127.0.0.1:9/x",
-                             events=None)
+    mine = await Local(pool, None).notify(me, "add", channel="webhook",
+                                          url="http://127.0.0.1:9/x", events=None)
     _, out, _ = await as_nobody(nobody_env, "notify", "list", "--json", check=0)
     assert json.loads(out) == []  # root's rule is not nobody's
     await as_nobody(nobody_env, "notify", "add", "terminal", check=0)
@@ -32,4 +33,4 @@ async def test_each_user_sees_and_changes_only_their_own_rules(daemon, pool,  # 
     assert code == 1 and "--all-users is for root or the admin group only" in err
     stored = await pool.store.notify_rules()
     assert {uid: e["user"] for uid, e in stored.items()} == {me.uid: me.user, NOBODY: "nobody"}
-    assert [r["id"] for r in await pool.notify(me, "list")] == [mine[0]["id"]]
+    assert [r["id"] for r in await Local(pool, None).notify(me, "list")] == [mine[0]["id"]]

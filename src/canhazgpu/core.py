@@ -448,18 +448,6 @@ class Core:
         """Publish a detached job's step (job_submitted/started/ended, docs/jobs.md)."""
         await self._script("job_event", event=json.dumps(event))
 
-    # ------------------------------------------------------------------ notifications
-    async def notify(self, caller: Caller, op: str, **args):
-        """The caller's own notification rules (docs/notify.md): op add (channel, url,
-        events), list, remove (rule_id) or test; see notify/__init__.py."""
-        from . import notify
-        ops = {"add": notify.add, "list": notify.listed, "remove": notify.remove,
-               "test": notify.test}
-        if op not in ops:
-            raise InvalidRequest(f"unknown notify operation {op!r}: use add, list, remove or "
-                                 "test")
-        return await ops[op](self, caller, **args)
-
     # ------------------------------------------------------------------ report
     async def report(self, days: float) -> dict:
         """GPU hours per user over the last `days`, in-progress reservations up to now."""
