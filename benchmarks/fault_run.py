@@ -324,9 +324,14 @@ class Run:
 
     async def kill_the_daemon(self) -> None:
         with anyio.move_on_after(30):  # a daemon starting again (slow on a busy machine)
-            while self.serving is None or self.serving.returncode is not None:
+            while True:
+                while self.serving is None or self.serving.returncode is not None:
+                    await anyio.sleep(0.05)
+                if sigkill(self.serving):
+                    self.report.daemon_kills += 1
+                    return
+                # gone already (just killed, reaped but not yet told): kill the next one
                 await anyio.sleep(0.05)
-            self.report.daemon_kills += sigkill(self.serving)
 
     # ------------------------------------------------------------------ the run
     async def main(self) -> Report:
