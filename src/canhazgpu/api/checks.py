@@ -13,8 +13,8 @@ REASONS = ("released", "reclaimed")
 
 
 def flag(value) -> bool:
-    if value is None or isinstance(value, bool):
-        return bool(value)
+    if isinstance(value, bool):
+        return value
     raise InvalidRequest(f"invalid flag {str(value)[:40]!r}: true or false")
 
 
@@ -26,6 +26,8 @@ def whole(value, what: str, low: int, high: int) -> int:
 
 
 def optional(check):
+    """None passes (an argument left out: the operation gives its default); the table
+    wraps every argument's check in it."""
     return lambda value: None if value is None else check(value)
 
 
@@ -48,11 +50,8 @@ def name(what: str, longest: int = 200):
 
 def text(what: str, longest: int):
     """Free text (a URL), printable, possibly empty."""
-    def check(value) -> str:
-        if value is None:
-            return ""
-        return name(what, longest)(value) if value != "" else ""
-    return check
+    check = name(what, longest)
+    return lambda value: "" if value == "" else check(value)
 
 
 def days(value) -> float:
@@ -102,7 +101,8 @@ def event_types(value) -> list[str] | None:
 
 
 ident = name("id", MAX_ID)
-pid = optional(lambda v: whole(v, "process id", 1, 2**31 - 1))
+def pid(value) -> int:
+    return whole(value, "process id", 1, 2**31 - 1)
 
 
 def json_object(value, what: str) -> dict:

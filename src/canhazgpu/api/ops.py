@@ -13,14 +13,13 @@ Imported on the CLI's fast path: nothing heavy at import time.
 from __future__ import annotations
 
 import os
-import socket
 
 from .. import errors
 from ..errors import InvalidRequest, NotOwner
 from ..identity import require_admin
 from . import protocol
 from .checks import (MAX_IDS, days, event_types, flag, gpu_ids, ident, json_object, kind,
-                     name, note, pid, reason, text, wait_s, whole)
+                     name, note, optional, pid, reason, text, wait_s, whole)
 
 CALLBACKS = ("progress", "warn", "signals")  # what a waiter in this process reports through
 NOT_SENT = ("caller", *CALLBACKS)  # the kernel says who; callbacks stay here
@@ -71,7 +70,7 @@ def op(name_: str, *, params: dict | None = None, admin: str = "", lasts=False,
     those names) -> the operation's arguments (default: the same names, caller left out:
     the server takes it from the kernel)."""
     def register(run):
-        entry = OPS[name_] = Op(name_, {k: _nullable(v) for k, v in (params or {}).items()},
+        entry = OPS[name_] = Op(name_, {k: optional(v) for k, v in (params or {}).items()},
                                 admin, lasts, decode, run, method, pack or _same)
         if method is not None:
             METHODS[method[:2]] = entry
@@ -83,22 +82,17 @@ def _same(args: dict) -> dict:
     return {k: protocol.encode(v) for k, v in args.items() if k not in NOT_SENT}
 
 
-def _nullable(check):
-    """None passes every check (an argument left out): the operation gives its default."""
-    return lambda value: None if value is None else check(value)
-
-
-_MACHINE = socket.gethostname()
 
 # ---------------------------------------------------------------------- the host
 
 
 @op("hello", method=("core", "hello", ()))
 async def hello(s) -> dict:
+    from ..core import MACHINE
     from ..urls import store_identity
     return {"version": protocol.VERSION, "host": s.core.config.host_name,
             "redis": store_identity(s.core.store.url), "pid": os.getpid(),
-            "machine": _MACHINE, "user": s.caller.user, "uid": s.caller.uid,
+            "machine": MACHINE, "user": s.caller.user, "uid": s.caller.uid,
             "admin": s.caller.is_admin,
             # why its Redis does not answer, when the daemon can tell (a full disk)
             "trouble": s.core.store.trouble() if s.core.store.trouble else None}
@@ -207,9 +201,9 @@ async def heartbeat(s, rid, gpus, kind, note, owner_pid) -> list[int]:
     the core's own callers may re-establish one."""
     if rid is None:
         raise InvalidRequest("heartbeat needs rid")
-    kind = kind or "run"
     from ..identity import process_owner
-    record = s.core.record(s.caller, _Kind(kind, note or ""), rid=rid)
+    from ..request import Request
+    record = s.core.record(s.caller, Request(kind=kind or "run", note=note or ""), rid=rid)
     uid, start = (None, 0.0) if owner_pid is None else process_owner(owner_pid) \
         if owner_pid != s.caller.pid else (s.caller.uid, s.caller.pid_start)
     if uid is None:  # none named, or gone (a job's agent): the holds keep theirs
@@ -220,13 +214,6 @@ async def heartbeat(s, rid, gpus, kind, note, owner_pid) -> list[int]:
     else:
         record.update(pid=owner_pid, pid_start=start)
     return await s.core.renew(rid, gpus or (), record, regain=s.local)
-
-
-class _Kind:
-    """What Core.record needs of a request."""
-
-    def __init__(self, kind: str, note: str) -> None:
-        self.kind, self.note = kind, note
 
 
 @op("end", params={"rid": ident, "reason": reason},
