@@ -153,3 +153,18 @@ async def test_admin_rights_come_from_the_kernels_groups(pool, config, open_dir,
                                             str(config.api_path), doc], env=nobody_env)
             hello = json.loads(proc.stdout)[-1]["ok"]
             assert (hello["uid"], hello["admin"]) == (NOBODY_UID, admin), groups
+
+
+async def test_a_heartbeat_over_the_api_never_makes_a_hold(daemon, pool, nobody_env):
+    """Over the socket a heartbeat only renews: an id of nobody's own invention on free
+    GPUs gets them back as lost (no hold is made), and nobody's manual reservation is not
+    renewed by heartbeats (it keeps its duration)."""
+    made = await raw_as_nobody(nobody_env, "heartbeat", {"rid": "f" * 16, "gpus": [3, 4],
+                                                         "kind": "run"})
+    assert made["ok"] == [3, 4], made
+    assert (await pool.store.read_state()).holds == {}
+    await as_nobody(nobody_env, "reserve", "--gpu-ids", "5", "-d", "1h", check=0)
+    [hold] = (await pool.store.read_state()).holds.values()
+    renewed = await raw_as_nobody(nobody_env, "heartbeat", {"rid": hold.rid, "gpus": [5]})
+    assert renewed["error"]["type"] == "InvalidRequest" and "manual" in \
+        renewed["error"]["message"], renewed
