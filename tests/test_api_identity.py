@@ -103,6 +103,44 @@ async def test_nobody_cannot_release_roots_reservation(daemon, pool, nobody_env,
     assert holds[0].rid == res.rid and holds[0].user == me.user
 
 
+# Several requests over one kept connection, sent by nobody: prints the reply to each.
+RAW_KEPT = """
+import json, socket, sys
+sock = socket.socket(socket.AF_UNIX)
+sock.connect(sys.argv[1])
+lines = sock.makefile("rb")
+out = []
+for doc in json.loads(sys.argv[2]):
+    sock.sendall(json.dumps({**doc, "v": 1, "keep": True}).encode() + b"\\n")
+    out.append(json.loads(lines.readline()))
+print(json.dumps(out))
+"""
+
+
+async def test_a_kept_connection_is_its_callers_for_every_request(daemon, pool, nobody_env,
+                                                                   me):
+    """Identity is the connection's, from the kernel, request after request: a kept
+    connection gives nobody no more than one connection each."""
+    await pool.allocate(Request(ids=(0,), duration_s=600), me)
+    requests = [{"op": "hello"},
+                {"op": "acquire", "args": {"request": {"ids": [1], "duration_s": 60}}},
+                {"op": "release", "args": {"ids": [0]}},
+                {"op": "release", "args": {"user": me.user, "force": True}},
+                {"op": "hello"},
+                {"op": "release", "args": {"ids": [1]}}]
+    proc = await anyio.run_process([*NOBODY, sys.executable, "-c", RAW_KEPT,
+                                    nobody_env["CANHAZGPU_API_SOCKET"], json.dumps(requests)],
+                                   env=nobody_env)
+    hello, took, roots, forced, again, mine = json.loads(proc.stdout)
+    assert hello["ok"]["uid"] == again["ok"]["uid"] == NOBODY_UID and hello["keep"] is True
+    assert took["ok"]["user"] == "nobody" and took["ok"]["gpus"] == [1]
+    assert roots["error"]["type"] == "NotOwner" and roots["keep"] is True
+    assert forced["error"]["type"] == "NotOwner"
+    assert mine["ok"] == [1]
+    holds = (await pool.store.read_state()).holds
+    assert list(holds) == [0] and holds[0].user == me.user
+
+
 async def test_nobody_cannot_take_over_roots_place_in_the_queue(daemon, pool, nobody_env, me):
     await pool.allocate(Request(count=8, duration_s=600), me)
     req = Request(count=1, duration_s=60)

@@ -66,6 +66,7 @@ class Daemon:
         self.lock: HostLock | None = None
         self.notifications = True  # False: CONFIG refused, expiry found by periodic sweeps
         self.serving = False
+        self.api: ApiServer | None = None  # the socket's server, once serving
         self._problems: set[str] = set()  # where something is failing now
 
     def trouble(self, where: str, err: BaseException | str | None) -> None:
@@ -96,12 +97,15 @@ class Daemon:
                 await self._prepare(hub)
                 async with anyio.create_task_group() as tg:
                     await tg.start(self._listening, hub, self._journal)
-                    await tg.start(self._listening, hub, self._expiry_listener)
-                    await tg.start(self._listening, hub, self.watcher.run)
-                    await tg.start(self._listening, hub, self.notifier.run)  # notify/
+                    await tg.start(self._listening, hub, self._expiry_listener,
+                                   lambda item: isinstance(item, Message))
+                    await tg.start(self._listening, hub, self.watcher.run, self.watcher.wants)
+                    await tg.start(self._listening, hub, self.notifier.run,  # notify/
+                                   self.notifier.wants)
                     await tg.start(self.scanner.run)
                     await tg.start(self.core.beats.run)
-                    await tg.start(ApiServer(self.core, hub).serve, self.config.api_path)
+                    self.api = ApiServer(self.core, hub)
+                    await tg.start(self.api.serve, self.config.api_path)
                     tg.start_soon(self._keep_lock)
                     await tg.start(self._keep_registered)
                     self.serving = True
@@ -125,9 +129,9 @@ class Daemon:
         await self._enable_notifications()
         await self._sweep()
 
-    async def _listening(self, hub: EventHub, consumer, *,
+    async def _listening(self, hub: EventHub, consumer, wants=None, *,
                          task_status=anyio.TASK_STATUS_IGNORED) -> None:
-        async with hub.listen() as stream:
+        async with hub.listen(wants=wants) as stream:
             await consumer(stream, task_status=task_status)
 
     # ------------------------------------------------------------------ the lock

@@ -98,6 +98,7 @@ class EventHub:
         self._wide: set = set()  # receivers of every item
         self._routes: dict[str, set] = {}  # rid or channel -> the receivers routed by it
         self._lagging: set = set()
+        self._wants: dict = {}  # receiver -> the predicate its events and messages pass
         self.connected = anyio.Event()
         self.generation = 0  # events seen: what a reader may cache a state read against
         self.memo = None  # (generation, ready, value): a read shared by this hub's readers
@@ -112,15 +113,19 @@ class EventHub:
                 tg.cancel_scope.cancel()
 
     @asynccontextmanager
-    async def listen(self, buffer: float = 1000, *, routes: tuple[str, ...] | None = None):
+    async def listen(self, buffer: float = 1000, *, routes: tuple[str, ...] | None = None,
+                     wants=None):
         """A stream of Event | Resync | Disconnected | Message, from now on.
 
         `routes` (reservation ids and channels) narrows it to the events of those
         reservations and the messages of those channels (Resync and Disconnected always
         come): a thousand waiters on one hub cost a dictionary look-up per event, not a
-        thousand wake-ups."""
+        thousand wake-ups. `wants(item)` narrows it further, called as each event or
+        message arrives: a receiver that needs few of them is not woken for the rest."""
         send, receive = anyio.create_memory_object_stream(buffer)
         self._receivers.add(send)
+        if wants is not None:
+            self._wants[send] = wants
         keys = tuple(dict.fromkeys(routes)) if routes is not None else ()
         if routes is None:
             self._wide.add(send)
@@ -138,6 +143,7 @@ class EventHub:
     def _drop(self, send, keys=None) -> None:
         self._receivers.discard(send)
         self._wide.discard(send)
+        self._wants.pop(send, None)
         self._lagging.discard(send)
         for key in (keys if keys is not None else list(self._routes)):
             routed = self._routes.get(key)
@@ -155,6 +161,8 @@ class EventHub:
             targets = list(self._wide)
             if route is not None and route in self._routes:
                 targets += self._routes[route]
+            if self._wants:
+                targets = [t for t in targets if t not in self._wants or self._wants[t](item)]
         for send in targets:
             try:
                 if send in self._lagging:

@@ -111,6 +111,7 @@ class OwnerWatcher:
         self.trouble = trouble
         self.watched: dict[str, Watch] = {}
         self.reconciled = anyio.Event()  # set (and replaced) after every re-read
+        self.reading = False  # a re-read is under way
         self._dirty = anyio.Event()
 
     async def run(self, stream, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
@@ -120,21 +121,25 @@ class OwnerWatcher:
             tg.start_soon(self._reconciler)
             task_status.started()
             async for item in stream:
-                if isinstance(item, Resync) or \
-                        (isinstance(item, Event) and self.concerns(item)):
+                if self.wants(item):
                     self._dirty.set()  # a burst of events is one re-read
+
+    def wants(self, item) -> bool:
+        """Whether `item` may change what we watch (the hub asks before waking us)."""
+        return isinstance(item, Resync) or (isinstance(item, Event) and self.concerns(item))
 
     def concerns(self, event: Event) -> bool:
         """Whether the set of watched reservations may change with `event`: a new `run`
-        reservation or a completed grant, the end of one we watch, a pool change. Manual
-        reservations coming and going (most events) need no re-read of the state."""
+        reservation or a completed grant, a new owner, the end of one we watch, a pool
+        change; any change while a re-read is under way (it may have read the state
+        before it). Manual reservations coming and going (most events) need no re-read."""
         if event.type == "reserved":
             return event.data.get("kind") in HELD_BY_PROCESS
         if event.type == "granted":
             return bool(event.data.get("complete"))
-        if event.type == "pool_changed":
+        if event.type in ("pool_changed", "owner"):
             return True
-        return event.type in CHANGES and event.rid in self.watched
+        return event.type in CHANGES and (event.rid in self.watched or self.reading)
 
     async def _reconciler(self) -> None:
         while True:
@@ -151,11 +156,14 @@ class OwnerWatcher:
 
     async def reconcile(self) -> None:
         """Watch exactly the reservations that need it, from a fresh read of the state."""
+        self.reading = True
         try:
             state = await self.core.store.read_state(queue=False)  # holds only
         except CanHazGpuError as err:
             self.trouble("owner watcher", err)
             return  # the next Resync reads again
+        finally:
+            self.reading = False
         self.trouble("owner watcher", None)
         wanted = self.wanted(state)
         for rid in [r for r, w in self.watched.items() if wanted.get(r) != w.owner]:

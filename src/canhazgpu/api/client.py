@@ -1,5 +1,6 @@
 """The CLI's side of the local API: a RemoteCore with the methods of Core that the
-commands call, each one request to the daemon (docs/api.md). Imports no Redis module:
+commands call, each one request to the daemon (docs/api.md), the short ones over
+connections it keeps for the next (Kept). Imports no Redis module:
 a command through the daemon starts without paying for redis-py.
 
 The caller a command passes is not sent: the daemon takes who we are from the kernel.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import time
 from contextlib import contextmanager
 from types import SimpleNamespace
 
@@ -17,6 +19,7 @@ import anyio
 from ..errors import BackendUnavailable, NeedsEventLoop, boundary, without_loop
 from . import protocol
 from .doors import Door
+from .ops import OPS
 
 MAX_REPLY = 64 * 1024 * 1024  # a status of many GPUs with their processes is one line
 MAX_HELLO = 64 * 1024
@@ -83,24 +86,25 @@ class RemoteCore(Door):
     """The operation table (ops.py), answered by the daemon for the caller the kernel
     names: its methods are bound from the table (doors.Door)."""
 
-    def __init__(self, config, path: str, kind: str = "core") -> None:
+    def __init__(self, config, path: str, kind: str = "core", kept: Kept | None = None) -> None:
         self.config = config
         self.path = path
         self.kind = kind
+        self.kept = Kept() if kept is None else kept
 
     async def aclose(self) -> None:
-        pass
+        self.kept.close()
 
     @property
     def store(self) -> RemoteCore:
         """The reads of the store that the event commands make (events_since, ping)."""
-        return RemoteCore(self.config, self.path, "store")
+        return RemoteCore(self.config, self.path, "store", self.kept)
 
     @property
     def hosts(self) -> RemoteCore:
         """The views across the hosts of the daemon's Redis, and retiring a host: what
         direct mode reads, other users' command lines cut (model.seen_by)."""
-        return RemoteCore(self.config, self.path, "hosts")
+        return RemoteCore(self.config, self.path, "hosts", self.kept)
 
     async def ping(self) -> None:
         await self.call("hello")
@@ -114,32 +118,54 @@ class RemoteCore(Door):
                    interruptible: bool = False):
         """One request; stream lines go to on_line(doc); returns the `ok` value or raises
         the error the daemon sent. Without an event loop (the CLI's fast path), over a
-        blocking socket; a wait needs the loop (Ctrl+C, signals)."""
+        blocking socket; a wait needs the loop (Ctrl+C, signals). On the loop, a short
+        request goes over a connection this client keeps for the next one."""
         settings = {"memory_threshold": self.config.memory_threshold,
                     "strategy": self.config.strategy}
-        request = protocol.dump({"op": op, "args": {**(args or {}), "settings": settings}})
         if without_loop():
             if interruptible:
                 raise NeedsEventLoop
-            return self._call_blocking(request, on_line)
-        import asyncio  # asyncio's own unix connection: anyio's sockets would import ssl
-        try:
-            reader, writer = await asyncio.open_unix_connection(self.path, limit=MAX_REPLY)
-        except OSError as err:
-            raise BackendUnavailable(self._unreachable(err)) from None
+            return _result(self._call_blocking(_request(op, args, settings), on_line))
+        entry = OPS.get(op)
+        if entry is not None and not entry.lasting(args or {}):
+            return _result(await self._call_kept(_request(op, args, settings, True), on_line))
+        reader, writer = await self._connect()
+        request = _request(op, args, settings)
         try:
             if not interruptible:
-                return await self._exchange(reader, writer, request, on_line)
+                return _result(await self._exchange(reader, writer, request, on_line))
             with boundary():  # the one error, not the task group's
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(_interrupt_on_signal)
-                    result = await self._exchange(reader, writer, request, on_line)
+                    last = await self._exchange(reader, writer, request, on_line)
                     tg.cancel_scope.cancel()
-            return result
+            return _result(last)
         finally:
             writer.transport.abort()  # nothing left to send: no goodbye to wait for
 
-    def _call_blocking(self, request: bytes, on_line):
+    async def _connect(self):
+        import asyncio  # asyncio's own unix connection: anyio's sockets would import ssl
+        try:
+            return await asyncio.open_unix_connection(self.path, limit=MAX_REPLY)
+        except OSError as err:
+            raise BackendUnavailable(self._unreachable(err)) from None
+
+    async def _call_kept(self, request: bytes, on_line) -> dict:
+        """The last reply line to a short request sent over one of this client's kept
+        connections (a new one when none is idle): kept again when the daemon says it
+        keeps it too."""
+        pair = self.kept.take() or await self._connect()
+        last = None
+        try:
+            last = await self._exchange(*pair, request, on_line)
+            return last
+        finally:
+            if last is not None and last.get("keep") is True:
+                self.kept.put(pair)
+            else:
+                pair[1].transport.abort()
+
+    def _call_blocking(self, request: bytes, on_line) -> dict:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             try:
                 sock.connect(self.path)
@@ -149,18 +175,18 @@ class RemoteCore(Door):
                 sock.sendall(request)
                 lines = sock.makefile("rb")
                 while True:
-                    done, value = self._reply(lines.readline(MAX_REPLY + 1), on_line)
-                    if done:
-                        return value
+                    last = self._last(lines.readline(MAX_REPLY + 1), on_line)
+                    if last is not None:
+                        return last
 
-    async def _exchange(self, reader, writer, request: bytes, on_line):
+    async def _exchange(self, reader, writer, request: bytes, on_line) -> dict:
         with self._lost():
             writer.write(request)
             await writer.drain()
             while True:
-                done, value = self._reply(await reader.readline(), on_line)
-                if done:
-                    return value
+                last = self._last(await reader.readline(), on_line)
+                if last is not None:
+                    return last
 
     @contextmanager
     def _lost(self):
@@ -172,20 +198,18 @@ class RemoteCore(Door):
                 f"({err or type(err).__name__}): is 'canhazgpu serve' running?") from None
 
     @staticmethod
-    def _reply(line: bytes, on_line) -> tuple[bool, object]:
-        """(True, the `ok` value) for the last line; raises its error; (False, None) after
-        giving a stream line to on_line."""
+    def _last(line: bytes, on_line) -> dict | None:
+        """The last line's document (`ok` or `error`); None after giving a stream line
+        to on_line."""
         if not line.endswith(b"\n"):
             raise ConnectionResetError("the daemon closed the connection" if len(line) <= MAX_REPLY
                                        else "a reply line over the limit")
         doc = protocol.load(line)
-        if "ok" in doc:
-            return True, doc["ok"]
-        if "error" in doc:
-            protocol.raise_error(doc["error"])
+        if "ok" in doc or "error" in doc:
+            return doc
         if on_line is not None:
             on_line(doc)
-        return False, None
+        return None
 
     def _unreachable(self, err: OSError) -> str:
         return (f"cannot reach the canhazgpu daemon at {self.path} ({err.strerror or err}): "
@@ -246,6 +270,52 @@ class RemoteCore(Door):
                 delay = min(delay * 2, 0.5)
         raise BackendUnavailable(f"the canhazgpu daemon at {self.path} did not come back "
                                  f"within {within_s:g}s: our place in the queue is lost")
+
+
+def _result(last: dict):
+    """The `ok` value of a last reply line, or the error it carries, raised."""
+    if "error" in last:
+        protocol.raise_error(last["error"])
+    return last["ok"]
+
+
+def _request(op: str, args: dict | None, settings: dict, keep: bool = False) -> bytes:
+    return protocol.dump({"op": op, "args": {**(args or {}), "settings": settings},
+                          **({"keep": True} if keep else {})})
+
+
+class Kept:
+    """A client's idle connections to the daemon, for its next short requests: reused
+    within half the daemon's KEEP_IDLE_S (so never one it is closing), on the event loop
+    that opened them."""
+
+    REUSE_S = protocol.KEEP_IDLE_S / 2
+    MOST = 16  # idle ones kept at once; more concurrent calls close theirs after
+
+    def __init__(self) -> None:
+        self.idle: list = []  # (since, loop, (reader, writer))
+
+    def take(self):
+        import asyncio
+        loop, now = asyncio.get_running_loop(), time.monotonic()
+        while self.idle:
+            since, owner, pair = self.idle.pop()
+            if owner is loop and now - since < self.REUSE_S and not pair[0].at_eof() \
+                    and not pair[1].is_closing():  # (closed by a daemon that went away)
+                return pair
+            pair[1].transport.abort()
+        return None
+
+    def put(self, pair) -> None:
+        import asyncio
+        if len(self.idle) >= self.MOST:
+            pair[1].transport.abort()
+            return
+        self.idle.append((time.monotonic(), asyncio.get_running_loop(), pair))
+
+    def close(self) -> None:
+        while self.idle:
+            self.idle.pop()[2][1].transport.abort()
 
 
 async def _interrupt_on_signal() -> None:

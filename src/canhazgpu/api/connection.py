@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import socket
 import struct
+import time
 from contextlib import suppress
 
 import anyio
@@ -46,29 +47,59 @@ def peer_groups(sock: socket.socket) -> tuple[int, ...]:
     return ()
 
 
-async def read_request(sock: socket.socket) -> dict:
-    """The connection's one request line, as a document."""
-    data = b""
-    with suppress(BlockingIOError):
-        data = sock.recv(protocol.MAX_LINE + 1)  # usually there by the time we look
-        if not data:
-            raise ProtocolError("connection closed before a whole request line")
-    if b"\n" not in data:
-        with anyio.move_on_after(REQUEST_TIMEOUT_S):
-            while b"\n" not in data and len(data) <= protocol.MAX_LINE:
-                chunk = await _receive(sock)
-                if not chunk:
+class Requests:
+    """The request lines of one connection, one after another. The first must come whole
+    within REQUEST_TIMEOUT_S; after a request that keeps the connection ("keep": true), the
+    next may begin whenever the client likes (the server's reaper ends a connection idle
+    for KEEP_IDLE_S: `idle_since`), then must end within REQUEST_TIMEOUT_S; a client that
+    closes instead ends the connection quietly."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+        self.first = True
+        self.idle_since: float | None = None  # (time.monotonic) waiting for a next request
+
+    async def next(self) -> dict | None:
+        """The next request as a document; None when a kept connection ends between
+        requests."""
+        data, first = self.buf, self.first
+        self.buf, self.first = b"", False
+        if b"\n" not in data:
+            with suppress(BlockingIOError):
+                chunk = self.sock.recv(protocol.MAX_LINE + 1)  # usually there already
+                if not chunk and first:
                     raise ProtocolError("connection closed before a whole request line")
+                if not chunk and not data:
+                    return None
                 data += chunk
-    line, newline, rest = data.partition(b"\n")
-    if len(line) > protocol.MAX_LINE:
-        _drain(sock)  # closing with unread bytes would reset the connection: no reply
-        raise ProtocolError(f"request longer than {protocol.MAX_LINE} bytes")
-    if not newline:
-        raise ProtocolError(f"no request line within {REQUEST_TIMEOUT_S:g}s")
-    if rest:
-        raise ProtocolError("one request per connection: nothing may follow it")
-    return protocol.load(line)
+        if not data and not first:
+            self.idle_since = time.monotonic()
+            try:
+                data = await _receive(self.sock)
+            finally:
+                self.idle_since = None
+            if not data:
+                return None
+        if b"\n" not in data:
+            with anyio.move_on_after(REQUEST_TIMEOUT_S):
+                while b"\n" not in data and len(data) <= protocol.MAX_LINE:
+                    chunk = await _receive(self.sock)
+                    if not chunk:
+                        raise ProtocolError("connection closed before a whole request line")
+                    data += chunk
+        line, newline, rest = data.partition(b"\n")
+        if len(line) > protocol.MAX_LINE:
+            _drain(self.sock)  # closing with unread bytes would reset the connection
+            raise ProtocolError(f"request longer than {protocol.MAX_LINE} bytes")
+        if not newline:
+            raise ProtocolError(f"no request line within {REQUEST_TIMEOUT_S:g}s")
+        doc = protocol.load(line)
+        if rest and not doc.get("keep"):
+            raise ProtocolError("nothing may follow a request that does not keep the "
+                                "connection (\"keep\": true)")
+        self.buf = rest
+        return doc
 
 
 def _drain(sock: socket.socket, most: int = 1 << 20) -> None:

@@ -1,7 +1,8 @@
 """The wire: one JSON document per line, version VERSION (docs/api.md).
 
-A connection carries one request, then its replies: zero or more stream lines
-(`progress`, `warn`, `event`) and one last line (`ok` or `error`). Errors travel as the
+A connection carries a request, then its replies: zero or more stream lines
+(`progress`, `warn`, `event`) and one last line (`ok` or `error`); a short request with
+`"keep": true` leaves it open for the next. Errors travel as the
 name of their CanHazGpuError class, the one-line message and the exit code, so the CLI
 says and exits exactly what it would in direct mode. Imports nothing heavy: the CLI uses
 it on its fast path.
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 
 VERSION = 1
 MAX_LINE = 64 * 1024  # a request or reply line longer than this is refused
+KEEP_IDLE_S = 60.0  # a kept connection with no next request within this is closed
 MAX_HOSTS = 10000  # host names in one request
 MAX_HOST_NAME = 200
 

@@ -1,5 +1,5 @@
-"""The daemon's side of the local API (docs/api.md): a unix socket, one request per
-connection, the caller taken from the kernel (SO_PEERCRED, SO_PEERGROUPS), never from the
+"""The daemon's side of the local API (docs/api.md): a unix socket, a request per
+connection (or several, one after another, where the client keeps it), the caller taken from the kernel (SO_PEERCRED, SO_PEERGROUPS), never from the
 request.
 
 Every request is an operation of the table (ops.py), served for the caller the kernel
@@ -26,7 +26,7 @@ from .. import identity
 from ..errors import CanHazGpuError, LimitReached, boundary
 from ..identity import Caller
 from . import protocol
-from .connection import Connection, peer_credentials, peer_groups, read_request, send_all
+from .connection import Connection, Requests, peer_credentials, peer_groups, send_all
 from .ops import OPS
 from .protocol import ProtocolError
 
@@ -50,6 +50,7 @@ class ApiServer:
                                    "API connections open at once")
         self.waiters = PerUser(self.config.user_waiters, "user_waiters",
                                "requests queued at once")
+        self.kept: dict[Requests, anyio.CancelScope] = {}  # connections that may idle
         self._names: dict[int, tuple[float, str]] = {}
         self._admin_gid: tuple[float, int | None] = (-1.0, None)
 
@@ -69,6 +70,7 @@ class ApiServer:
         try:
             with listener:
                 async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._reap)
                     task_status.started()
                     while True:
                         await anyio.wait_readable(listener)
@@ -98,25 +100,55 @@ class ApiServer:
         """One connection; whatever goes wrong with it ends it, never the daemon."""
         with sock:
             try:
-                pid, uid, gid = peer_credentials(sock)
+                peer = Peer(*peer_credentials(sock), sock)
                 try:
-                    with self.connections.one(uid):
-                        reply = await self.answer(sock, pid, uid, gid)
+                    with self.connections.one(peer.uid):
+                        await self.converse(sock, peer)
                 except LimitReached as err:
-                    reply = protocol.error_doc(err)
-                if reply is not None:
-                    await send_all(sock, protocol.dump(reply))
+                    await send_all(sock, protocol.dump(protocol.error_doc(err)))
             except (OSError, TimeoutError):
                 pass  # the client went away
             except Exception:  # a bug: logged, the daemon and its other clients go on
                 log.exception("API connection failed")
 
-    async def answer(self, sock, pid: int, uid: int, gid: int) -> dict | None:
-        """The reply to the connection's request; None when it was sent already (an
-        operation that lasts sends its own lines)."""
+    async def converse(self, sock, peer: Peer) -> None:
+        """The connection's requests, each answered before the next is read: a short
+        request with "keep": true leaves the connection open for another (a client
+        making many calls pays for one connection); any other ends it."""
+        requests = Requests(sock)
+        with anyio.CancelScope() as scope:  # the reaper's, for a kept connection left idle
+            self.kept[requests] = scope
+            try:
+                while True:
+                    reply, keep = await self.answer(requests, peer)
+                    if reply is not None:
+                        await send_all(sock, protocol.dump({**reply, "keep": True}
+                                                           if keep else reply))
+                    if not keep:
+                        return
+            finally:
+                del self.kept[requests]
+
+    async def _reap(self) -> None:
+        """End the kept connections that waited KEEP_IDLE_S for a next request: one clock
+        for them all, not a timer per request."""
+        while True:
+            await anyio.sleep(protocol.KEEP_IDLE_S / 4)
+            too_old = time.monotonic() - protocol.KEEP_IDLE_S
+            for requests, scope in list(self.kept.items()):
+                if requests.idle_since is not None and requests.idle_since < too_old:
+                    scope.cancel()
+
+    async def answer(self, requests: Requests, peer: Peer) -> tuple[dict | None, bool]:
+        """(the reply to the connection's next request, whether the connection stays
+        open for another); the reply is None when it was sent already (an operation that
+        lasts sends its own lines) or when a kept connection ended between requests."""
+        keep = False
         try:
             with boundary():
-                doc = await read_request(sock)
+                doc = await requests.next()
+                if doc is None:
+                    return None, False
                 op = OPS.get(doc.get("op"))  # type: ignore[arg-type]
                 if op is None:
                     raise ProtocolError(f"unknown operation {str(doc.get('op'))[:40]!r}: use "
@@ -125,16 +157,17 @@ class ApiServer:
                 if not isinstance(args, dict):
                     raise ProtocolError("args must be a JSON object")
                 settings = args.pop("settings", None)
-                caller = await self.identify(pid, uid, gid, sock)
+                caller = await self.identify(peer)
                 if op.lasting(args):
-                    await self.lasting(sock, op, caller, args, settings)
-                    return None
-                result = await op.serve(Served(self, caller, settings), args)
-            return {"ok": protocol.encode(result)}
+                    await self.lasting(requests.sock, op, caller, args, settings)
+                    return None, False
+                keep = doc.get("keep") is True
+                result = await op.serve(Served(self, caller, settings, peer=peer), args)
+            return {"ok": protocol.encode(result)}, keep
         except CanHazGpuError as err:
-            return protocol.error_doc(err)
+            return protocol.error_doc(err), keep and not isinstance(err, ProtocolError)
         except Exception:
-            return _bug()
+            return _bug(), False
 
     async def lasting(self, sock, op, caller: Caller, args: dict, settings) -> None:
         """An operation that streams lines (a wait, the events) until it ends or the client
@@ -154,11 +187,13 @@ class ApiServer:
             conn.done()
 
     # ------------------------------------------------------------------ identity
-    async def identify(self, pid: int, uid: int, gid: int, sock) -> Caller:
+    async def identify(self, peer: Peer) -> Caller:
         """The caller of a connection, from its credentials: admin rights by gid (its
-        supplementary groups, from the kernel), never by name. Names are looked up (NSS: blocking, off
-        the loop) once per ACCOUNT_CACHE_S."""
+        supplementary groups, from the kernel), never by name. Names are looked up (NSS:
+        blocking, off the loop) once per ACCOUNT_CACHE_S, so a kept connection's rights
+        follow the accounts as a new one's would."""
         now = time.monotonic()
+        uid = peer.uid
         known = self._names.get(uid)
         if known is None or known[0] < now:
             if len(self._names) > ACCOUNTS_KEPT:
@@ -168,8 +203,8 @@ class ApiServer:
         admin = uid == 0
         if not admin and self.config.admin_group:
             admin_gid = await self.admin_gid(now)
-            admin = admin_gid is not None and admin_gid in peer_groups(sock)
-        return Caller(user=known[1], uid=uid, pid=pid, pid_start=0.0, is_admin=admin)
+            admin = admin_gid is not None and admin_gid in peer_groups(peer.sock)
+        return Caller(user=known[1], uid=uid, pid=peer.pid, pid_start=0.0, is_admin=admin)
 
     async def admin_gid(self, now: float) -> int | None:
         until, gid = self._admin_gid
@@ -203,17 +238,24 @@ class Served:
     local = False
     signals = False  # the daemon's waiters leave SIGINT/SIGTERM to the daemon
 
-    def __init__(self, server: ApiServer, caller: Caller, settings, conn=None) -> None:
+    def __init__(self, server: ApiServer, caller: Caller, settings, conn=None,
+                 peer: Peer | None = None) -> None:
         self.server, self.caller, self.settings, self.conn = server, caller, settings, conn
         self.core, self.hub = server.core, server.hub
+        self.peer = peer
 
     def core_with(self, *names: str):
         return self.server.core_for(self.settings, names)
 
     async def owner(self) -> Caller:
         """The caller with its process's start time: a later process reusing its pid is
-        not it (one read of /proc/PID/stat)."""
-        return replace(self.caller, pid_start=identity.process_start(self.caller.pid))
+        not it (one read of /proc/PID/stat, once per connection)."""
+        peer = self.peer
+        if peer is None:
+            return replace(self.caller, pid_start=identity.process_start(self.caller.pid))
+        if peer.started is None:
+            peer.started = identity.process_start(peer.pid)
+        return replace(self.caller, pid_start=peer.started)
 
     def queued_by(self, uid: int):
         return self.server.waiters.one(uid)
@@ -232,6 +274,17 @@ class Served:
 
     def warn(self, text: str) -> None:
         self.conn.note({"warn": text})
+
+
+class Peer:
+    """The process at the other end of a connection, as the kernel named it when it
+    connected, and its start time once looked up."""
+
+    __slots__ = ("pid", "uid", "gid", "sock", "started")
+
+    def __init__(self, pid: int, uid: int, gid: int, sock: socket.socket) -> None:
+        self.pid, self.uid, self.gid, self.sock = pid, uid, gid, sock
+        self.started: float | None = None
 
 
 class PerUser:

@@ -6,6 +6,7 @@
 local ENDED_KEEP_MS = 86400000
 local HISTORY_CAP = 100000
 local STREAM_CAP = 10000
+local TRIM_EVERY = 64  -- events: the ended set and the history are trimmed this often
 
 local t = redis.call('TIME')
 local NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -52,6 +53,11 @@ local function publish(ev, also)
   ev.host = HOST
   ev.time_ms = NOW
   ev.seq = redis.call('INCR', KEYS[K_SEQ])
+  if ev.seq % TRIM_EVERY == 0 then  -- a few entries over their limits cost less than a
+    -- trim on every change: each is two more calls into Redis
+    redis.call('ZREMRANGEBYSCORE', KEYS[K_ENDED], '-inf', NOW - ENDED_KEEP_MS)
+    redis.call('ZREMRANGEBYRANK', KEYS[K_HISTORY], 0, -HISTORY_CAP - 1)
+  end
   local doc = cjson.encode(ev)
   redis.call('XADD', KEYS[K_STREAM], 'MAXLEN', '~', STREAM_CAP, '*', 'doc', doc)
   redis.call('PUBLISH', CHANNEL, doc)
@@ -121,8 +127,7 @@ end
 -- Reservations ended on purpose (released, reclaimed, forced), by rid: a heartbeat must not
 -- bring those back, whereas a lease that merely lapsed (Redis was away) is re-established.
 local function mark_ended(rid)
-  redis.call('ZADD', KEYS[K_ENDED], NOW, rid)
-  redis.call('ZREMRANGEBYSCORE', KEYS[K_ENDED], '-inf', NOW - ENDED_KEEP_MS)
+  redis.call('ZADD', KEYS[K_ENDED], NOW, rid)  -- trimmed by publish
 end
 
 local function was_ended(rid)
@@ -143,8 +148,7 @@ local function end_hold(S, i, reason)
   redis.call('HSET', KEYS[K_RELEASED], tostring(i), tostring(end_ms) .. '|' .. (h.user or ''))
   redis.call('ZADD', KEYS[K_HISTORY], end_ms, cjson.encode({
     gpu = i, rid = h.rid, user = h.user, kind = h.kind, start_ms = h.start_ms,
-    end_ms = end_ms, reason = reason, note = h.note}))
-  redis.call('ZREMRANGEBYRANK', KEYS[K_HISTORY], 0, -HISTORY_CAP - 1)
+    end_ms = end_ms, reason = reason, note = h.note}))  -- trimmed by publish
   rawset(S.holds, i, nil)
   S.raw[i], S.rids[i], S.leases[i] = nil, nil, false
   return {gpu = i, h = h}
@@ -187,15 +191,19 @@ local function sweep(S)
   return end_holds(S, gone, 'expired')
 end
 
-local RELEASED = {}  -- gpu -> {ms, user}, read on first use
+local RELEASED = nil  -- gpu -> {ms, user}, read (all at once) on first use
 local function released(i)
-  local r = RELEASED[i]
-  if r == nil then
-    local raw = redis.call('HGET', KEYS[K_RELEASED], tostring(i)) or ''
-    local ms, user = string.match(raw, '^(%d+)|(.*)$')
-    r = {tonumber(ms or '0') or 0, user or ''}
-    RELEASED[i] = r
+  if RELEASED == nil then
+    RELEASED = {}
+    local raw = redis.call('HGETALL', KEYS[K_RELEASED])
+    for k = 1, #raw, 2 do
+      local ms, user = string.match(raw[k + 1], '^(%d+)|(.*)$')
+      local g = tonumber(raw[k])
+      if g then RELEASED[g] = {tonumber(ms or '0') or 0, user or ''} end
+    end
   end
+  local r = RELEASED[i]
+  if r == nil then return 0, '' end
   return r[1], r[2]
 end
 
@@ -322,6 +330,7 @@ end
 -- GPUs some waiter could use: every GPU while a count request waits, else those named.
 local function queue_claims()
   local claims = {}
+  if redis.call('ZCARD', KEYS[K_Q_ORDER]) == 0 then return claims end
   if redis.call('ZCARD', KEYS[K_Q_COUNTS]) > 0 then
     for i = 0, N - 1 do claims[i] = true end
   else

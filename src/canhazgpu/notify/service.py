@@ -34,6 +34,8 @@ RETRIES = (1.0, 4.0, 15.0)  # back-off before the 2nd, 3rd and 4th attempts
 RATE = 20  # messages per recipient and channel target ...
 RATE_PER_S = RATE / 60.0  # ... refilled over a minute
 RULES_TTL_S = 2.0  # users' rules are read again after this
+# Events the notifier follows whatever the rules: unreserved use, for its reminders.
+FOLLOWED = ("unreserved_detected", "unreserved_cleared", "usage_changed", "pool_changed")
 REPEATED = ("unreserved_detected", "foreign_use")  # once per user and GPU per notify_repeat
 
 
@@ -65,6 +67,7 @@ class Notifier:
         self.repeat_s = self.config.seconds("notify_repeat")
         self.host = self.config.host_name
         self._rules: tuple[float, dict] = (-RULES_TTL_S, {})
+        self._types = _types(self.admin_rules)  # the event types some rule names
         self._buckets: dict[tuple, Bucket] = {}
         self._repeats: dict[tuple, float] = {}
         self.in_flight = 0
@@ -96,6 +99,16 @@ class Notifier:
             except anyio.WouldBlock:
                 log.warning("notify: queue full, dropped %s to %s", d.doc.get("type"),
                             d.rule.target())
+
+    def wants(self, item) -> bool:
+        """Whether an event may matter (the hub asks before waking us): one some rule
+        names (the users' as last read; any while they are due to be read again), or
+        unreserved use, followed for its reminders."""
+        if not isinstance(item, Event):
+            return False
+        types = self._types
+        return item.type in FOLLOWED or "*" in types or item.type in types or \
+            anyio.current_time() - self._rules[0] >= RULES_TTL_S
 
     def _follow(self, event: Event) -> list[dict]:
         """Unreserved use that goes on, for its reminders (one per notify_repeat); returns
@@ -203,6 +216,7 @@ class Notifier:
             for uid, entry in stored.items():
                 rules.setdefault(entry["user"], []).extend(user_rules(uid, entry))
             self._rules = (now, rules)
+            self._types = _types((*self.admin_rules, *(r for rs in rules.values() for r in rs)))
         return rules
 
     async def plan(self, doc: dict, now: float | None = None) -> list[Delivery]:
@@ -294,3 +308,8 @@ def sample_event(user: str, host: str) -> dict:
     """The event `canhazgpu notify test` sends through each of a user's rules."""
     return {"type": "test", "user": user, "host": host,
             "text": f"canhazgpu test message for {user} from {host}: this channel works"}
+
+
+def _types(rules) -> frozenset:
+    """The event types `rules` name ("*": every type)."""
+    return frozenset(t for rule in rules for t in rule.events)
