@@ -20,6 +20,12 @@ from eventtools import Recorder, rest, running_daemon
 pytestmark = pytest.mark.anyio
 
 
+@pytest.fixture(params=["asyncio", "uvloop"])
+def anyio_backend(request):
+    """The daemon runs on uvloop where it is installed (cli/runner.py): served both ways."""
+    return "asyncio" if request.param == "asyncio" else ("asyncio", {"use_uvloop": True})
+
+
 async def request(path, doc: dict | bytes) -> list[dict]:
     """Send one request (a document, or raw bytes) and read every reply line."""
     data = doc if isinstance(doc, bytes) else protocol.dump(doc)

@@ -19,6 +19,12 @@ from eventtools import rest, running_daemon
 pytestmark = pytest.mark.anyio
 
 
+@pytest.fixture(params=["asyncio", "uvloop"])
+def anyio_backend(request):
+    """The daemon runs on uvloop where it is installed (cli/runner.py): served both ways."""
+    return "asyncio" if request.param == "asyncio" else ("asyncio", {"use_uvloop": True})
+
+
 class Lines:
     """The reply lines of one connection, one at a time."""
 

@@ -210,6 +210,35 @@ async def test_rate_limit_per_recipient(pool):
     assert notifier.allowed(rule, "bob", doc, 103.1)  # refilled: 20 a minute
 
 
+async def test_the_notifier_is_woken_only_for_events_that_may_matter(pool, config, me):
+    """The hub asks Notifier.wants before waking it: a reservation coming and going is
+    no one's news; unreserved use is followed; a type a rule names (an admin's, or a
+    user's once read) is let through."""
+    from canhazgpu.events import Event, Resync
+    from canhazgpu.notify.service import Notifier
+
+    def event(kind: str, **data) -> Event:
+        return Event(kind, 1, 0, "h", rid="r", user=me.user,
+                     data={"type": kind, "user": me.user, **data})
+    notifier = Notifier(pool)
+    await notifier.user_rules()  # read: none yet
+    assert not notifier.wants(event("reserved")) and not notifier.wants(event("released"))
+    assert not notifier.wants(event("granted", complete=True))
+    assert not notifier.wants(Resync(reconnected=True))
+    assert notifier.wants(event("unreserved_detected", users=["bob"]))
+    await Local(pool, None).notify(me, "add", channel="webhook", url="http://h/x",
+                                   events=["granted"])
+    notifier._rules = (-100.0, notifier._rules[1])  # due to be read again: lets news through
+    assert notifier.wants(event("granted", complete=True))
+    await notifier.user_rules()
+    assert notifier.wants(event("granted", complete=True))
+    assert not notifier.wants(event("expired"))
+    from canhazgpu.core import Core
+    admin = Notifier(Core(with_rules(config, {"channel": "terminal", "events": ["reserved"]}),
+                          pool.store))
+    assert admin.wants(event("reserved")) and not admin.wants(event("released"))
+
+
 async def test_the_holder_hears_of_grant_idle_warning_and_idle_release(pool, config, me):
     with http_receiver() as (url, hooks):
         settings = replace(config, idle_warn_after="1s", idle_release_after="2s")

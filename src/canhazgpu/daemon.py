@@ -95,24 +95,8 @@ class Daemon:
             self.core.beats = QueueBeats(self.core)
             async with hub.running():
                 await self._prepare(hub)
-                async with anyio.create_task_group() as tg:
-                    await tg.start(self._listening, hub, self._journal)
-                    await tg.start(self._listening, hub, self._expiry_listener,
-                                   lambda item: isinstance(item, Message))
-                    await tg.start(self._listening, hub, self.watcher.run, self.watcher.wants)
-                    await tg.start(self._listening, hub, self.notifier.run,  # notify/
-                                   self.notifier.wants)
-                    await tg.start(self.scanner.run)
-                    await tg.start(self.core.beats.run)
-                    self.api = ApiServer(self.core, hub)
-                    await tg.start(self.api.serve, self.config.api_path)
-                    tg.start_soon(self._keep_lock)
-                    await tg.start(self._keep_registered)
-                    self.serving = True
-                    log.info("serving host %s: Redis %s, scanning every %gs",
-                             self.config.host_name, redacted(store.url),
-                             self.scanner.interval_s)
-                    task_status.started()
+                with hub.observing(self._journal):
+                    await self._serving(hub, task_status)
         finally:
             with anyio.CancelScope(shield=True):
                 if self.serving:
@@ -120,6 +104,26 @@ class Daemon:
                 await self._drop_lock()
             if self.serving:
                 log.info("stopped")
+
+    async def _serving(self, hub: EventHub, task_status) -> None:
+        """The daemon's tasks, each on the host's one subscription."""
+        async with anyio.create_task_group() as tg:
+            await tg.start(self._listening, hub, self._expiry_listener,
+                           lambda item: isinstance(item, Message))
+            await tg.start(self._listening, hub, self.watcher.run, self.watcher.wants)
+            await tg.start(self._listening, hub, self.notifier.run,  # notify/
+                           self.notifier.wants)
+            await tg.start(self.scanner.run)
+            await tg.start(self.core.beats.run)
+            self.api = ApiServer(self.core, hub)
+            await tg.start(self.api.serve, self.config.api_path)
+            tg.start_soon(self._keep_lock)
+            await tg.start(self._keep_registered)
+            self.serving = True
+            log.info("serving host %s: Redis %s, scanning every %gs",
+                     self.config.host_name, redacted(self.core.store.url),
+                     self.scanner.interval_s)
+            task_status.started()
 
     async def _prepare(self, hub: EventHub) -> None:
         """Subscribed, notifications on, leases that ran out meanwhile finalized."""
@@ -242,17 +246,16 @@ class Daemon:
                 await self._sweep()
 
     # ------------------------------------------------------------------ journal
-    async def _journal(self, stream, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        async for item in stream:
-            if isinstance(item, Event):
-                log.info("%s", line(item))
-                if item.type == "pool_changed":
-                    self.core.forget_pool()
-            elif isinstance(item, Disconnected):
-                self.trouble("redis", item.error)
-            elif isinstance(item, Resync) and item.reconnected:
-                self.trouble("redis", None)
+    def _journal(self, item) -> None:
+        """One log line per event, as the hub takes it (EventHub.observing)."""
+        if isinstance(item, Event):
+            log.info("%s", line(item))
+            if item.type == "pool_changed":
+                self.core.forget_pool()
+        elif isinstance(item, Disconnected):
+            self.trouble("redis", item.error)
+        elif isinstance(item, Resync) and item.reconnected:
+            self.trouble("redis", None)
 
 
 def _who(holder: str | None) -> str:

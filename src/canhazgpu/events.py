@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import fnmatch
 import json
-from contextlib import asynccontextmanager
+import logging
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 
 import anyio
 
 from .errors import BackendUnavailable
+
+log = logging.getLogger("canhazgpu.events")
 
 VERSION = 1
 KEEPALIVE_S = 15.0  # ping an idle subscription this often; twice that silent = reconnect
@@ -99,6 +102,7 @@ class EventHub:
         self._routes: dict[str, set] = {}  # rid or channel -> the receivers routed by it
         self._lagging: set = set()
         self._wants: dict = {}  # receiver -> the predicate its events and messages pass
+        self._observers: list = []  # called with every item, in the pump's own step
         self.connected = anyio.Event()
         self.generation = 0  # events seen: what a reader may cache a state read against
         self.memo = None  # (generation, ready, value): a read shared by this hub's readers
@@ -140,6 +144,18 @@ class EventHub:
             self._drop(send, keys)
             send.close()
 
+    @contextmanager
+    def observing(self, observe):
+        """observe(item) is called with every item from now on, within the pump's own
+        step, for as long as the block runs: for a receiver that only records (the
+        daemon's journal), without a task to wake per event. It must not block; what it
+        raises is logged, and the hub goes on."""
+        self._observers.append(observe)
+        try:
+            yield
+        finally:
+            self._observers.remove(observe)
+
     def _drop(self, send, keys=None) -> None:
         self._receivers.discard(send)
         self._wide.discard(send)
@@ -155,6 +171,11 @@ class EventHub:
     def _fan_out(self, item, route: str | None = None) -> None:
         """Send `item` to its receivers: all of them for Resync and Disconnected, else the
         wide ones and those routed by `route` (an event's rid, a message's channel)."""
+        for observe in self._observers:
+            try:
+                observe(item)
+            except Exception:  # a bug: logged; the hub and the other receivers go on
+                log.exception("an observer of the events failed")
         if isinstance(item, (Resync, Disconnected)):
             targets = list(self._receivers)
         else:

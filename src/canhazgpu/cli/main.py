@@ -327,7 +327,8 @@ async def _amain(args: list[str]) -> int:
 
 def main() -> None:
     try:
-        code = runner.run(_amain, sys.argv[1:], loop=not loopless(sys.argv[1:]))
+        code = runner.run(_amain, sys.argv[1:], loop=not loopless(sys.argv[1:]),
+                          server=sys.argv[1:2] == ["serve"])
     except KeyboardInterrupt:
         code = 130
     except SystemExit as done:

@@ -67,7 +67,8 @@ class Notifier:
         self.repeat_s = self.config.seconds("notify_repeat")
         self.host = self.config.host_name
         self._rules: tuple[float, dict] = (-RULES_TTL_S, {})
-        self._types = _types(self.admin_rules)  # the event types some rule names
+        self._admin_types = _types(self.admin_rules)  # the event types the rules name
+        self._types = frozenset()  # (the users' rules, as last read)
         self._buckets: dict[tuple, Bucket] = {}
         self._repeats: dict[tuple, float] = {}
         self.in_flight = 0
@@ -101,14 +102,16 @@ class Notifier:
                             d.rule.target())
 
     def wants(self, item) -> bool:
-        """Whether an event may matter (the hub asks before waking us): one some rule
-        names (the users' as last read; any while they are due to be read again), or
-        unreserved use, followed for its reminders."""
+        """Whether an event may matter (the hub asks before waking us): unreserved use,
+        followed for its reminders; one an admin rule names; news for some user that
+        their rules name (as last read; any while they are due to be read again)."""
         if not isinstance(item, Event):
             return False
-        types = self._types
-        return item.type in FOLLOWED or "*" in types or item.type in types or \
-            anyio.current_time() - self._rules[0] >= RULES_TTL_S
+        if item.type in FOLLOWED or _named(self._admin_types, item.type):
+            return True
+        return bool(subjects(item.data)) and (
+            _named(self._types, item.type) or
+            anyio.current_time() - self._rules[0] >= RULES_TTL_S)
 
     def _follow(self, event: Event) -> list[dict]:
         """Unreserved use that goes on, for its reminders (one per notify_repeat); returns
@@ -216,7 +219,7 @@ class Notifier:
             for uid, entry in stored.items():
                 rules.setdefault(entry["user"], []).extend(user_rules(uid, entry))
             self._rules = (now, rules)
-            self._types = _types((*self.admin_rules, *(r for rs in rules.values() for r in rs)))
+            self._types = _types(r for rs in rules.values() for r in rs)
         return rules
 
     async def plan(self, doc: dict, now: float | None = None) -> list[Delivery]:
@@ -313,3 +316,7 @@ def sample_event(user: str, host: str) -> dict:
 def _types(rules) -> frozenset:
     """The event types `rules` name ("*": every type)."""
     return frozenset(t for rule in rules for t in rule.events)
+
+
+def _named(types: frozenset, kind: str) -> bool:
+    return kind in types or "*" in types
