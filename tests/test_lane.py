@@ -16,8 +16,14 @@ from canhazgpu.errors import BackendUnavailable
 pytestmark = pytest.mark.anyio
 
 
-async def test_many_calls_at_once_each_get_their_own_reply(core):
-    lane = core.store._lane
+@pytest.mark.parametrize("connection", ["direct", "redis-py"])
+async def test_many_calls_at_once_each_get_their_own_reply(core, connection):
+    from canhazgpu.lane import Direct, Lane
+    lane = core.store._lane if connection == "direct" else Lane(core.store.redis.connection_pool)
+    assert (lane.pool is core.store.redis.connection_pool) == (connection == "redis-py")
+    conn = await lane.pool.get_connection()
+    assert isinstance(conn, Direct) == (connection == "direct")
+    await (conn.disconnect() if connection == "direct" else lane.pool.release(conn))
     got: dict[int, object] = {}
     rng = random.Random(7)
 
@@ -31,6 +37,18 @@ async def test_many_calls_at_once_each_get_their_own_reply(core):
     assert got and all(value == f"reply {i}" for i, value in got.items())
     assert not lane.calls and not lane.reading  # every reply read, nobody left reading
     assert await lane.call("ECHO", "after") == "after"
+    with pytest.raises(Exception, match="unknown command"):  # an error reply: that call's
+        await lane.call("NO-SUCH-COMMAND")
+    assert await lane.call("ECHO", "still") == "still"
+    await lane.aclose()
+
+
+def test_the_lane_keeps_redis_pys_connection_where_it_cannot_serve_the_url():
+    from canhazgpu.lane import Lane
+    pool = object()
+    assert Lane(pool, "rediss://h:6380/0").pool is pool  # TLS: redis-py's
+    assert Lane(pool, "redis://h:6379/0?ssl_cert_reqs=none").pool is pool
+    assert Lane(pool, "redis://:pw@h:6379/2").pool is not pool
 
 
 async def test_scripts_run_on_the_lane_and_survive_a_script_flush(pool, me, rclient):

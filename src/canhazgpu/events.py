@@ -209,7 +209,7 @@ class EventHub:
         while True:
             pubsub = None
             try:
-                pubsub = (await self.store.node()).pubsub()
+                pubsub = await self.store.subscription()
                 node = await self.store.node_name()
                 if channels:
                     await pubsub.subscribe(*channels)

@@ -10,6 +10,12 @@ has come passes the reading on to the next caller still waiting; a caller cancel
 it waits leaves its reply to be read and dropped. Reading is shielded from cancellation,
 so the connection never loses its place in the stream of replies; when the connection
 fails, every call on it fails with that error and the next call connects again.
+
+Where the URL allows (redis:// or unix://, resp.endpoint), the lane's connection is its own
+(Direct): asyncio's streams with hiredis packing and parsing, none of redis-py's per-call
+timeouts, retries and health checks, which cost the daemon more than the rest of a read.
+A TLS URL keeps a connection of redis-py's pool. Either way, a failure is redis-py's
+exception (ConnectionError, an error reply's class), as store.py maps them.
 """
 
 from __future__ import annotations
@@ -37,8 +43,8 @@ class _Call:
 
 
 class Lane:
-    def __init__(self, pool) -> None:
-        self.pool = pool
+    def __init__(self, pool, url: str | None = None) -> None:
+        self.pool = Direct.pool(url, pool) if url is not None else pool
         self.conn = None
         self.calls: deque[_Call] = deque()
         self.reading = False
@@ -119,3 +125,133 @@ class Lane:
             conn, self.conn = self.conn, None
             await conn.disconnect()
             await self.pool.release(conn)
+
+
+class Direct:
+    """The lane's own connection to a Redis (no TLS): the part of redis-py's connection
+    that the lane uses (send_packed_command, read_response, disconnect), over asyncio's
+    streams and hiredis. As redis-py's pool was set up: connecting takes at most
+    CONNECT_TIMEOUT_S; a read waits as long as Redis takes (a slow script is not a lost
+    connection)."""
+
+    CONNECT_TIMEOUT_S = 5.0
+
+    def __init__(self, reader, writer) -> None:
+        import hiredis
+        self.reader, self.writer = reader, writer
+        self.parser = hiredis.Reader(encoding="utf-8")  # decode_responses=True
+        self.error = hiredis.ReplyError
+
+    @staticmethod
+    def pool(url: str, fallback):
+        """What the lane takes its connection from: ours for a URL we can serve, else
+        redis-py's pool."""
+        from .errors import NeedsEventLoop
+        from .resp import endpoint
+        try:
+            address = endpoint(url)
+        except NeedsEventLoop:
+            return fallback
+        if pack_command is None:
+            return fallback
+        return Opener(*address)
+
+    async def send_packed_command(self, packed, check_health: bool = False) -> None:
+        try:
+            self.writer.write(packed)
+            await self.writer.drain()
+        except OSError as err:
+            raise Lost(f"Error writing to Redis: {err}") from None
+
+    async def read_response(self):
+        while True:
+            reply = self.parser.gets()
+            if reply is not False:
+                if isinstance(reply, self.error):
+                    from redis._parsers.base import BaseParser
+                    raise BaseParser.parse_error(str(reply))
+                return reply
+            try:
+                data = await self.reader.read(1 << 16)
+            except OSError as err:
+                raise Lost(f"Error reading from Redis: {err}") from None
+            if not data:
+                raise Lost("Redis closed the connection")
+            self.parser.feed(data)
+
+    async def disconnect(self, nowait: bool = False) -> None:
+        self.writer.transport.abort()
+
+
+class Opener:
+    """Opens a Direct connection (AUTH and SELECT as the URL says), as a pool would."""
+
+    def __init__(self, family, where, auth: tuple, db: int) -> None:
+        self.family, self.where, self.auth, self.db = family, where, auth, db
+
+    async def get_connection(self) -> Direct:
+        import asyncio
+        import socket
+        try:
+            with anyio.fail_after(Direct.CONNECT_TIMEOUT_S):
+                if self.family == socket.AF_UNIX:
+                    reader, writer = await asyncio.open_unix_connection(self.where)
+                else:
+                    reader, writer = await asyncio.open_connection(*self.where)
+        except (OSError, TimeoutError) as err:
+            raise Lost(f"Error connecting to Redis at {self.where}: {err}") from None
+        conn = Direct(reader, writer)
+        try:
+            for command in (("AUTH", *self.auth) if self.auth else None,
+                            ("SELECT", self.db) if self.db else None):
+                if command:
+                    await conn.send_packed_command(pack_command(command))
+                    await conn.read_response()
+        except BaseException:
+            await conn.disconnect()
+            raise
+        return conn
+
+    async def release(self, conn) -> None:
+        pass
+
+    async def subscription(self) -> Subscription:
+        return Subscription(await self.get_connection())
+
+
+class Subscription:
+    """Pub/sub over a Direct connection: what the hub (events.py) uses of redis-py's
+    PubSub, with redis-py's message documents. A message Redis sent already is taken
+    without waiting; get_message waits at most `timeout` for the next."""
+
+    def __init__(self, conn: Direct) -> None:
+        self.conn = conn
+
+    async def subscribe(self, *channels: str) -> None:
+        await self.conn.send_packed_command(pack_command(("SUBSCRIBE", *channels)))
+
+    async def psubscribe(self, *patterns: str) -> None:
+        await self.conn.send_packed_command(pack_command(("PSUBSCRIBE", *patterns)))
+
+    async def ping(self) -> None:
+        await self.conn.send_packed_command(pack_command(("PING",)))
+
+    async def get_message(self, timeout: float):
+        reply = self.conn.parser.gets()
+        if reply is False:
+            with anyio.move_on_after(timeout):
+                reply = await self.conn.read_response()
+            if reply is False:
+                return None
+        if isinstance(reply, self.conn.error):
+            from redis._parsers.base import BaseParser
+            raise BaseParser.parse_error(str(reply))
+        kind = reply[0]
+        if kind == "pmessage":
+            return {"type": kind, "pattern": reply[1], "channel": reply[2], "data": reply[3]}
+        if kind == "pong":
+            return {"type": kind, "channel": None, "data": reply[1]}
+        return {"type": kind, "channel": reply[1], "data": reply[2]}
+
+    async def aclose(self) -> None:
+        await self.conn.disconnect()

@@ -14,7 +14,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import LockError
 
 from .errors import BackendUnavailable, CorruptState
-from .lane import Lane
+from .lane import Lane, Opener
 from .layout import (ARGS, KEYS, REGISTRY_KEY, WITHOUT_LIB, Keys,  # noqa: F401 (theirs)
                      _int, check_reply, decode_registry, lua_name, script_source)
 from .model import Record, State, Usage
@@ -66,12 +66,21 @@ class Store(Keys):
         self.trouble = None  # the daemon of an embedded Redis: () -> why it is down, or None
         # the scripts of this process, pipelined on one connection (a single Redis; shared
         # with for_host())
-        self._lane = lane if lane is not None or self.cluster else Lane(self.redis.connection_pool)
+        self._lane = lane if lane is not None or self.cluster else \
+            Lane(self.redis.connection_pool, url)
 
     def for_host(self, host: str) -> Store:
         """The store of another host, on this store's connections (closed with this one)."""
         return Store(self.url, host, client=self.redis, nodes=self._nodes,
                      explain=self._explain, scripts=self._scripts, lane=self._lane)
+
+    async def subscription(self):
+        """A pub/sub connection to the node serving this host's slot: the lane's own kind
+        (lane.Subscription) where the lane serves the URL itself, else redis-py's."""
+        opener = self._lane.pool if self._lane is not None else None
+        if isinstance(opener, Opener):
+            return await opener.subscription()
+        return (await self.node()).pubsub()
 
     async def node(self) -> aioredis.Redis:
         """The client of the node serving this host's slot: the one client when not on a
