@@ -5,7 +5,7 @@ src/ directory, first on PYTHONPATH) interleaved run by run, side by side. Then 
 and which modules `status` imports through the daemon.
 
 Run: .venv/bin/python benchmarks/bench_cli.py [--before ../main/src] [--no-api | --api-only]
-(starts its own private Redis and daemon; BENCH_RUNS runs per command, default 20, after
+(starts its own private Redis and daemon, each version's own for the API; BENCH_RUNS runs per command, default 20, after
 2 warm-up runs). Targets (issue 16, 2 cores): through the daemon status, queue, release
 <= 60 ms, reserve + release <= 130 ms, --help and completion <= 50 ms; direct status
 <= 120 ms; >= 2,000 allocate+release pairs/s with 16 clients. The API runs twice with 16
@@ -160,45 +160,45 @@ def imports() -> tuple[list[str], list[str]]:
 def main() -> None:
     args = sys.argv[1:]
     before = args[args.index("--before") + 1] if "--before" in args else None
-    commands_too, api = "--api-only" not in args, "--no-api" not in args
     versions = environments(before)
     print(f"machine: {machine()}; {RUNS} runs per command after {WARMUP} warm-up runs, "
           f"versions interleaved: {', '.join(versions)}"
           + (f" (before: {before})" if before else ""))
-    with bench_env() as (env, server):
-        subprocess.run(command(["admin", "--gpus", "8"]), check=True, capture_output=True)
-        with daemon(env) as serving:
-            print(f"load average at the start: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
-            if commands_too:
-                figures = commands(versions)
-                table(figures, versions)
-                print(f"load average at the end: "
-                      f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
-            if api:
-                for n in (1, 16):
-                    api_line(n, 8, serving, server)
-            if commands_too:
+    print(f"load average at the start: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    if "--api-only" not in args:
+        with bench_env() as (env, server):
+            subprocess.run(command(["admin", "--gpus", "8"]), check=True, capture_output=True)
+            with daemon(env):
+                table(commands(versions), versions)
                 top, heavy = imports()
-                print("status through the daemon, top-level imports (cumulative ms):")
-                for row in top:
-                    print("  " + row)
-                print(f"redis-py, psutil or ssl imported by status through the daemon: "
-                      f"{', '.join(heavy) or 'none'}")
-    if api:  # a pool of 16: every client holds a GPU, none is refused
-        with bench_env(gpus=16) as (env, server):
-            subprocess.run(command(["admin", "--gpus", "16"]), check=True, capture_output=True)
-            with daemon(env) as serving:
-                api_line(16, 16, serving, server)
+        print(f"load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+        print("status through the daemon, top-level imports (cumulative ms):")
+        for row in top:
+            print("  " + row)
+        print(f"redis-py, psutil or ssl imported by status through the daemon: "
+              f"{', '.join(heavy) or 'none'}")
+    if "--no-api" not in args:
+        # 8 GPUs: half the clients are refused at any moment and ask again at once; 16: each
+        # client holds one GPU. Each version's own daemon, the client of this checkout.
+        for gpus, clients in ((8, (1, 16)), (16, (16,))):
+            with bench_env(gpus=gpus) as (env, server):
+                subprocess.run(command(["admin", "--gpus", str(gpus)]), check=True,
+                               capture_output=True)
+                for version, extra in versions.items():
+                    with daemon({**env, **extra}) as serving:
+                        for n in clients:
+                            api_line(n, gpus, serving, server, version)
+        print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
-def api_line(n: int, gpus: int, serving, server) -> None:
+def api_line(n: int, gpus: int, serving, server, version: str) -> None:
     """Print the API's pairs/s with n clients on a pool of `gpus`, and the CPU each
     process spent per pair (refused requests included: a refused client asks again)."""
     before = [cpu_s(serving.pid), cpu_s(server.proc.pid), time.process_time()]
     rate, refused = anyio.run(pairs_per_s, n)
     after = [cpu_s(serving.pid), cpu_s(server.proc.pid), time.process_time()]
     per_pair = [(a - b) / (rate * API_SECONDS) * 1e6 for a, b in zip(after, before)]
-    print(f"API, {n} clients, {gpus} GPUs: {rate:.0f} allocate+release pairs/s "
+    print(f"API ({version}), {n} clients, {gpus} GPUs: {rate:.0f} allocate+release pairs/s "
           f"({refused:.0f} refused/s, {2 * rate + refused:.0f} requests/s); CPU per pair: "
           f"daemon {per_pair[0]:.0f} us, Redis {per_pair[1]:.0f} us, the clients "
           f"{per_pair[2]:.0f} us")

@@ -136,3 +136,18 @@ async def test_a_connection_kept_with_a_daemon_now_gone_is_not_used(pool, config
         assert await remote.pool_size() == 8
     async with running_daemon(config) as daemon:
         assert await remote.pool_size() == 8 and len(daemon.api.kept) == 1
+
+
+async def test_connections_kept_on_a_loop_now_closed_are_dropped_quietly(pool, config):
+    """A client used from another event loop first (anyio.run in a thread, then closed):
+    that loop's connection is not reused here, and dropping it does not fail."""
+    async def call(remote):
+        return await remote.pool_size()
+
+    async with running_daemon(config) as daemon:
+        remote = RemoteCore(config, str(config.api_path))
+        assert await anyio.to_thread.run_sync(anyio.run, call, remote) == 8
+        assert len(remote.kept.idle) == 1
+        assert await remote.pool_size() == 8  # this loop's: a new connection
+        assert len(remote.kept.idle) == 1
+        await until(lambda: len(daemon.api.kept) == 1)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import signal
 import socket
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from types import SimpleNamespace
 
 import anyio
@@ -163,7 +163,7 @@ class RemoteCore(Door):
             if last is not None and last.get("keep") is True:
                 self.kept.put(pair)
             else:
-                pair[1].transport.abort()
+                _abort(pair)
 
     def _call_blocking(self, request: bytes, on_line) -> dict:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -303,19 +303,32 @@ class Kept:
             if owner is loop and now - since < self.REUSE_S and not pair[0].at_eof() \
                     and not pair[1].is_closing():  # (closed by a daemon that went away)
                 return pair
-            pair[1].transport.abort()
+            _abort(pair)
         return None
 
     def put(self, pair) -> None:
         import asyncio
         if len(self.idle) >= self.MOST:
-            pair[1].transport.abort()
+            _abort(pair)
             return
         self.idle.append((time.monotonic(), asyncio.get_running_loop(), pair))
 
     def close(self) -> None:
         while self.idle:
-            self.idle.pop()[2][1].transport.abort()
+            _abort(self.idle.pop()[2])
+
+
+def _abort(pair) -> None:
+    """Drop a connection (no goodbye to wait for). On a loop closed since, its transport
+    can no longer be told: the socket is shut down (the daemon sees the end at once) and
+    closed by the garbage collector."""
+    transport = pair[1].transport
+    try:
+        transport.abort()
+    except RuntimeError:
+        sock = transport.get_extra_info("socket")
+        with suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 async def _interrupt_on_signal() -> None:
