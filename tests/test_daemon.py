@@ -366,3 +366,16 @@ async def test_a_failed_scan_is_shown_and_said_at_once(pool, config, fake_gpus):
         assert all(g.status == "error" and "scan failed" in g.error for g in view.gpus)
         fake_gpus.write()
         await rec.until(lambda e: e.type == "gpu_recovered", timeout=10)
+
+
+def test_the_daemons_log_lines_read_as_loggings_own():
+    """LogLines formats the time once a second (a journal line per event): the same text
+    as logging's own formatter, second after second."""
+    from canhazgpu.daemon import LogLines
+    fmt = "%(asctime)s %(levelname)s %(message)s"
+    ours, theirs = LogLines(fmt), logging.Formatter(fmt)
+    for created in (1.0e9, 1.0e9 + 0.25, 1.0e9 + 0.999, 1.0e9 + 1.0, 1.0e9 + 3600.5):
+        record = logging.LogRecord("canhazgpu.serve", logging.INFO, "", 0, "#%d released",
+                                   (7,), None)
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        assert ours.format(record) == theirs.format(record)

@@ -402,3 +402,17 @@ async def serve(config: Config, embedded: bool = False, *, prepare=None,
             if prepare is not None:
                 await prepare(daemon.core)
             await daemon.run(task_status=task_status)
+
+
+class LogLines(logging.Formatter):
+    """The daemon's log lines, the time of day formatted once a second: the journal
+    writes a line per event, hundreds a second under load."""
+
+    _second: tuple = (None, "")
+
+    def formatTime(self, record, datefmt=None) -> str:
+        whole = int(record.created)
+        if self._second[0] != whole:
+            self._second = (whole, time.strftime(self.default_time_format,
+                                                 self.converter(record.created)))
+        return self.default_msec_format % (self._second[1], record.msecs)

@@ -20,6 +20,7 @@ exception (ConnectionError, an error reply's class), as store.py maps them.
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 
 import anyio
@@ -141,6 +142,7 @@ class Direct:
         self.reader, self.writer = reader, writer
         self.parser = hiredis.Reader(encoding="utf-8")  # decode_responses=True
         self.error = hiredis.ReplyError
+        self.corked: list | None = None  # this step's commands, to be written at its end
 
     @staticmethod
     def pool(url: str, fallback):
@@ -157,11 +159,22 @@ class Direct:
         return Opener(*address)
 
     async def send_packed_command(self, packed, check_health: bool = False) -> None:
+        """Send a command: the commands of one step of the event loop leave together
+        after it, in one write (one system call here, one read for Redis, whose replies
+        then come back together too)."""
+        if self.writer.is_closing():
+            raise Lost("the connection to Redis was closed")
+        if self.corked is None:
+            self.corked = []
+            asyncio.get_running_loop().call_soon(self._uncork)
+        self.corked.append(packed)
+
+    def _uncork(self) -> None:
+        batch, self.corked = self.corked, None
         try:
-            self.writer.write(packed)
-            await self.writer.drain()
-        except OSError as err:
-            raise Lost(f"Error writing to Redis: {err}") from None
+            self.writer.write(b"".join(batch))
+        except (OSError, RuntimeError):  # the reader finds the connection gone: calls fail
+            self.writer.transport.abort()
 
     async def read_response(self):
         while True:

@@ -37,6 +37,7 @@ async def serve(state, embedded_redis, fake, scan_interval, print_unit, web, ver
     from functools import partial
 
     from ..config import load
+    from ..daemon import LogLines
     from ..daemon import serve as run_daemon
     from ..request import parse_count
     from .lifetime import until_signalled
@@ -50,8 +51,9 @@ async def serve(state, embedded_redis, fake, scan_interval, print_unit, web, ver
         return 0
     count = parse_count(fake) if fake is not None else None
     config = load({**state.flags, "scan_interval": scan_interval})
-    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LogLines("%(asctime)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
     logging.getLogger("redis").setLevel(logging.WARNING)
     # one journal line per state change: no caller frame, thread or process looked up for
     # each (the logging HOWTO's "Optimization")
@@ -177,3 +179,4 @@ async def _fake_pool(core, count: int, caller) -> None:
             f"with provider {pool.get('provider')}: drop --fake, or change the pool with "
             f"'canhazgpu admin --gpus {count} --provider fake'")
     log.info("keeping this host's pool of %s fake GPUs", pool["count"])
+

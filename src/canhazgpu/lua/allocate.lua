@@ -52,15 +52,14 @@ else
   local cands, n_unreserved = {}, 0
   for i = 0, n - 1 do
     if not S.rids[i] and unreserved[i] then n_unreserved = n_unreserved + 1 end
-    if not S.rids[i] and not blocked(i) then
-      local ms, by = released(i)
-      local key = ms
-      -- MRU for this user: their own most recent GPUs first, then everyone else's by LRU.
-      if ARG.strategy == 'mru' and by == base.user then key = -ms end
-      cands[#cands + 1] = {gpu = i, key = key}
-    end
+    if not S.rids[i] and not blocked(i) then cands[#cands + 1] = {gpu = i} end
   end
   if #cands < count then return {'SHORT', tostring(#cands) .. ',' .. tostring(n_unreserved)} end
+  for _, c in ipairs(cands) do  -- (read only when there are enough to choose from)
+    local ms, by = released(c.gpu)
+    -- MRU for this user: their own most recent GPUs first, then everyone else's by LRU.
+    c.key = (ARG.strategy == 'mru' and by == base.user) and -ms or ms
+  end
   by_key_then_id(cands)
   for k = 1, count do chosen[k] = cands[k].gpu end
   table.sort(chosen)
