@@ -151,3 +151,17 @@ async def test_connections_kept_on_a_loop_now_closed_are_dropped_quietly(pool, c
         assert await remote.pool_size() == 8  # this loop's: a new connection
         assert len(remote.kept.idle) == 1
         await until(lambda: len(daemon.api.kept) == 1)
+
+
+async def test_a_request_that_arrives_in_pieces_on_a_kept_connection(pool, config):
+    async with running_daemon(config), await anyio.connect_unix(config.api_path) as stream:
+        lines = Lines(stream)
+        await stream.send(kept("pool_size"))
+        assert (await lines.next())["ok"] == 8
+        request = kept("hello")
+        for piece in (request[:5], request[5:20], request[20:]):
+            await stream.send(piece)
+            await anyio.wait_all_tasks_blocked()  # each piece its own read by the daemon
+        assert (await lines.next())["ok"]["uid"] >= 0
+        await stream.send(kept("pool_size"))
+        assert (await lines.next())["ok"] == 8

@@ -59,6 +59,8 @@ class Requests:
         self.buf = b""
         self.first = True
         self.idle_since: float | None = None  # (time.monotonic) waiting for a next request
+        self._loop = None  # the loop the socket is registered with, between requests
+        self._ready = None  # the future a wait for the next request awaits
 
     async def next(self) -> dict | None:
         """The next request as a document; None when a kept connection ends between
@@ -76,7 +78,7 @@ class Requests:
         if not data and not first:
             self.idle_since = time.monotonic()
             try:
-                data = await _receive(self.sock)
+                data = await self._next_chunk()
             finally:
                 self.idle_since = None
             if not data:
@@ -84,7 +86,7 @@ class Requests:
         if b"\n" not in data:
             with anyio.move_on_after(REQUEST_TIMEOUT_S):
                 while b"\n" not in data and len(data) <= protocol.MAX_LINE:
-                    chunk = await _receive(self.sock)
+                    chunk = await (_receive(self.sock) if first else self._next_chunk())
                     if not chunk:
                         raise ProtocolError("connection closed before a whole request line")
                     data += chunk
@@ -100,6 +102,38 @@ class Requests:
                                 "connection (\"keep\": true)")
         self.buf = rest
         return doc
+
+    async def _next_chunk(self) -> bytes:
+        """What the client sends next on a kept connection (b"": it closed). The socket
+        stays registered with the loop from the first such wait until unwatch(): a wait
+        costs a future, not the two system calls (register, unregister) and anyio's
+        look-ups of a wait_readable per request."""
+        if self._loop is None:
+            import asyncio
+            self._loop = asyncio.get_running_loop()
+            self._loop.add_reader(self.sock.fileno(), self._readable)
+        while True:
+            self._ready = self._loop.create_future()
+            try:
+                await self._ready
+            finally:
+                self._ready = None
+            try:
+                return self.sock.recv(65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return b""
+
+    def _readable(self) -> None:
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_result(None)
+
+    def unwatch(self) -> None:
+        """Unregister the socket (before anything else waits on it, and at the end)."""
+        if self._loop is not None:
+            self._loop.remove_reader(self.sock.fileno())
+            self._loop = None
 
 
 def _drain(sock: socket.socket, most: int = 1 << 20) -> None:

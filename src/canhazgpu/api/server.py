@@ -128,6 +128,7 @@ class ApiServer:
                         return
             finally:
                 del self.kept[requests]
+                requests.unwatch()
 
     async def _reap(self) -> None:
         """End the kept connections that waited KEEP_IDLE_S for a next request: one clock
@@ -159,6 +160,7 @@ class ApiServer:
                 settings = args.pop("settings", None)
                 caller = await self.identify(peer)
                 if op.lasting(args):
+                    requests.unwatch()  # its hang-up watcher waits on the socket now
                     await self.lasting(requests.sock, op, caller, args, settings)
                     return None, False
                 keep = doc.get("keep") is True
