@@ -214,3 +214,46 @@ def test_events_without_redis_is_one_line(cli, tmp_path):
     out = cli("events", extra_env={"CANHAZGPU_REDIS_URL": f"unix://{tmp_path}/none.sock"})
     assert out.returncode == 1
     assert len(out.stderr.strip().splitlines()) == 1 and "cannot reach Redis" in out.stderr
+
+
+async def test_a_receiver_is_woken_only_for_what_it_wants_and_bugs_stay_local(pool, me):
+    """EventHub.listen(wants=...) and EventHub.observing: a receiver gets the events its
+    predicate passes (Resync and Disconnected always); an observer sees every item in
+    the hub's own step. A predicate or an observer that raises is logged: its receiver
+    gets the item, and the hub and the others go on."""
+    hub = EventHub(pool.store)
+    observed = []
+
+    def observer(item):
+        observed.append(item)
+        raise RuntimeError("an observer's bug")
+
+    released = lambda item: isinstance(item, Event) and item.type == "released"  # noqa: E731
+    async with hub.running(), hub.listen(wants=released) as narrow, \
+            hub.listen(wants=lambda item: 1 / 0) as broken, hub.listen() as wide:
+        with hub.observing(observer):
+            res = await pool.allocate(Request(count=1, duration_s=60), me)
+            await pool.release(me, ids=res.gpus)
+            got = []
+            with anyio.fail_after(5):
+                while not any(released(i) for i in got):
+                    got.append(await wide.receive())
+        kinds = [i.type for i in got if isinstance(i, Event)]
+        assert kinds == ["reserved", "released"]
+        assert [i.type for i in observed if isinstance(i, Event)] == kinds
+        first = narrow.receive_nowait()
+        if isinstance(first, Resync):
+            first = narrow.receive_nowait()
+        assert released(first) and first.rid == res.rid
+        with pytest.raises(anyio.WouldBlock):
+            narrow.receive_nowait()
+        assert [i.type for i in _drained(broken) if isinstance(i, Event)] == kinds
+
+
+def _drained(stream) -> list:
+    items = []
+    while True:
+        try:
+            items.append(stream.receive_nowait())
+        except anyio.WouldBlock:
+            return items

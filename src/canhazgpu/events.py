@@ -183,7 +183,7 @@ class EventHub:
             if route is not None and route in self._routes:
                 targets += self._routes[route]
             if self._wants:
-                targets = [t for t in targets if t not in self._wants or self._wants[t](item)]
+                targets = [t for t in targets if self._wanted(t, item)]
         for send in targets:
             try:
                 if send in self._lagging:
@@ -200,6 +200,16 @@ class EventHub:
                 self._lagging.add(send)  # a slow receiver must not stall the others
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 self._drop(send)
+
+    def _wanted(self, send, item) -> bool:
+        wants = self._wants.get(send)
+        if wants is None:
+            return True
+        try:
+            return wants(item)
+        except Exception:  # a bug: logged; the receiver gets the item, the hub goes on
+            log.exception("a receiver's wants() failed")
+            return True
 
     async def _pump(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
         from redis import exceptions as rexc  # here: through the daemon, no redis-py at all

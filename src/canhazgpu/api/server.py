@@ -1,6 +1,6 @@
 """The daemon's side of the local API (docs/api.md): a unix socket, a request per
-connection (or several, one after another, where the client keeps it), the caller taken from the kernel (SO_PEERCRED, SO_PEERGROUPS), never from the
-request.
+connection (or several, one after another, where the client keeps it), the caller taken
+from the kernel (SO_PEERCRED, SO_PEERGROUPS), never from the request.
 
 Every request is an operation of the table (ops.py), served for the caller the kernel
 names: the same code direct mode runs in-process. What one connection and one uid may cost
