@@ -21,6 +21,7 @@ exception (ConnectionError, an error reply's class), as store.py maps them.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections import deque
 
 import anyio
@@ -45,7 +46,7 @@ class _Call:
 
 class Lane:
     def __init__(self, pool, url: str | None = None) -> None:
-        self.pool = Direct.pool(url, pool) if url is not None else pool
+        self.pool = Opener.of(url, pool) if url is not None else pool
         self.conn = None
         self.calls: deque[_Call] = deque()
         self.reading = False
@@ -144,20 +145,6 @@ class Direct:
         self.error = hiredis.ReplyError
         self.corked: list | None = None  # this step's commands, to be written at its end
 
-    @staticmethod
-    def pool(url: str, fallback):
-        """What the lane takes its connection from: ours for a URL we can serve, else
-        redis-py's pool."""
-        from .errors import NeedsEventLoop
-        from .resp import endpoint
-        try:
-            address = endpoint(url)
-        except NeedsEventLoop:
-            return fallback
-        if pack_command is None:
-            return fallback
-        return Opener(*address)
-
     async def send_packed_command(self, packed, check_health: bool = False) -> None:
         """Send a command: the commands of one step of the event loop leave together
         after it, in one write (one system call here, one read for Redis, whose replies
@@ -176,13 +163,19 @@ class Direct:
         except (OSError, RuntimeError):  # the reader finds the connection gone: calls fail
             self.writer.transport.abort()
 
+    def take(self):
+        """The next reply Redis sent already (False: none yet); an error reply raised as
+        redis-py's exception."""
+        reply = self.parser.gets()
+        if isinstance(reply, self.error):
+            from redis._parsers.base import BaseParser
+            raise BaseParser.parse_error(str(reply))
+        return reply
+
     async def read_response(self):
         while True:
-            reply = self.parser.gets()
+            reply = self.take()
             if reply is not False:
-                if isinstance(reply, self.error):
-                    from redis._parsers.base import BaseParser
-                    raise BaseParser.parse_error(str(reply))
                 return reply
             try:
                 data = await self.reader.read(1 << 16)
@@ -202,9 +195,19 @@ class Opener:
     def __init__(self, family, where, auth: tuple, db: int) -> None:
         self.family, self.where, self.auth, self.db = family, where, auth, db
 
+    @classmethod
+    def of(cls, url: str, fallback):
+        """What the lane takes its connection from: ours for a URL we can serve, else
+        redis-py's pool `fallback`."""
+        from .errors import NeedsEventLoop
+        from .resp import endpoint
+        try:
+            address = endpoint(url)
+        except NeedsEventLoop:
+            return fallback
+        return fallback if pack_command is None else cls(*address)
+
     async def get_connection(self) -> Direct:
-        import asyncio
-        import socket
         try:
             with anyio.fail_after(Direct.CONNECT_TIMEOUT_S):
                 if self.family == socket.AF_UNIX:
@@ -250,15 +253,12 @@ class Subscription:
         await self.conn.send_packed_command(pack_command(("PING",)))
 
     async def get_message(self, timeout: float):
-        reply = self.conn.parser.gets()
+        reply = self.conn.take()
         if reply is False:
             with anyio.move_on_after(timeout):
                 reply = await self.conn.read_response()
             if reply is False:
                 return None
-        if isinstance(reply, self.conn.error):
-            from redis._parsers.base import BaseParser
-            raise BaseParser.parse_error(str(reply))
         kind = reply[0]
         if kind == "pmessage":
             return {"type": kind, "pattern": reply[1], "channel": reply[2], "data": reply[3]}

@@ -67,18 +67,16 @@ class Requests:
         requests."""
         data, first = self.buf, self.first
         self.buf, self.first = b"", False
-        if b"\n" not in data:
+        wait = None if first else self._wait  # (a kept connection: registered, see _wait)
+        if first:
             with suppress(BlockingIOError):
-                chunk = self.sock.recv(protocol.MAX_LINE + 1)  # usually there already
-                if not chunk and first:
+                data = self.sock.recv(protocol.MAX_LINE + 1)  # usually there already
+                if not data:
                     raise ProtocolError("connection closed before a whole request line")
-                if not chunk and not data:
-                    return None
-                data += chunk
-        if not data and not first:
+        elif not data:
             self.idle_since = time.monotonic()
             try:
-                data = await self._next_chunk()
+                data = await _receive(self.sock, wait)
             finally:
                 self.idle_since = None
             if not data:
@@ -86,7 +84,7 @@ class Requests:
         if b"\n" not in data:
             with anyio.move_on_after(REQUEST_TIMEOUT_S):
                 while b"\n" not in data and len(data) <= protocol.MAX_LINE:
-                    chunk = await (_receive(self.sock) if first else self._next_chunk())
+                    chunk = await _receive(self.sock, wait)
                     if not chunk:
                         raise ProtocolError("connection closed before a whole request line")
                     data += chunk
@@ -103,27 +101,20 @@ class Requests:
         self.buf = rest
         return doc
 
-    async def _next_chunk(self) -> bytes:
-        """What the client sends next on a kept connection (b"": it closed). The socket
-        stays registered with the loop from the first such wait until unwatch(): a wait
-        costs a future, not the two system calls (register, unregister) and anyio's
-        look-ups of a wait_readable per request."""
+    async def _wait(self) -> None:
+        """Until the socket of a kept connection is readable. It stays registered with the
+        loop from the first wait until unwatch(): a wait costs a future, not the two
+        system calls (register, unregister) and anyio's look-ups of a wait_readable per
+        request."""
         if self._loop is None:
             import asyncio
             self._loop = asyncio.get_running_loop()
             self._loop.add_reader(self.sock.fileno(), self._readable)
-        while True:
-            self._ready = self._loop.create_future()
-            try:
-                await self._ready
-            finally:
-                self._ready = None
-            try:
-                return self.sock.recv(65536)
-            except BlockingIOError:
-                continue
-            except OSError:
-                return b""
+        self._ready = self._loop.create_future()
+        try:
+            await self._ready
+        finally:
+            self._ready = None
 
     def _readable(self) -> None:
         if self._ready is not None and not self._ready.done():
@@ -146,12 +137,14 @@ def _drain(sock: socket.socket, most: int = 1 << 20) -> None:
             most -= len(chunk)
 
 
-async def _receive(sock: socket.socket) -> bytes:
+async def _receive(sock: socket.socket, wait=None) -> bytes:
+    """What the client sends next (b"": it closed); wait(): until the socket is readable
+    (default: anyio's wait_readable)."""
     while True:
         try:
             return sock.recv(65536)
         except BlockingIOError:
-            await anyio.wait_readable(sock)
+            await (wait() if wait is not None else anyio.wait_readable(sock))
         except OSError:
             return b""
 

@@ -161,25 +161,25 @@ class ApiServer:
                 caller = await self.identify(peer)
                 if op.lasting(args):
                     requests.unwatch()  # its hang-up watcher waits on the socket now
-                    await self.lasting(requests.sock, op, caller, args, settings)
+                    await self.lasting(peer, op, caller, args, settings)
                     return None, False
                 keep = doc.get("keep") is True
-                result = await op.serve(Served(self, caller, settings, peer=peer), args)
+                result = await op.serve(Served(self, peer, caller, settings), args)
             return {"ok": protocol.encode(result)}, keep
         except CanHazGpuError as err:
             return protocol.error_doc(err), keep and not isinstance(err, ProtocolError)
         except Exception:
             return _bug(), False
 
-    async def lasting(self, sock, op, caller: Caller, args: dict, settings) -> None:
+    async def lasting(self, peer: Peer, op, caller: Caller, args: dict, settings) -> None:
         """An operation that streams lines (a wait, the events) until it ends or the client
         hangs up: a writer task takes its lines, in order."""
         async with anyio.create_task_group() as tg:
-            conn = Connection(sock, tg)
+            conn = Connection(peer.sock, tg)
             tg.start_soon(conn.writer)
             try:
                 with boundary():
-                    result = await op.serve(Served(self, caller, settings, conn), args)
+                    result = await op.serve(Served(self, peer, caller, settings, conn), args)
                 reply = {"ok": protocol.encode(result)}
             except CanHazGpuError as err:
                 reply = protocol.error_doc(err)
@@ -240,11 +240,11 @@ class Served:
     local = False
     signals = False  # the daemon's waiters leave SIGINT/SIGTERM to the daemon
 
-    def __init__(self, server: ApiServer, caller: Caller, settings, conn=None,
-                 peer: Peer | None = None) -> None:
-        self.server, self.caller, self.settings, self.conn = server, caller, settings, conn
+    def __init__(self, server: ApiServer, peer: Peer, caller: Caller, settings,
+                 conn=None) -> None:
+        self.server, self.peer, self.caller = server, peer, caller
+        self.settings, self.conn = settings, conn
         self.core, self.hub = server.core, server.hub
-        self.peer = peer
 
     def core_with(self, *names: str):
         return self.server.core_for(self.settings, names)
@@ -253,8 +253,6 @@ class Served:
         """The caller with its process's start time: a later process reusing its pid is
         not it (one read of /proc/PID/stat, once per connection)."""
         peer = self.peer
-        if peer is None:
-            return replace(self.caller, pid_start=identity.process_start(self.caller.pid))
         if peer.started is None:
             peer.started = identity.process_start(peer.pid)
         return replace(self.caller, pid_start=peer.started)
