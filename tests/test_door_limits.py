@@ -24,28 +24,34 @@ from otheruser import needs_root, open_dir  # noqa: F401 (fixture)
 pytestmark = [pytest.mark.anyio, needs_root]
 NOBODY = ["setpriv", "--reuid", str(NOBODY_UID), "--regid", str(NOBODY_UID), "--clear-groups"]
 
-# As nobody: open WAITERS queued requests, then EVENTS subscriptions, each until refused;
-# print what happened as one JSON line, and hold everything open until stdin closes.
+# As nobody: open WAITERS queued requests, then EVENTS subscriptions, then KEPT idle
+# connections (a short request that keeps its connection), each until refused; print what
+# happened as one JSON line, and hold everything open until stdin closes.
 FLOOD = """
 import json, socket, sys
 path, waiters, events = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-def request(op, args):
+kept = int(sys.argv[4]) if len(sys.argv) > 4 else 0
+def request(op, args, keep):
     sock = socket.socket(socket.AF_UNIX)
     sock.connect(path)
-    sock.sendall(json.dumps({"v": 1, "op": op, "args": args}).encode() + b"\\n")
+    doc = {"v": 1, "op": op, "args": args, **({"keep": True} if keep else {})}
+    sock.sendall(json.dumps(doc).encode() + b"\\n")
     data = b""
     while True:
         data += sock.recv(65536)
         for line in data.splitlines():
             doc = json.loads(line)
-            if "error" in doc or "enqueued" in doc or doc.get("event", 1) is None:
+            if "error" in doc or "enqueued" in doc or doc.get("event", 1) is None \\
+                    or "keep" in doc:
                 return sock, doc
 held, out = [], {}
-for op, n, args in (("acquire", waiters, {"request": {"count": 1, "duration_s": 60},
-                                          "wait_s": "inf"}),
-                    ("events", events, {})):
+for op, n, args, keep in (("acquire", waiters, {"request": {"count": 1, "duration_s": 60},
+                                                "wait_s": "inf"}, False),
+                          ("events", events, {}, False), ("pool_size", kept, {}, True)):
+    if not n:
+        continue
     for i in range(n):
-        sock, doc = request(op, args)
+        sock, doc = request(op, args, keep)
         held.append(sock)
         if "error" in doc:
             out[op] = {"ok": i, "error": doc["error"]}
@@ -89,6 +95,31 @@ async def test_one_users_flood_stops_at_its_limits(pool, config, env, open_dir, 
         assert not (await pool.queue())[1]
 
 
+async def test_kept_connections_count_against_the_users_limit(pool, config, env, open_dir):
+    """Idle kept connections are connections: nobody's stop at user_connections with the
+    line naming it, root's commands answer meanwhile, and hanging up frees them."""
+    config = replace(config, api_socket=str(open_dir / "api.sock"), user_connections=30)
+    async with running_daemon(config) as daemon:
+        async with await anyio.open_process(
+                [*NOBODY, sys.executable, "-c", FLOOD, config.api_socket, "0", "0", "40"],
+                env=env) as flood:
+            with anyio.fail_after(60):
+                out = json.loads(await flood.stdout.receive())
+            assert out["pool_size"]["ok"] == 30, out
+            err = out["pool_size"]["error"]
+            assert err["type"] == "LimitReached" and "user_connections" in err["message"]
+            assert "uid 65534 has 30, the limit is 30" in err["message"]
+            remote = RemoteCore(config, config.api_socket)
+            with anyio.fail_after(10):
+                assert await remote.pool_size() == 8
+            await remote.aclose()
+            await flood.stdin.aclose()
+            await flood.wait()
+        with anyio.fail_after(10):
+            while daemon.api.connections.open:  # every connection ended with its client
+                await anyio.sleep(0.01)  # a count in the daemon's memory: nothing to wait on
+
+
 async def test_the_quick_start_is_private_and_nobody_works_through_the_daemon(
         cli, env, open_dir):
     """The README's quick start as root: the state directory is 0700 whatever the umask,
@@ -126,18 +157,20 @@ async def test_the_quick_start_is_private_and_nobody_works_through_the_daemon(
 
 async def test_thousands_from_one_uid_and_another_uid_still_answers(pool, config, env,
                                                                       open_dir, me):
-    """Within the default limits: nobody holds 1,000 queued requests and 1,000 event
-    subscriptions open at once; root's status, queue and release answer meanwhile, the
+    """Within the default limits: nobody holds 1,000 queued requests, 1,000 event
+    subscriptions and 1,000 idle kept connections open at once; root's status, queue and release answer meanwhile, the
     daemon keeps its bounded Redis pool, and hanging up gives every place back."""
     config = replace(config, api_socket=str(open_dir / "api.sock"))
     await pool.allocate(Request(count=8, duration_s=600), me)
     async with running_daemon(config) as daemon, Recorder(pool.store).running() as rec:
         async with await anyio.open_process(
-                [*NOBODY, sys.executable, "-c", FLOOD, config.api_socket, "1000", "1000"],
-                env=env) as flood:
+                [*NOBODY, sys.executable, "-c", FLOOD, config.api_socket, "1000", "1000",
+                 "1000"], env=env) as flood:
             with anyio.fail_after(120):
                 out = json.loads(await flood.stdout.receive())
-            assert out == {"acquire": {"ok": 1000}, "events": {"ok": 1000}}, out
+            assert out == {"acquire": {"ok": 1000}, "events": {"ok": 1000},
+                           "pool_size": {"ok": 1000}}, out
+            assert daemon.api.connections.open[NOBODY_UID] == 3000
             remote = RemoteCore(config, config.api_socket)
             with anyio.fail_after(10):
                 assert len((await remote.view()).gpus) == 8

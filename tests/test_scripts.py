@@ -67,3 +67,30 @@ async def test_run_refuses_values_that_are_not_the_scripts_own(redis_url):
 
 
 pytestmark = pytest.mark.anyio
+
+
+async def test_the_ended_set_is_trimmed_within_64_events(pool, me, rclient):
+    """Trimming is done every 64 events, not on every change: an entry older than the
+    day kept is gone after at most 64 events."""
+    from canhazgpu.core import Request
+    key = pool.store.key("ended")
+    rclient.zadd(key, {"ancient": 1})  # ended in 1970
+    for _ in range(32):  # 64 events: reserved, released
+        res = await pool.allocate(Request(count=1, duration_s=60), me)
+        await pool.release(me, ids=res.gpus)
+    assert rclient.zscore(key, "ancient") is None
+    assert rclient.zcard(key) == 32  # the day's releases are kept
+
+
+async def test_a_hold_not_written_by_cjson_keeps_its_rid(pool, me, rclient):
+    """Scripts find a hold's rid by a plain search for cjson's `"rid":"`; a hold written
+    with spaces (by another writer) is read by the pattern, not taken for a lapsed one."""
+    import json
+
+    from canhazgpu.core import Request
+    res = await pool.allocate(Request(ids=(2,), duration_s=600), me)
+    key = pool.store.key("holds")
+    rclient.hset(key, "2", json.dumps(json.loads(rclient.hget(key, "2"))))  # '": "'
+    await pool.allocate(Request(ids=(3,), duration_s=600), me)  # a script that sweeps
+    assert (await pool.store.read_state()).holds[2].rid == res.rid
+    assert await pool.end(res.rid, me) == [2]

@@ -173,3 +173,17 @@ def test_the_views_across_hosts_are_one_request_to_the_daemon(daemon_env, args):
         assert proc.stdout.count("== x ") == 1 and proc.stdout.count("== y ") == 1
     else:
         assert proc.stdout.count("GPU 0:") == 1
+
+
+def test_the_daemon_runs_on_uvloop_and_a_command_on_asyncio():
+    """cli/runner.py: `serve` (server=True) on uvloop where installed, for its CPU per
+    request; every other command on plain asyncio, which starts faster."""
+    import asyncio
+
+    from canhazgpu.cli import runner
+
+    async def loop_module() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    assert runner.run(loop_module, server=True).startswith("uvloop")
+    assert runner.run(loop_module).startswith("asyncio")
