@@ -36,15 +36,17 @@ async def running_daemon(config, **settings):
 
 
 class Recorder:
-    """Every event of the host, from the moment it is entered."""
+    """Every event of the host, from the moment it is entered (`buffer` of them may wait
+    to be read: beyond, the hub drops them and says Resync)."""
 
-    def __init__(self, store) -> None:
+    def __init__(self, store, buffer: int = 1000) -> None:
         self.hub = EventHub(store)
+        self.buffer = buffer
         self.seen: list[Event] = []
 
     @asynccontextmanager
     async def running(self):
-        async with self.hub.running(), self.hub.listen() as stream:
+        async with self.hub.running(), self.hub.listen(self.buffer) as stream:
             self.stream = stream
             yield self
 
